@@ -1,0 +1,1 @@
+"""Command line (`vmr`) and the Gradio app: thin layers over `index/` and `retrieval/`."""

@@ -1,0 +1,1 @@
+"""Video library indexing: read -> embed -> write, FAISS index, and the Searcher."""

@@ -1,0 +1,1 @@
+"""Pretraining: data (shards, synthetic world, pipeline), masking inputs, and the DeepSpeed train loop."""
