@@ -1,0 +1,12 @@
+"""VideoMamba Retrieval models: the VideoMamba video encoder, text towers, the dual encoder and its losses.
+
+Imports only torch, einops, numpy, pyyaml and safetensors; optional libraries load on first use.
+"""
+from .checkpoint import CheckpointError, load_video_encoder
+from .videomamba import VideoMamba, VideoMambaConfig, create_video_encoder, list_video_encoders
+
+__all__ = [
+    "CheckpointError", "VideoMamba", "VideoMambaConfig", "create_video_encoder",
+    "list_video_encoders", "load_video_encoder",
+]
+

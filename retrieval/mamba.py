@@ -1,0 +1,126 @@
+"""RMSNorm, the bidirectional Mamba mixer of VideoMamba ("bimamba v2") and the residual Block."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from einops import rearrange
+
+from .selective_scan import causal_conv1d_fn, selective_scan_fn
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square norm (weight only), computed in fp32 like mamba-ssm's fused kernel."""
+
+    def __init__(self, dim: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        out = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (out * self.weight.float()).to(x.dtype)
+
+
+class DropPath(nn.Module):
+    """Stochastic depth per sample (timm semantics)."""
+
+    def __init__(self, p: float = 0.0):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.p == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.p
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+        return x * mask / keep
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+class BiMambaMixer(nn.Module):
+    """Bidirectional Mamba: shared in/out projections, separate conv/x_proj/dt_proj/A/D per direction.
+
+    Parameter names and shapes match OpenGVLab/VideoMamba (`mixer.A_log`, `mixer.conv1d_b`, ...).
+    The backward direction scans the reversed sequence; both outputs are summed before `out_proj`.
+    """
+
+    def __init__(self, d_model: int, d_state: int = 16, d_conv: int = 4, expand: int = 2,
+                 dt_rank: int | None = None, dt_min: float = 1e-3, dt_max: float = 1e-1,
+                 dt_init_floor: float = 1e-4):
+        super().__init__()
+        self.d_model = d_model
+        self.d_state = d_state
+        self.d_conv = d_conv
+        self.d_inner = expand * d_model
+        self.dt_rank = dt_rank or math.ceil(d_model / 16)
+        d_inner = self.d_inner
+
+        self.in_proj = nn.Linear(d_model, 2 * d_inner, bias=False)
+        self.out_proj = nn.Linear(d_inner, d_model, bias=False)
+        for sfx in ("", "_b"):
+            conv = nn.Conv1d(d_inner, d_inner, d_conv, groups=d_inner, padding=d_conv - 1, bias=True)
+            x_proj = nn.Linear(d_inner, self.dt_rank + 2 * d_state, bias=False)
+            dt_proj = nn.Linear(self.dt_rank, d_inner, bias=True)
+            # Release init: dt weights ~ U(+-dt_rank^-0.5); bias = softplus^-1 of log-uniform dt.
+            std = self.dt_rank ** -0.5
+            nn.init.uniform_(dt_proj.weight, -std, std)
+            dt = torch.exp(torch.rand(d_inner) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
+            dt = dt.clamp(min=dt_init_floor)
+            with torch.no_grad():
+                dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))
+            A = torch.arange(1, d_state + 1, dtype=torch.float32).repeat(d_inner, 1)  # (d_inner, N)
+            setattr(self, f"conv1d{sfx}", conv)
+            setattr(self, f"x_proj{sfx}", x_proj)
+            setattr(self, f"dt_proj{sfx}", dt_proj)
+            a_name = "A_log" if sfx == "" else "A_b_log"
+            setattr(self, a_name, nn.Parameter(torch.log(A)))
+            setattr(self, f"D{sfx}", nn.Parameter(torch.ones(d_inner)))
+
+    def _scan(self, x: torch.Tensor, z: torch.Tensor, sfx: str) -> torch.Tensor:
+        """One direction on (B, d_inner, L) inputs: causal conv -> SiLU -> selective scan gated by SiLU(z)."""
+        conv: nn.Conv1d = getattr(self, f"conv1d{sfx}")
+        x_proj: nn.Linear = getattr(self, f"x_proj{sfx}")
+        dt_proj: nn.Linear = getattr(self, f"dt_proj{sfx}")
+        A_log = self.A_log if sfx == "" else self.A_b_log
+        D = getattr(self, f"D{sfx}")
+        L = x.shape[-1]
+        x = causal_conv1d_fn(x, rearrange(conv.weight, "d 1 w -> d w"), conv.bias, activation="silu")
+        x_dbl = x_proj(rearrange(x, "b d l -> (b l) d"))  # (B*L, dt_rank + 2N)
+        dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
+        dt = rearrange(dt @ dt_proj.weight.t(), "(b l) d -> b d l", l=L)  # (B, d_inner, L)
+        B = rearrange(B, "(b l) n -> b n l", l=L).contiguous()  # (B, N, L)
+        C = rearrange(C, "(b l) n -> b n l", l=L).contiguous()  # (B, N, L)
+        A = -torch.exp(A_log.float())  # (d_inner, N)
+        return selective_scan_fn(x, dt, A, B, C, D.float(), z=z, delta_bias=dt_proj.bias.float(),
+                                 delta_softplus=True)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        """hidden: (B, L, d_model) -> (B, L, d_model)."""
+        xz = rearrange(self.in_proj(hidden), "b l d -> b d l")  # (B, 2*d_inner, L)
+        x, z = xz.chunk(2, dim=1)
+        out = self._scan(x, z, "")
+        out_b = self._scan(x.flip(-1), z.flip(-1), "_b")
+        y = out + out_b.flip(-1)  # (B, d_inner, L)
+        return self.out_proj(rearrange(y, "b d l -> b l d"))
+
+
+class Block(nn.Module):
+    """Pre-norm residual block; the residual stream stays in fp32 (the release's residual_in_fp32)."""
+
+    def __init__(self, dim: int, drop_path: float = 0.0, norm_eps: float = 1e-5, **mixer_kwargs):
+        super().__init__()
+        self.mixer = BiMambaMixer(dim, **mixer_kwargs)
+        self.norm = RMSNorm(dim, eps=norm_eps)
+        self.drop_path = DropPath(drop_path)
+
+    def forward(self, hidden: torch.Tensor, residual: torch.Tensor | None):
+        residual = hidden if residual is None else residual + self.drop_path(hidden)
+        residual = residual.float()
+        hidden = self.mixer(self.norm(residual.to(self.norm.weight.dtype)))
+        return hidden, residual
