@@ -1,0 +1,75 @@
+"""Generate one split of the synthetic world: plan, caption, render + encode (optionally in parallel), annotate."""
+from __future__ import annotations
+
+import os
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from .captions import STYLES, caption, captions
+from .render import render_video
+from .world import VideoSpec, plan
+from .writer import write_json, write_mp4
+
+TRAIN_CAPTIONS = (2, 3)  # paraphrases per train video, min and max
+
+
+def _render_and_write(job: tuple[VideoSpec, str, float]) -> str:
+    spec, path, fps = job
+    write_mp4(path, render_video(spec), fps)
+    return spec.id
+
+
+def annotate(items, split: str, paraphrase: str, fps: float) -> list[dict]:
+    """VINDLU/UMT-style records: video, caption, duration, plus fields other loaders ignore."""
+    records = []
+    for item in items:
+        spec, rng = item.spec, np.random.default_rng(list(item.caption_seed))
+        if split == "train":
+            k = TRAIN_CAPTIONS[0] + int(rng.integers(TRAIN_CAPTIONS[1] - TRAIN_CAPTIONS[0] + 1))
+            text = captions(spec.attributes, rng, k, paraphrase)
+        else:
+            text = caption(spec.attributes, rng, paraphrase)
+        records.append({"video": f"{spec.id}.mp4", "caption": text, "duration": spec.frames / fps,
+                        "split": split, "attributes": spec.attributes})
+    for item, rec in zip(items, records):
+        if item.pair is not None:
+            rec.update(pair=item.pair, pair_kind=item.pair_kind, twin=records[item.twin]["video"],
+                       twin_caption=records[item.twin]["caption"])
+    return records
+
+
+def generate(out_dir: str | os.PathLike, num_videos: int, split: str, seed: int = 0, size: int = 224,
+             frames: int = 32, fps: float = 8, paraphrase: str = "template", workers: int = 1,
+             progress: bool = True) -> list[dict]:
+    """Write out_dir/videos/<id>.mp4 and out_dir/annotations.json; return the annotation records.
+    Output depends only on the arguments other than workers/progress."""
+    if size < 16 or size % 2:
+        raise ValueError(f"--size must be an even number >= 16 (yuv420p), got {size}")
+    if frames < 4:
+        raise ValueError(f"--frames must be >= 4, got {frames}")
+    if fps <= 0:
+        raise ValueError(f"--fps must be > 0, got {fps}")
+    if paraphrase not in STYLES:
+        raise ValueError(f"unknown paraphrase style {paraphrase!r}; choose from {', '.join(STYLES)}")
+    items = plan(split, num_videos, seed, size, frames)
+    records = annotate(items, split, paraphrase, fps)
+    out_dir = Path(out_dir)
+    (out_dir / "videos").mkdir(parents=True, exist_ok=True)
+    jobs = [(it.spec, str(out_dir / "videos" / f"{it.spec.id}.mp4"), fps) for it in items]
+
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(jobs), desc=f"synth {split}", unit="video", disable=not progress)
+    if workers > 1 and len(jobs) > 1:
+        with ProcessPoolExecutor(max_workers=min(workers, len(jobs))) as pool:
+            for _ in pool.map(_render_and_write, jobs, chunksize=max(1, len(jobs) // (8 * workers))):
+                bar.update()
+    else:
+        for job in jobs:
+            _render_and_write(job)
+            bar.update()
+    bar.close()
+    write_json(out_dir / "annotations.json", records)  # last, so its presence means the videos are complete
+    return records

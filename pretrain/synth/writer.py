@@ -1,0 +1,65 @@
+"""File output for the synthetic world: mp4 encoding with PyAV and atomic JSON writes."""
+from __future__ import annotations
+
+import functools
+import json
+import os
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+
+@functools.lru_cache(maxsize=1)
+def video_codec() -> str:
+    """libx264 where this PyAV build has it, else mpeg4 (always bundled)."""
+    import av
+
+    try:
+        av.Codec("libx264", "w")
+        return "libx264"
+    except Exception:  # av raises UnknownCodecError (or ValueError on old builds) for a missing encoder
+        return "mpeg4"
+
+
+def write_mp4(path: str | os.PathLike, frames: np.ndarray, fps: float) -> None:
+    """frames: np.uint8 (T, H, W, 3) with even H and W (yuv420p). Written to a temp file, then renamed."""
+    import av
+
+    T, H, W, _ = frames.shape
+    if H % 2 or W % 2:
+        raise ValueError(f"yuv420p needs even frame sizes, got {W}x{H}")
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.mp4")
+    codec = video_codec()
+    try:
+        with av.open(str(tmp), "w", format="mp4") as container:
+            stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
+            stream.width, stream.height, stream.pix_fmt = W, H, "yuv420p"
+            # One encoder thread: generation already runs one process per core, and x264 is then bit-exact.
+            stream.codec_context.thread_count = 1
+            if codec == "libx264":
+                stream.options = {"crf": "18", "preset": "veryfast"}
+            else:
+                stream.bit_rate = max(500_000, 8 * H * W)
+            for f in frames:
+                container.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24")))
+            container.mux(stream.encode())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_json(path: str | os.PathLike, obj) -> None:
+    """Atomic: readers never see a half-written file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=1, ensure_ascii=False)
+            f.write("\n")
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
