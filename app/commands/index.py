@@ -1,0 +1,174 @@
+"""Build and update the searchable index of a video library (build, add, remove, info).
+
+`build` is resumable: rerun the same command after a crash and it finishes the job. Under torchrun/deepspeed
+(RANK, WORLD_SIZE) each rank encodes a share and rank 0 merges; `build --merge --out DIR` merges by hand.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def _bytes(text: str) -> int:
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+    t = text.strip().lower().rstrip("b")
+    return int(float(t[:-1]) * units[t[-1]]) if t and t[-1] in units else int(t)
+
+
+def _runtime_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--batch-size", type=int, default=16, help="segments per forward pass")
+    p.add_argument("--workers", type=int, default=None, help="decoding processes (default: cores - 1, max 8)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--video-root", default=None,
+                   help="folder that list/json entries are relative to (default: the list file's folder)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="action", metavar="ACTION")
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+
+    b = sub.add_parser("build", help="encode a library into a new index (resumes an interrupted build)",
+                       formatter_class=fmt)
+    b.add_argument("--videos", help="library folder, list file (one path a line) or VINDLU annotation json")
+    b.add_argument("--model", help="model folder (retrieval.save_model output)")
+    b.add_argument("--out", required=True, help="index folder to create")
+    b.add_argument("--segment-seconds", type=float, default=8.0, help="window length; shorter clips are one segment")
+    b.add_argument("--stride", type=float, default=None, help="seconds between windows (default: segment length)")
+    b.add_argument("--frames", type=int, default=None, help="frames per segment (default: the model's)")
+    b.add_argument("--memory-budget", type=_bytes, default="4G", help="RAM the FAISS index may use (e.g. 512M, 8G)")
+    b.add_argument("--target-recall", type=float, default=0.95, help="recall@10 vs exact search the ANN must reach")
+    b.add_argument("--merge", action="store_true", help="only merge the ranks' finished parts into --out")
+    _runtime_args(b)
+
+    a = sub.add_parser("add", help="index new and changed files (unchanged ones are not re-encoded)",
+                       formatter_class=fmt)
+    a.add_argument("--index", required=True, help="index folder")
+    a.add_argument("--videos", required=True, help="folder, list file or VINDLU json")
+    a.add_argument("--model", default=None, help="model folder (default: the one the index records)")
+    _runtime_args(a)
+
+    r = sub.add_parser("remove", help="drop files or folders from the index", formatter_class=fmt)
+    r.add_argument("--index", required=True, help="index folder")
+    r.add_argument("--videos", nargs="*", default=[], metavar="PATH",
+                   help="files or folders to drop (absolute, or relative to the cwd or the library root)")
+    r.add_argument("--missing", action="store_true", help="drop every indexed file that no longer exists")
+
+    i = sub.add_parser("info", help="model, settings, counts, FAISS type and measured recall", formatter_class=fmt)
+    i.add_argument("--index", required=True, help="index folder")
+    i.add_argument("--json", action="store_true", help="print JSON")
+    i.add_argument("--failures", action="store_true", help="list every file that could not be indexed")
+
+
+def run(args) -> int:
+    from index.errors import IndexBusyError, IndexCorruptError, IndexMissingError, ModelMismatchError
+
+    if not getattr(args, "action", None):
+        print("vmr index: choose an action: build | add | remove | info (see `vmr index --help`)", file=sys.stderr)
+        return 2
+    try:
+        return {"build": _build, "add": _add, "remove": _remove, "info": _info}[args.action](args)
+    except (IndexMissingError, IndexCorruptError, ModelMismatchError, IndexBusyError, FileNotFoundError,
+            ValueError, TimeoutError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def _config(args, **extra):
+    from index.ingest import IngestConfig, default_workers
+
+    return IngestConfig(batch_size=args.batch_size, workers=default_workers() if args.workers is None else args.workers,
+                        device=args.device, progress=not args.no_progress, **extra)
+
+
+def _build(args) -> int:
+    from index import ingest
+    from index.update import merge
+
+    if args.merge:
+        _print_commit(merge(args.out), args.out)
+        return 0
+    if not args.videos or not args.model:
+        print("error: vmr index build needs --videos and --model (or --merge)", file=sys.stderr)
+        return 2
+    cfg = _config(args, segment_seconds=args.segment_seconds, stride=args.stride, frames=args.frames,
+                  memory_budget=args.memory_budget, target_recall=args.target_recall)
+    report = ingest.build(args.videos, args.out, model_path=args.model, config=cfg, video_root=args.video_root)
+    return _print_report(report, args.out)
+
+
+def _add(args) -> int:
+    from index import ingest
+
+    report = ingest.add(args.index, args.videos, model_path=args.model, config=_config(args),
+                        video_root=args.video_root)
+    return _print_report(report, args.index)
+
+
+def _remove(args) -> int:
+    from index.update import remove
+
+    if not args.videos and not args.missing:
+        print("error: give --videos PATH... and/or --missing", file=sys.stderr)
+        return 2
+    result, unmatched = remove(args.index, args.videos, args.missing)
+    for path in unmatched:
+        print(f"not in the index: {path}", file=sys.stderr)
+    print(f"removed {result.files_removed} files ({result.segments_removed} segments); "
+          f"{result.segments_total} segments remain (version {result.version})")
+    return 0
+
+
+def _print_report(report, index_dir) -> int:
+    print(f"{report.found} videos found: {report.encoded} encoded ({report.segments} segments), "
+          f"{report.skipped} already indexed, {report.checkpointed} from an interrupted run, "
+          f"{report.unchanged} touched but unchanged, {report.known_bad} known unreadable; {report.seconds:.1f}s")
+    if report.failures:
+        print(f"{len(report.failures)} files could not be indexed:")
+        for path, reason in report.failures[:20]:
+            print(f"  {path}: {reason}")
+        if len(report.failures) > 20:
+            print(f"  ... and {len(report.failures) - 20} more (`vmr index info --index {index_dir} --failures`)")
+    if report.commit is not None:
+        _print_commit(report.commit, index_dir)
+    elif report.world > 1:
+        print(f"rank {report.rank}: part written; rank 0 merges it")
+    indexed = report.encoded + report.skipped + report.checkpointed + report.unchanged
+    return 1 if report.failures and not indexed else 0  # exit 1 only when nothing at all could be indexed
+
+
+def _print_commit(result, index_dir) -> None:
+    ix = result.index or {}
+    what = (f"{ix.get('factory')}" + ("" if ix.get("exact", True) else
+                                        f", nprobe={ix.get('nprobe')}, measured recall@10={ix.get('recall_at_10')}"))
+    print(f"index {index_dir}: version {result.version}, {result.segments_total} segments "
+          f"(+{result.segments_added} -{result.segments_removed}); FAISS {what}")
+
+
+def _info(args) -> int:
+    from index.ingest import info
+
+    data = info(args.index)
+    if args.json:
+        if not args.failures:
+            data.pop("failures_list")
+        print(json.dumps(data, indent=2))
+        return 0
+    fx = data["faiss"]
+    print(f"index:     {data['index_dir']} (version {data['version']}, {data['disk_bytes'] / 2**20:.1f} MiB on disk)")
+    print(f"model:     {data['model_id']}  ({data['model_path']})")
+    print("settings:  " + ", ".join(f"{k}={v}" for k, v in data["settings"].items()))
+    print("libraries: " + ", ".join(data["roots"]))
+    print(f"contents:  {data['files']} videos, {data['segments']} segments, {data['failures']} failures")
+    if fx.get("kind"):
+        recall = "exact" if fx.get("exact") else (f"nprobe={fx.get('nprobe')}, recall@10={fx.get('recall_at_10')} "
+                                                  f"measured on {fx.get('recall_queries')} stored vectors")
+        print(f"faiss:     {fx.get('factory')} ({fx.get('bytes', 0) / 2**20:.1f} MiB), {recall}")
+    if data["pending_checkpoints"]:
+        print(f"pending:   {data['pending_checkpoints']} encoded files not merged yet (rerun the build or "
+              "`vmr index build --merge`)")
+    if args.failures:
+        for path, reason in data["failures_list"]:
+            print(f"  {path}: {reason}")
+    return 0

@@ -1,0 +1,129 @@
+"""Mapper: the only code that touches the model. Batches decoded segments through the video tower; encodes queries."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Iterable, Iterator
+
+import numpy as np
+import torch
+
+from .reader import Chunk, Failed, FileInfo, Unchanged
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """"auto" -> the rank's GPU (LOCAL_RANK under torchrun/deepspeed) when CUDA is present, else the CPU."""
+    if str(device) != "auto":
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
+    return torch.device("cpu")
+
+
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu"):
+    """Load a saved dual encoder (`retrieval.save_model` folder) for inference."""
+    from retrieval import load_model as _load
+
+    return _load(path, device=device).eval()
+
+
+def model_id(model) -> str:
+    return str(model.model_id)
+
+
+@dataclass
+class Encoded:
+    """All segments of one file with their embeddings, float16 (S, E), ready for the writer."""
+    info: FileInfo
+    spans: list[tuple[float, float]]
+    embeddings: np.ndarray
+
+
+class Embedder:
+    """Runs the model: `encode_video` / `encode_text` on plain arrays, and `run` over the reader's stream."""
+
+    def __init__(self, model, device: str | torch.device = "auto", batch_size: int = 16):
+        self.device = resolve_device(device)
+        self.model = model.to(self.device).eval()
+        self.batch_size = max(1, batch_size)
+
+    @property
+    def num_frames(self) -> int:
+        return int(self.model.config.video.num_frames)
+
+    @property
+    def img_size(self) -> int:
+        return int(self.model.config.video.img_size)
+
+    @torch.inference_mode()
+    def encode_video(self, video: torch.Tensor) -> np.ndarray:
+        """(B, 3, T, H, W) -> float16 (B, E), L2-normalised."""
+        x = video.to(self.device, non_blocking=True)
+        return self.model.encode_video(x, normalize=True).float().cpu().numpy().astype(np.float16)
+
+    @torch.inference_mode()
+    def encode_text(self, texts: list[str]) -> np.ndarray:
+        """list of B strings -> float32 (B, E), L2-normalised."""
+        return self.model.encode_text(list(texts), normalize=True).float().cpu().numpy()
+
+    def run(self, items: Iterable[Chunk | Failed | Unchanged]) -> Iterator["Encoded | Failed | Unchanged"]:
+        """Batch segments across files (a long video fills many batches, short ones share one) and yield each
+        file once all its segments are encoded; a file that fails mid-way is dropped whole."""
+        files: dict[tuple[str, str], dict] = {}
+        pending: list[tuple[tuple[str, str], int, torch.Tensor]] = []
+
+        def flush(n: int):
+            nonlocal pending
+            batch, pending = pending[:n], pending[n:]
+            emb = self.encode_video(torch.stack([t for _, _, t in batch]))
+            for (key, idx, _), e in zip(batch, emb):
+                if key in files:  # gone when the file failed after this batch was queued
+                    st = files[key]
+                    st["emb"][idx] = e
+                    st["done"] += 1
+
+        def finished():
+            for key in [k for k, st in files.items() if st["done"] == st["total"]]:
+                st = files.pop(key)
+                yield Encoded(st["info"], st["spans"], st["emb"].array)
+
+        for item in items:
+            if isinstance(item, Chunk):
+                key = item.info.key
+                if key not in files:
+                    files[key] = {"info": item.info, "spans": [], "emb": _LazyRows(item.total), "done": 0,
+                                  "total": item.total}
+                files[key]["spans"].extend(item.spans)
+                pending.extend((key, item.first + j, item.video[j]) for j in range(len(item.spans)))
+                while len(pending) >= self.batch_size:
+                    flush(self.batch_size)
+                yield from finished()
+            elif isinstance(item, Failed):
+                if files.pop(item.task.key, None) is not None:
+                    pending = [p for p in pending if p[0] != item.task.key]
+                yield item
+            else:
+                yield item
+        while pending:
+            flush(self.batch_size)
+        yield from finished()
+        for st in files.values():  # the stream ended mid-file (a worker died): report rather than drop silently
+            yield Failed(_task_of(st["info"]), f"decoding stopped after {st['done']} of {st['total']} segments")
+
+
+class _LazyRows:
+    """Per-file embedding rows, allocated once the embedding width is known (from the first encoded batch)."""
+
+    def __init__(self, total: int):
+        self.total, self.array = total, None
+
+    def __setitem__(self, idx: int, value: np.ndarray) -> None:
+        if self.array is None:
+            self.array = np.zeros((self.total, value.shape[-1]), np.float16)
+        self.array[idx] = value
+
+
+def _task_of(info: FileInfo):
+    from .reader import FileTask
+
+    return FileTask(info.root, info.rel)
