@@ -1,0 +1,462 @@
+"""Zero-shot retrieval evaluation: annotations -> video files -> decode (DataLoader) -> embed (cached) -> metrics -> report."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from retrieval.data.annotations import DATASETS, find_video_file, load_annotations
+from retrieval.data.transforms import IMAGENET_MEAN, IMAGENET_STD, frames_to_tensor
+from retrieval.data.video import VideoError, read_frames
+from retrieval.metrics import TIE_RULE, dual_softmax, t2v_v2t_metrics
+
+CACHE_VERSION = 1
+# Published VideoMamba-M zero-shot text-to-video R@1 by pretraining corpus size (VideoMamba paper, as
+# quoted in the evaluation issue). They come after the release's re-ranking step, so similarity-only
+# numbers (this runner) are expected to be lower.
+PUBLISHED_T2V_R1 = {
+    "msrvtt": {"5M": 32.0, "17M": 34.7, "25M": 35.6},
+    "activitynet": {"5M": 35.9, "17M": 40.1, "25M": 41.0},
+    "lsmdc": {"5M": 18.0, "17M": 18.4, "25M": 20.4},
+}
+
+
+class EvalError(RuntimeError):
+    """The evaluation cannot give comparable results (missing/unreadable videos, bad arguments)."""
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """Everything that changes the numbers; it is printed with them and keys the embedding cache."""
+
+    num_frames: int
+    img_size: int
+    context_length: int
+    paragraph: bool  # ActivityNet: paragraph-to-video (sentences joined) vs sentence queries
+    sampling: str = "middle frame of each of num_frames equal segments (VINDLU/UMT formula)"
+    resize: str = "short side to img_size (antialiased bilinear), centre crop"
+    normalize: tuple = (tuple(IMAGENET_MEAN), tuple(IMAGENET_STD))
+    similarity: str = "cosine of L2-normalised embeddings, no re-ranking"
+    tie_rule: str = TIE_RULE
+
+
+@dataclass
+class _Video:
+    key: str  # video_id[@start-end]
+    video_id: str
+    start: float | None
+    end: float | None
+    file: Path | None = None
+
+
+# --- queries and files ---------------------------------------------------------------------------
+
+def _build(items) -> tuple[list[str], list[int], list[_Video]]:
+    """Annotation items -> texts, their video index, unique videos (first-appearance order)."""
+    texts, text_to_video, videos, index = [], [], [], {}
+    for item in items:
+        key = item.video_id if item.start is None else f"{item.video_id}@{item.start:g}-{item.end:g}"
+        if key not in index:
+            index[key] = len(videos)
+            videos.append(_Video(key, item.video_id, item.start, item.end))
+        for caption in item.captions:
+            texts.append(caption)
+            text_to_video.append(index[key])
+    return texts, text_to_video, videos
+
+
+def _locate(videos: list[_Video], items, videos_dir: Path, dataset: str) -> list[str]:
+    named = {item.video_id: item.path for item in items if item.path}
+    missing = []
+    for v in videos:
+        v.file = find_video_file(videos_dir, v.video_id, dataset)
+        if v.file is None and named.get(v.video_id) and (videos_dir / named[v.video_id]).is_file():
+            v.file = videos_dir / named[v.video_id]  # an extension find_video_file does not try
+        if v.file is None:
+            missing.append(v.key)
+    return missing
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _shorten(names: list[str], limit: int = 20) -> str:
+    return ", ".join(names[:limit]) + (f" ... (+{len(names) - limit} more)" if len(names) > limit else "")
+
+
+# --- decoding ------------------------------------------------------------------------------------
+
+class VideoClips(torch.utils.data.Dataset):
+    """Decode + transform one video per item; a failure becomes an error string, never an exception."""
+
+    def __init__(self, videos: list[_Video], num_frames: int, img_size: int, mean, std):
+        self.videos, self.num_frames, self.img_size = videos, num_frames, img_size
+        self.mean, self.std = tuple(mean), tuple(std)
+
+    def __len__(self) -> int:
+        return len(self.videos)
+
+    def __getitem__(self, i: int) -> dict:
+        v = self.videos[i]
+        t = time.perf_counter()
+        try:
+            frames = read_frames(v.file, self.num_frames, "middle", v.start, v.end)
+            video, error = frames_to_tensor(frames, self.img_size, self.mean, self.std), ""
+        except VideoError as e:
+            video, error = None, e.reason
+        except Exception as e:  # noqa: BLE001 - one bad file must not stop a 5000-video run
+            video, error = None, f"{type(e).__name__}: {e}"
+        if video is None:
+            video = torch.zeros(3, self.num_frames, self.img_size, self.img_size)
+        return {"index": i, "video": video, "error": error, "decode_s": time.perf_counter() - t}
+
+
+def _collate(batch: list[dict]) -> dict:
+    return {"index": [b["index"] for b in batch], "video": torch.stack([b["video"] for b in batch]),
+            "error": [b["error"] for b in batch], "decode_s": sum(b["decode_s"] for b in batch)}
+
+
+def _worker_init(_: int) -> None:
+    torch.set_num_threads(1)  # one thread per decode worker; the workers are the parallelism
+
+
+def _device_of(model) -> torch.device:
+    try:
+        return next(model.parameters()).device
+    except (AttributeError, StopIteration, TypeError):
+        return torch.device("cpu")
+
+
+def _encode_videos(model, videos: list[_Video], protocol: Protocol, batch_size: int, workers: int,
+                   progress: bool, timing: dict) -> tuple[dict[int, np.ndarray], dict[int, str]]:
+    """-> (row per decoded video, reason per unreadable video). Workers decode while the model encodes."""
+    from tqdm.auto import tqdm
+
+    device = _device_of(model)
+    mean, std = protocol.normalize
+    loader = torch.utils.data.DataLoader(
+        VideoClips(videos, protocol.num_frames, protocol.img_size, mean, std), batch_size=batch_size,
+        num_workers=workers, collate_fn=_collate, pin_memory=device.type == "cuda",
+        worker_init_fn=_worker_init if workers > 0 else None, prefetch_factor=4 if workers > 0 else None)
+    rows: dict[int, np.ndarray] = {}
+    errors: dict[int, str] = {}
+    bar = tqdm(total=len(videos), desc="videos", unit="video", disable=not progress, dynamic_ncols=True)
+    wait_start = time.perf_counter()
+    for batch in loader:
+        timing["loader_wait_s"] += time.perf_counter() - wait_start
+        timing["decode_s"] += batch["decode_s"]
+        ok = [j for j, e in enumerate(batch["error"]) if not e]
+        for j, e in enumerate(batch["error"]):
+            if e:
+                errors[batch["index"][j]] = e
+        if ok:
+            t = time.perf_counter()
+            with torch.inference_mode():
+                clip = batch["video"][ok].to(device, non_blocking=True)
+                emb = model.encode_video(clip, normalize=True)
+            emb = emb.float().cpu().numpy()  # the copy waits for the GPU, so the timing is honest
+            timing["encode_video_s"] += time.perf_counter() - t
+            for j, row in zip(ok, emb):
+                rows[batch["index"][j]] = row
+        bar.update(len(batch["index"]))
+        wait_start = time.perf_counter()
+    bar.close()
+    return rows, errors
+
+
+def _encode_texts(model, texts: list[str], context_length: int, default_length: int, batch_size: int = 256):
+    out = []
+    for a in range(0, len(texts), batch_size):
+        chunk = texts[a:a + batch_size]
+        with torch.inference_mode():
+            if context_length != default_length:
+                try:
+                    tokens = model.tokenizer(chunk, context_length=context_length)
+                    emb = model.encode_text(tokens, normalize=True)
+                except Exception as e:  # noqa: BLE001 - report which setting failed, not a deep trace
+                    raise EvalError(f"the model cannot encode texts with context length {context_length} "
+                                    f"(its default is {default_length}): {type(e).__name__}: {e}") from e
+            else:
+                emb = model.encode_text(chunk, normalize=True)
+        out.append(emb.float().cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+
+# --- cache ---------------------------------------------------------------------------------------
+
+def _file_stamp(path: Path) -> list:
+    st = path.stat()
+    return [str(path), st.st_size, st.st_mtime_ns]
+
+
+class _Cache:
+    """Embeddings per (model_id, dataset, annotation hash, protocol) as .npy + a JSON index of video rows.
+
+    Each video row remembers its file's path/size/mtime, so a changed or newly added video is
+    re-encoded while the rest is reused; unreadable videos are remembered with their reason.
+    """
+
+    def __init__(self, root: Path | None, model_id: str, dataset: str, anno_sha: str, protocol: Protocol):
+        key = json.dumps({"v": CACHE_VERSION, "protocol": asdict(protocol)}, sort_keys=True)
+        name = f"{dataset}-{anno_sha[:12]}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+        self.dir = None if root is None else Path(root) / str(model_id) / name
+        self.videos: dict[str, dict] = {}
+        self.video_emb = None
+        self.text_emb = None
+        if self.dir is None or not (self.dir / "index.json").is_file():
+            return
+        try:
+            index = json.loads((self.dir / "index.json").read_text())
+            self.videos = index["videos"]
+            if (self.dir / "videos.npy").is_file():
+                self.video_emb = np.load(self.dir / "videos.npy")
+            if (self.dir / "texts.npy").is_file():
+                self.text_emb = np.load(self.dir / "texts.npy")
+        except (OSError, ValueError, KeyError):
+            self.videos, self.video_emb, self.text_emb = {}, None, None  # corrupt cache: recompute
+
+    def lookup(self, v: _Video):
+        """-> ("row", embedding) | ("error", reason) | None when the file changed or is new."""
+        entry = self.videos.get(v.key)
+        if entry is None or entry["file"] != _file_stamp(v.file):
+            return None
+        if entry.get("error"):
+            return "error", entry["error"]
+        if self.video_emb is None or entry["row"] >= len(self.video_emb):
+            return None
+        return "row", self.video_emb[entry["row"]]
+
+    def save(self, videos: list[_Video], rows: dict[int, np.ndarray], errors: dict[int, str],
+             text_emb: np.ndarray) -> None:
+        if self.dir is None:
+            return
+        self.dir.mkdir(parents=True, exist_ok=True)
+        order = sorted(rows)
+        entries = {videos[i].key: {"file": _file_stamp(videos[i].file), "row": r} for r, i in enumerate(order)}
+        entries.update({videos[i].key: {"file": _file_stamp(videos[i].file), "error": e} for i, e in errors.items()})
+        emb = np.stack([rows[i] for i in order]).astype(np.float32) if order else np.zeros((0, 0), np.float32)
+        # write-then-rename so an interrupted run never leaves a half-written cache behind
+        for name, array in (("videos.npy", emb), ("texts.npy", text_emb.astype(np.float32))):
+            tmp = self.dir / f".{name}.{os.getpid()}.tmp"
+            with open(tmp, "wb") as f:
+                np.save(f, array)
+            tmp.replace(self.dir / name)
+        tmp = self.dir / f".index.json.{os.getpid()}.tmp"
+        tmp.write_text(json.dumps({"version": CACHE_VERSION, "videos": entries}))
+        tmp.replace(self.dir / "index.json")
+
+
+# --- the runner ----------------------------------------------------------------------------------
+
+def evaluate(model, dataset: str, anno, videos_dir, *, num_frames: int | None = None,
+             context_length: int | None = None, allow_missing: bool = False, batch_size: int = 16,
+             workers: int = 4, cache_dir=None, use_dual_softmax: bool = False, paragraph: bool = True,
+             progress: bool = True, model_dir=None, log: Callable[[str], Any] = print) -> dict:
+    """Zero-shot text-to-video and video-to-text retrieval of `model` on one annotation file -> report dict.
+
+    model: any object with `encode_video((B, 3, T, H, W), normalize=True)`, `encode_text(list[str],
+    normalize=True)`, `config.video.num_frames/img_size`, `config.text.context_length`, `model_id`
+    (and `tokenizer(texts, context_length=)` when `context_length` overrides the model's).
+    Missing or unreadable videos raise EvalError listing them unless `allow_missing`, which drops
+    them (and their queries) and says so in the report.
+    """
+    t_start = time.perf_counter()
+    if dataset not in DATASETS:
+        raise EvalError(f"unknown dataset {dataset!r}; choose from {', '.join(DATASETS)}")
+    anno, videos_dir = Path(anno), Path(videos_dir)
+    if not videos_dir.is_dir():
+        raise EvalError(f"videos folder not found: {videos_dir}")
+    items = load_annotations(anno, dataset, paragraph=paragraph)
+    texts, text_to_video, videos = _build(items)
+    missing = _locate(videos, items, videos_dir, dataset)
+    if missing and not allow_missing:
+        raise EvalError(f"{len(missing)} of {len(videos)} videos not found under {videos_dir}: {_shorten(missing)}. "
+                        "Results would not be comparable with published numbers; pass --allow-missing to "
+                        "evaluate the rest anyway.")
+
+    cfg = model.config
+    default_length = int(cfg.text.context_length)
+    mean = tuple(getattr(cfg.video, "mean", IMAGENET_MEAN))
+    std = tuple(getattr(cfg.video, "std", IMAGENET_STD))
+    protocol = Protocol(num_frames=int(num_frames or cfg.video.num_frames), img_size=int(cfg.video.img_size),
+                        context_length=int(context_length or default_length),
+                        paragraph=paragraph and dataset == "activitynet", normalize=(mean, std))
+    anno_sha = _sha256(anno)
+    cache = _Cache(cache_dir, model.model_id, dataset, anno_sha, protocol)
+    timing = {"decode_s": 0.0, "loader_wait_s": 0.0, "encode_video_s": 0.0, "encode_text_s": 0.0}
+
+    # Videos: reuse cached rows, decode + encode the rest.
+    present = [i for i, v in enumerate(videos) if v.file is not None]
+    rows: dict[int, np.ndarray] = {}
+    errors: dict[int, str] = {}
+    todo = []
+    for i in present:
+        hit = cache.lookup(videos[i])
+        if hit is None:
+            todo.append(i)
+        elif hit[0] == "row":
+            rows[i] = hit[1]
+        else:
+            errors[i] = hit[1]
+    if todo:
+        log(f"encoding {len(todo)} videos ({len(present) - len(todo)} cached) with {workers} decode workers")
+        new_rows, new_errors = _encode_videos(model, [videos[i] for i in todo], protocol, batch_size, workers,
+                                              progress, timing)
+        rows.update({todo[j]: r for j, r in new_rows.items()})
+        errors.update({todo[j]: e for j, e in new_errors.items()})
+
+    # Texts: all at once (cheap next to video), cached with the videos.
+    text_cached = cache.text_emb is not None and len(cache.text_emb) == len(texts)
+    if text_cached:
+        text_emb = cache.text_emb
+    else:
+        t = time.perf_counter()
+        text_emb = _encode_texts(model, texts, protocol.context_length, default_length)
+        timing["encode_text_s"] = time.perf_counter() - t
+    reused = len(present) - len(todo)
+    cache_state = "hit" if not todo and text_cached else "partial" if reused or text_cached else "miss"
+    if todo or not text_cached:
+        cache.save(videos, rows, errors, text_emb)
+
+    unreadable = [{"video": videos[i].key, "file": str(videos[i].file), "reason": errors[i]} for i in sorted(errors)]
+    if unreadable and not allow_missing:
+        shown = "; ".join(f"{u['video']}: {u['reason']}" for u in unreadable[:20])
+        raise EvalError(f"{len(unreadable)} of {len(videos)} videos could not be decoded: {shown}"
+                        + (" ..." if len(unreadable) > 20 else "")
+                        + ". Pass --allow-missing to evaluate the rest anyway (embeddings are cached).")
+
+    # Keep readable videos and the queries that point at them.
+    keep = sorted(rows)
+    if not keep:
+        raise EvalError("no video could be evaluated")
+    new_index = {i: j for j, i in enumerate(keep)}
+    query_idx = [q for q, v in enumerate(text_to_video) if v in new_index]
+    video_emb = np.stack([rows[i] for i in keep]).astype(np.float32)
+    sim = text_emb[query_idx].astype(np.float32) @ video_emb.T  # (texts, videos)
+    t2v_idx = [new_index[text_to_video[q]] for q in query_idx]
+    metrics = t2v_v2t_metrics(sim, t2v_idx)
+
+    report = {
+        "dataset": dataset,
+        "annotations": str(anno),
+        "annotations_sha256": anno_sha,
+        "videos_dir": str(videos_dir),
+        "model": str(model_dir) if model_dir is not None else None,
+        "model_id": str(model.model_id),
+        "protocol": asdict(protocol),
+        "num_queries": len(query_idx),
+        "num_videos": len(keep),
+        "num_queries_total": len(texts),
+        "num_videos_total": len(videos),
+        "num_missing": len(missing),
+        "missing": missing,
+        "num_unreadable": len(unreadable),
+        "unreadable": unreadable,
+        "allow_missing": allow_missing,
+        "complete": not missing and not unreadable,
+        "t2v": metrics["t2v"],
+        "v2t": metrics["v2t"],
+        "cache": {"dir": str(cache.dir) if cache.dir else None, "state": cache_state},
+    }
+    if use_dual_softmax:
+        scale = getattr(model, "logit_scale", 100.0)  # the model's own softmax sharpness when it has one
+        temperature = float(scale.detach()) if torch.is_tensor(scale) else float(scale)
+        report["dual_softmax"] = {
+            "note": "TRANSDUCTIVE re-scoring over all test queries (not comparable with similarity-only numbers)",
+            "temperature": temperature,
+            "t2v": t2v_v2t_metrics(dual_softmax(sim, temperature), t2v_idx)["t2v"],
+            "v2t": t2v_v2t_metrics(dual_softmax(sim.T, temperature).T, t2v_idx)["v2t"],
+        }
+    timing["total_s"] = time.perf_counter() - t_start
+    timing["videos_encoded"] = len(todo)
+    report["timing"] = {k: round(v, 4) if isinstance(v, float) else v for k, v in timing.items()}
+    return report
+
+
+# --- output --------------------------------------------------------------------------------------
+
+def _row(name: str, m: dict) -> str:
+    return f"| {name} | {m['R1']:.1f} | {m['R5']:.1f} | {m['R10']:.1f} | {m['MdR']:g} | {m['MnR']:.1f} |"
+
+
+def format_report(report: dict) -> str:
+    """Markdown: metrics table for both directions + counts + the exact protocol."""
+    p = report["protocol"]
+    lines = [f"### Zero-shot retrieval: {report['dataset']} (model {report['model_id']})", "",
+             "| direction | R@1 | R@5 | R@10 | MdR | MnR |", "|---|---|---|---|---|---|",
+             _row("text-to-video", report["t2v"]), _row("video-to-text", report["v2t"])]
+    if "dual_softmax" in report:
+        d = report["dual_softmax"]
+        lines += [_row("t2v + dual softmax (transductive)", d["t2v"]), _row("v2t + dual softmax (transductive)",
+                                                                            d["v2t"])]
+    lines += ["",
+              f"- queries: {report['num_queries']} of {report['num_queries_total']}; videos: "
+              f"{report['num_videos']} of {report['num_videos_total']}; missing: {report['num_missing']}; "
+              f"unreadable: {report['num_unreadable']}"
+              + ("" if report["complete"] else " — INCOMPLETE (--allow-missing): not comparable with published numbers"),
+              f"- protocol: {p['num_frames']} frames, sampling = {p['sampling']}; {p['img_size']} px, {p['resize']}; "
+              f"text context length {p['context_length']}"
+              + ("; ActivityNet paragraph-to-video" if p["paragraph"] else ""),
+              f"- similarity: {p['similarity']}; ties: {p['tie_rule']}",
+              f"- annotations: {report['annotations']} (sha256 {report['annotations_sha256'][:12]})"]
+    t = report["timing"]
+    lines.append(f"- time: decode {t['decode_s']:.1f} s (summed over workers; main waited {t['loader_wait_s']:.1f} s), "
+                 f"encode video {t['encode_video_s']:.1f} s, encode text {t['encode_text_s']:.1f} s, "
+                 f"total {t['total_s']:.1f} s; cache {report['cache']['state']}")
+    if report["unreadable"]:
+        lines.append("- unreadable: " + "; ".join(f"{u['video']} ({u['reason']})" for u in report["unreadable"][:20]))
+    if report["missing"]:
+        lines.append(f"- missing: {_shorten(report['missing'])}")
+    return "\n".join(lines) + "\n"
+
+
+TABLE_HEADER = ("| model | pretraining | dataset | t2v R@1 | t2v R@5 | t2v R@10 | t2v MdR | v2t R@1 | queries | videos "
+                "| missing | frames | size | ctx | note |\n"
+                "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+
+
+def _published_rows() -> str:
+    rows = []
+    for dataset, by_size in PUBLISHED_T2V_R1.items():
+        for size, r1 in by_size.items():
+            rows.append(f"| VideoMamba-M (published) | {size} | {dataset} | {r1:.1f} | | | | | | | | | | | "
+                        "paper, after re-ranking; similarity-only is lower |\n")
+    return "".join(rows)
+
+
+def append_table(report: dict, path, label: str | None = None) -> Path:
+    """Append the result as a row of a Markdown table; a new file starts with the published VideoMamba-M rows."""
+    path = Path(path)
+    p, t2v, v2t = report["protocol"], report["t2v"], report["v2t"]
+    note = "similarity only" if report["complete"] else "INCOMPLETE (--allow-missing)"
+    if "dual_softmax" in report:
+        note += f"; dual softmax t2v R@1 {report['dual_softmax']['t2v']['R1']:.1f} (transductive)"
+    row = (f"| {label or report.get('model') or report['model_id']} | | {report['dataset']} | {t2v['R1']:.1f} "
+           f"| {t2v['R5']:.1f} | {t2v['R10']:.1f} | {t2v['MdR']:g} | {v2t['R1']:.1f} | {report['num_queries']} "
+           f"| {report['num_videos']} | {report['num_missing'] + report['num_unreadable']} | {p['num_frames']} "
+           f"| {p['img_size']} | {p['context_length']} | {note} |\n")
+    if not path.is_file() or not path.read_text().strip():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("# Zero-shot retrieval results\n\n" + TABLE_HEADER + _published_rows())
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(row)
+    return path
+
+
+def write_report(report: dict, path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    return path
