@@ -10,3 +10,6 @@ __all__ = [
     "list_video_encoders", "load_video_encoder",
 ]
 
+from .model import ModelConfig, VideoTextModel, create_model, load_model, save_model  # noqa: E402
+
+__all__ += ["ModelConfig", "VideoTextModel", "create_model", "load_model", "save_model"]

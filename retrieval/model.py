@@ -1,0 +1,253 @@
+"""The dual encoder: VideoMamba video tower + text tower + projections + learnable temperature; save/load as one folder."""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .config import from_dict, load_yaml, save_yaml, to_dict
+from .text import TextConfig, create_text_tower
+from .tokenizer import check_compatible, load_tokenizer
+from .videomamba import VideoMamba, VideoMambaConfig, video_encoder_config
+
+FORMAT_VERSION = 1
+_TOKENIZER_DIR = "tokenizer"  # inside a model folder
+_HF_DIR = "text_model"        # HF tower config + tokenizer files inside a model folder
+POOLINGS = ("cls", "cls_mean", "frames")
+
+
+@dataclass
+class VideoTowerConfig:
+    name: str = "videomamba_tiny"     # registry size; `encoder` fields below override it
+    encoder: dict = field(default_factory=dict)  # VideoMambaConfig overrides, e.g. {num_frames: 16, img_size: 112}
+    pooling: str = "frames"           # cls | cls_mean | frames (release: per-frame cls+mean, averaged over frames)
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)  # input normalisation the model expects
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    init_checkpoint: str | None = None  # optional published VideoMamba checkpoint to start from
+
+    def encoder_config(self) -> VideoMambaConfig:
+        return video_encoder_config(self.name, **self.encoder)
+
+    @property
+    def num_frames(self) -> int:
+        return self.encoder_config().num_frames
+
+    @property
+    def img_size(self) -> int:
+        return self.encoder_config().img_size
+
+
+@dataclass
+class ModelConfig:
+    video: VideoTowerConfig = field(default_factory=VideoTowerConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    embed_dim: int = 512              # shared video-text space
+    temp_init: float = 0.07           # logits = cos / temp; release init 0.07
+    temp_min: float = 0.001           # release clamps temp to [0.001, 0.5] after each step
+    temp_max: float = 0.5
+    teacher_dim: int = 0              # >0 adds the token decoder for unmasked-token alignment
+
+    def validate(self) -> "ModelConfig":
+        if self.video.pooling not in POOLINGS:
+            raise ValueError(f"video.pooling must be one of {POOLINGS}, got {self.video.pooling!r}")
+        if not 0 < self.temp_min <= self.temp_init <= self.temp_max:
+            raise ValueError(f"need 0 < temp_min <= temp_init <= temp_max, got {self.temp_min}, {self.temp_init}, {self.temp_max}")
+        self.video.encoder_config()  # raises on bad encoder fields
+        return self
+
+
+class VideoTextModel(nn.Module):
+    """open_clip-shaped dual encoder: `encode_video`, `encode_text`, `forward` -> features + logit scale."""
+
+    def __init__(self, cfg: ModelConfig, tokenizer=None, pretrained: bool = True):
+        """pretrained=False skips the text tower's weight sources (weights then come from a saved model)."""
+        super().__init__()
+        cfg.validate()
+        self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(cfg.text)
+        self.text = create_text_tower(cfg.text, self.tokenizer, pretrained=pretrained)
+        check_compatible(self.tokenizer, self.text.config)
+        self.config = dataclasses.replace(cfg, text=self.text.config)  # every text size resolved
+        self.visual = VideoMamba(cfg.video.encoder_config())
+        self.vision_proj = nn.Linear(self.visual.embed_dim, cfg.embed_dim)
+        self.text_proj = nn.Linear(self.text.output_dim, cfg.embed_dim)
+        self.temp = nn.Parameter(torch.tensor(cfg.temp_init))
+        self.token_decoder = None
+        if cfg.teacher_dim > 0:
+            self.token_decoder = nn.Sequential(nn.Linear(self.visual.embed_dim, cfg.teacher_dim),
+                                               nn.LayerNorm(cfg.teacher_dim))
+        self._model_id: str | None = None
+
+    # -- properties users and the index rely on --------------------------------------------------
+    @property
+    def logit_scale(self) -> torch.Tensor:
+        return 1.0 / self.temp
+
+    @property
+    def model_id(self) -> str:
+        """Stable id of config + weights (the safetensors hash when loaded from a folder)."""
+        if self._model_id is None:
+            h = hashlib.sha256(json.dumps(to_dict(self.config), sort_keys=True).encode())
+            for k, v in sorted(self.state_dict().items()):
+                h.update(k.encode())
+                h.update(v.detach().float().cpu().numpy().tobytes())
+            self._model_id = h.hexdigest()[:16]
+        return self._model_id
+
+    def clamp_temperature(self) -> None:
+        """Keep temp in the release's range; call after every optimizer step."""
+        with torch.no_grad():
+            self.temp.clamp_(self.config.temp_min, self.config.temp_max)
+        self._model_id = None
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.visual.set_grad_checkpointing(enable)
+        if hasattr(self.text, "set_grad_checkpointing"):
+            self.text.set_grad_checkpointing(enable)
+
+    def no_weight_decay(self) -> set[str]:
+        names = {f"visual.{n}" for n in self.visual.no_weight_decay()}
+        names.add("temp")
+        for n, p in self.named_parameters():
+            if p.ndim <= 1 or "positional_embedding" in n or "position_embeddings" in n:
+                names.add(n)
+        return names
+
+    # -- encoders ----------------------------------------------------------------------------------
+    def video_tokens(self, video: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, 3, T, H, W) -> final-normed tokens (B, 1 + N_vis, D)."""
+        return self.visual.forward_features(video, mask)
+
+    def pool_video(self, tokens: torch.Tensor, masked: bool = False) -> torch.Tensor:
+        """Tokens -> (B, D) video feature as the config's pooling says."""
+        pooling = self.config.video.pooling
+        if pooling == "cls":
+            return tokens[:, 0]
+        if pooling == "cls_mean" or masked:  # masked frames keep unequal token counts: pool over all
+            return self.visual.pool_frames(tokens, num_frames=1)[:, 0]
+        return self.visual.pool_frames(tokens).mean(1)
+
+    def encode_video(self, video: torch.Tensor, normalize: bool = True, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """video (B, 3, T, H, W) float, normalised with config.video.mean/std -> (B, embed_dim)."""
+        feats = self.vision_proj(self.pool_video(self.video_tokens(video, mask), masked=mask is not None))
+        return F.normalize(feats, dim=-1) if normalize else feats
+
+    def tokenize(self, texts) -> torch.Tensor:
+        return self.tokenizer(texts, context_length=self.config.text.context_length)
+
+    def encode_text(self, texts, normalize: bool = True) -> torch.Tensor:
+        """texts: a list of strings (tokenised with the model's own tokenizer) or token ids (B, L) -> (B, embed_dim)."""
+        if isinstance(texts, str):
+            texts = [texts]
+        if not torch.is_tensor(texts):
+            texts = self.tokenize(list(texts))
+        tokens = texts.to(self.text_proj.weight.device)
+        feats = self.text_proj(self.text(tokens))
+        return F.normalize(feats, dim=-1) if normalize else feats
+
+    def forward(self, video: torch.Tensor | None = None, text=None, mask: torch.Tensor | None = None) -> dict:
+        """Features for training: normalised video/text features, the logit scale and (masked) video tokens."""
+        out: dict = {"logit_scale": self.logit_scale}
+        if video is not None:
+            tokens = self.video_tokens(video, mask)
+            feats = self.vision_proj(self.pool_video(tokens, masked=mask is not None))
+            out["video_features"] = F.normalize(feats, dim=-1)
+            out["video_tokens"] = tokens[:, 1:]
+            if self.token_decoder is not None:
+                out["decoded_tokens"] = self.token_decoder(tokens[:, 1:])
+        if text is not None:
+            out["text_features"] = self.encode_text(text)
+        return out
+
+
+def create_model(config: ModelConfig | dict | str | Path | None = None, **overrides) -> VideoTextModel:
+    """Build a dual encoder from a ModelConfig, a dict, or a YAML file (with optional top-level overrides)."""
+    if config is None:
+        config = ModelConfig()
+    if isinstance(config, (str, Path)):
+        config = load_yaml(config)
+    if isinstance(config, dict):
+        config = from_dict(ModelConfig, {**config, **overrides})
+    elif overrides:
+        config = dataclasses.replace(config, **overrides)
+    model = VideoTextModel(config)
+    if config.video.init_checkpoint:
+        from .checkpoint import load_video_encoder
+        enc = load_video_encoder(config.video.init_checkpoint, **dataclasses.asdict(config.video.encoder_config()))
+        model.visual.load_state_dict(enc.state_dict())
+    return model
+
+
+def save_model(model: VideoTextModel, path: str | Path, dtype: torch.dtype | None = None) -> Path:
+    """Write `path/` = config.yaml + model.safetensors + tokenizer/ (+ text_model/ for HF towers), atomically.
+
+    Everything needed to rebuild is inside the folder (no network, no original HF folder): the HF
+    tower's config and tokenizer files are copied and the config points at them relatively.
+    """
+    from safetensors.torch import save_file
+    from .text import export_hf_files, text_tower_source
+
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    text = dataclasses.replace(model.config.text, init_checkpoint=None, tokenizer_path=_TOKENIZER_DIR)
+    if text.kind == "hf":
+        export_hf_files(model.config.text, tmp / _HF_DIR)
+        text = dataclasses.replace(text, hf_folder=_HF_DIR)
+    video = dataclasses.replace(model.config.video, init_checkpoint=None)
+    cfg = dataclasses.replace(model.config, text=text, video=video)
+    model.tokenizer.save(tmp / _TOKENIZER_DIR)
+    state = {k: v.detach().to(dtype or v.dtype).contiguous().cpu() for k, v in model.state_dict().items()}
+    save_file(state, str(tmp / "model.safetensors"))
+    save_yaml({"format_version": FORMAT_VERSION, "model": to_dict(cfg),
+               "text_source": text_tower_source(model.config.text)}, tmp / "config.yaml")
+    if path.exists():  # swap in the new folder; the old one is removed only after the rename
+        old = path.with_name(path.name + ".old")
+        if old.exists():
+            shutil.rmtree(old)
+        path.rename(old)
+        tmp.rename(path)
+        shutil.rmtree(old)
+    else:
+        tmp.rename(path)
+    return path
+
+
+def _file_hash(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> VideoTextModel:
+    """Load a model folder written by `save_model` (no network); weights come back in float32."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    cfg_file, weights = path / "config.yaml", path / "model.safetensors"
+    if not cfg_file.is_file() or not weights.is_file():
+        raise FileNotFoundError(f"{path} is not a model folder (needs config.yaml and model.safetensors)")
+    data = load_yaml(cfg_file)
+    if data.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{cfg_file}: unsupported format_version {data.get('format_version')!r} (expected {FORMAT_VERSION})")
+    cfg = from_dict(ModelConfig, data["model"], "model")
+    text = dataclasses.replace(cfg.text, tokenizer_path=str(path / _TOKENIZER_DIR))
+    if text.kind == "hf":
+        text = dataclasses.replace(text, hf_folder=str(path / _HF_DIR))
+    cfg = dataclasses.replace(cfg, text=text)
+    tokenizer = load_tokenizer(path / _TOKENIZER_DIR)
+    model = VideoTextModel(cfg, tokenizer=tokenizer, pretrained=False)
+    state = {k: v.float() for k, v in load_file(str(weights)).items()}
+    model.load_state_dict(state, strict=True)
+    model._model_id = _file_hash(weights)
+    return model.to(device).eval()
