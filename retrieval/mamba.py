@@ -8,7 +8,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
 
-from .selective_scan import causal_conv1d_fn, selective_scan_fn
+from .selective_scan import _causal_conv1d_available, causal_conv1d_fn, resolve_backend, selective_scan_fn
 
 
 class RMSNorm(nn.Module):
@@ -90,7 +90,10 @@ class BiMambaMixer(nn.Module):
         A_log = self.A_log if sfx == "" else self.A_b_log
         D = getattr(self, f"D{sfx}")
         L = x.shape[-1]
-        x = causal_conv1d_fn(x, rearrange(conv.weight, "d 1 w -> d w"), conv.bias, activation="silu")
+        # The conv kernel is optional even with the scan kernels: PyTorch's conv serves otherwise.
+        fused_conv = resolve_backend(x) == "cuda" and _causal_conv1d_available()
+        x = causal_conv1d_fn(x, rearrange(conv.weight, "d 1 w -> d w"), conv.bias, activation="silu",
+                             backend="cuda" if fused_conv else "torch")
         x_dbl = x_proj(rearrange(x, "b d l -> (b l) d"))  # (B*L, dt_rank + 2N)
         dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
         dt = rearrange(dt @ dt_proj.weight.t(), "(b l) d -> b d l", l=L)  # (B, d_inner, L)
