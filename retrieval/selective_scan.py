@@ -5,6 +5,7 @@ import functools
 import math
 import os
 import threading
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -160,9 +161,10 @@ def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
     drive = (delta * u).unsqueeze(-1) * B.transpose(1, 2)[:, None]  # (B, D, L, N)
     h = u.new_zeros(u.shape[0], u.shape[1], A.shape[1])  # (B, D, N)
     ys = []
-    for t in range(u.shape[-1]):
-        h = decay[:, :, t] * h + drive[:, :, t]
-        ys.append(torch.einsum("bdn,bn->bd", h, C[:, :, t]))
+    # unbind, not [:, :, t]: indexing's backward would zero-fill a full (B, D, L, N) tensor per step.
+    for a_t, b_t, c_t in zip(decay.unbind(2), drive.unbind(2), C.unbind(2)):
+        h = a_t * h + b_t
+        ys.append(torch.einsum("bdn,bn->bd", h, c_t))
     y = torch.stack(ys, dim=-1)  # (B, D, L)
     if D is not None:
         y = y + u * D.to(ct)[:, None]
@@ -236,6 +238,8 @@ _SEGMENT_ELEMS = 1 << 19
 _COST_ELEM_NS = 0.6
 _COST_OP_NS = 4000.0
 _OPS_PER_SEGMENT = 24
+# Largest scratch buffer kept between calls (32 MB of fp32); bigger ones are allocated per call.
+_POOL_MAX_ELEMS = 1 << 23
 
 
 @functools.lru_cache(maxsize=512)
@@ -253,20 +257,20 @@ def _plan(seqlen: int, step_elems: int) -> tuple[int, int, int]:
 
 
 class _Scratch(threading.local):
-    """Per-thread CPU work buffers, reused by name across calls.
+    """Per-thread CPU work buffers, reused by name across calls; they never escape a call.
 
     glibc maps every multi-MB block fresh and unmaps it on free, so new buffers cost a page
-    fault per 4 kB on each call (~5000 per scan: more than the arithmetic). These buffers are
-    bounded by the segment size (~10 MB in all) and never escape a call.
+    fault per 4 kB on each call (~5000 per scan: more than the arithmetic). The segment buffers
+    are bounded by _SEGMENT_ELEMS; whole-sequence copies are pooled up to _POOL_MAX_ELEMS each.
     """
 
     def __init__(self):
         self.pool: dict = {}
 
     def get(self, name: str, shape: tuple, like: torch.Tensor) -> torch.Tensor:
-        if like.device.type != "cpu":
-            return like.new_empty(shape)  # the CUDA caching allocator already reuses blocks
         numel = math.prod(shape)
+        if like.device.type != "cpu" or numel > _POOL_MAX_ELEMS:
+            return like.new_empty(shape)  # the CUDA caching allocator already reuses blocks
         buf = self.pool.get((name, like.dtype))
         if buf is None or buf.numel() < numel:
             buf = self.pool[(name, like.dtype)] = like.new_empty(numel)
@@ -281,8 +285,8 @@ def _selective_scan_torch(u, delta, A, B, C, D, z, delta_bias, delta_softplus):
     args = [None if t is None else t.to(ct) for t in (u, delta, A, B, C, D, z, delta_bias)]
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in args):
         y = _SelectiveScan.apply(*args, delta_softplus)
-    else:  # inference: no saved segment states, no autograd bookkeeping
-        y = _scan_forward(*args, delta_softplus, keep_states=False)[0].transpose(1, 2)
+    else:  # inference: nothing saved, no autograd bookkeeping
+        y = _scan_forward(*args, delta_softplus, save=False).y.transpose(1, 2)
     # (B, D, L) view of a time-major buffer: the layout the model's next Linear wants.
     return y.to(dtype_in)
 
@@ -290,20 +294,44 @@ def _selective_scan_torch(u, delta, A, B, C, D, z, delta_bias, delta_softplus):
 class _SelectiveScan(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus):
-        yT, states = _scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, keep_states=True)
-        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, states)
+        out = _scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, save=True)
+        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, out.states, out.delta, out.y_pre)
         ctx.delta_softplus = delta_softplus
-        return yT.transpose(1, 2)
+        return out.y.transpose(1, 2)
 
     @staticmethod
     def backward(ctx, gy):
-        u, delta, A, B, C, D, z, delta_bias, states = ctx.saved_tensors
-        grads = _scan_backward(gy, u, delta, A, B, C, D, z, delta_bias, ctx.delta_softplus, states)
-        return (*grads, None)
+        return (*_scan_backward(gy, *ctx.saved_tensors, ctx.delta_softplus), None)
+
+
+class _Forward(NamedTuple):
+    y: torch.Tensor  # (B, L, D)
+    states: torch.Tensor | None  # (B, nseg, N, D) states entering each segment
+    delta: torch.Tensor | None  # (B, Lp, D) softplus(delta + delta_bias), zero-padded to whole segments
+    y_pre: torch.Tensor | None  # (B, L, D) C . h + D u, before the silu(z) gate
+
+
+def _time_major(x: torch.Tensor, name: str) -> torch.Tensor:
+    """(B, C, L) -> contiguous (B, L, C): free for time-major buffers, else a scratch copy (call-local)."""
+    xT = x.transpose(1, 2)
+    if xT.is_contiguous():
+        return xT
+    return _copy_time_major(_SCRATCH.get(name, xT.shape, x), x)
+
+
+def _copy_time_major(dst: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """dst[:, :L] = x (B, C, L) transposed; dst is (B, L or more, C), contiguous."""
+    seqlen = x.shape[2]
+    if x.transpose(1, 2).is_contiguous() or x.shape[0] * x.shape[1] * seqlen < 4096:
+        dst[:, :seqlen] = x.transpose(1, 2)
+    else:
+        for b in range(x.shape[0]):  # a full 2-D transpose takes torch's cache-blocked copy path
+            dst[b, :seqlen].copy_(x[b].t())
+    return dst
 
 
 def _softplus_(x: torch.Tensor, scratch) -> torch.Tensor:
-    """In-place F.softplus (threshold 20 included); on CPU fp32 vectorised, as torch's log1p is scalar there.
+    """In-place F.softplus (threshold 20 included); vectorised on CPU fp32, where torch's log1p is scalar.
 
     scratch(name) gives a work buffer shaped like x.
     """
@@ -320,154 +348,156 @@ def _softplus_(x: torch.Tensor, scratch) -> torch.Tensor:
 
 
 class _Workspace:
-    """One call's plan, scratch buffers, per-step views, and the (padded) segment rows of its inputs."""
+    """One call's plan, padded whole-sequence buffers, and the per-segment buffers with their per-step views."""
 
     def __init__(self, u: torch.Tensor, n: int, backward: bool = False):
         bsz, dim, seqlen = u.shape
-        self.bsz, self.dim, self.seqlen, self.like = bsz, dim, seqlen, u
+        self.bsz, self.dim, self.seqlen, self.n, self.like = bsz, dim, seqlen, n, u
         self.T, self.nc, self.nseg = T, nc, _ = _plan(seqlen, bsz * n * dim)
         self.S = T * nc
+        self.padded_len = self.nseg * self.S
         big = (bsz, self.S, n, dim)
-        self.a = _SCRATCH.get("a", big, u)  # decays exp(delta_t A); in backward then a_t gh_t, then g_t
+        self.a = _SCRATCH.get("a", big, u)  # decays exp(delta_t A); in backward then g_t
         self.h = _SCRATCH.get("h", big, u)  # drives x_t B_t, overwritten by the states h_t
         self.a_j = self._steps(self.a)
         self.h_j = self._steps(self.h)
-        self.hloc = _SCRATCH.get("hloc", (bsz, nc, n, dim), u)  # chunk end states from a zero start
+        self.hloc = _SCRATCH.get("hloc", (bsz, nc, n, dim), u)  # per-chunk results from a zero start
         self.hloc_k = self.hloc.unbind(1)
         self.carry = _SCRATCH.get("carry", (bsz, nc + 1, n, dim), u)  # state entering chunk k
         self.carry_k = self.carry.unbind(1)
         if backward:
             self.w = _SCRATCH.get("w", big, u)  # C_t gy_t, then gh_t
             self.w_j = self._steps(self.w)
-            self.gcarry = _SCRATCH.get("gcarry", (bsz, nc + 1, n, dim), u)  # a*gh entering chunk k-1
+            self.gcarry = _SCRATCH.get("gcarry", (bsz, nc + 1, n, dim), u)  # a*gh leaving chunk k
             self.gcarry_k = self.gcarry.unbind(1)
 
     def _steps(self, buf: torch.Tensor) -> list[torch.Tensor]:
         """Views of step j of every chunk: (B, nc, N, D) each."""
         return list(buf.view(self.bsz, self.nc, self.T, *buf.shape[2:]).unbind(2))
 
-    def tmp(self, name: str, width: int | None = None) -> torch.Tensor:
-        return _SCRATCH.get(name, (self.bsz, self.S, self.dim if width is None else width), self.like)
+    def seq(self, name: str, width: int, fresh: bool = False) -> torch.Tensor:
+        """A (B, Lp, width) buffer over whole segments, its padding rows zeroed; scratch unless fresh."""
+        shape = (self.bsz, self.padded_len, width)
+        buf = self.like.new_empty(shape) if fresh else _SCRATCH.get(name, shape, self.like)
+        buf[:, self.seqlen:].zero_()  # padding steps: delta = x = C = gy = 0, so they change nothing
+        return buf
 
-    def span(self, s: int) -> tuple[int, int]:
+    def padded(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, L) input as a zero-padded time-major (B, Lp, C) scratch copy."""
+        return _copy_time_major(self.seq(name, x.shape[1]), x)
+
+    def chunk_decays(self, dT: torch.Tensor, A2: torch.Tensor) -> torch.Tensor:
+        """exp(A * sum of delta over each chunk): (B, nseg * nc, N, D), for dT (B, Lp, D)."""
+        dsum = dT.view(self.bsz, self.nseg * self.nc, self.T, self.dim).sum(2)
+        total = _SCRATCH.get("total", (self.bsz, self.nseg * self.nc, self.n, self.dim), self.like)
+        return torch.mul(dsum.unsqueeze(2), A2, out=total).clamp_min_(_MIN_LOG2_DECAY).exp2_()
+
+    def segment(self, s: int, *seqs: torch.Tensor) -> list[torch.Tensor]:
         t0 = s * self.S
-        return t0, min(t0 + self.S, self.seqlen)
+        return [x[:, t0:t0 + self.S] for x in seqs]
 
-    def rows(self, x: torch.Tensor, s: int, name: str) -> torch.Tensor:
-        """Segment s of a (B, L, C) tensor as (B, S, C); the short last one zero-padded in scratch."""
-        t0, t1 = self.span(s)
-        if t1 - t0 == self.S and x.stride(2) == 1:
-            return x[:, t0:t1]
-        out = self.tmp(name, x.shape[2])
-        if t1 - t0 == self.S:  # a (B, D, L)-major input: one strided copy, then fast contiguous reads
-            return out.copy_(x[:, t0:t1])
-        out[:, t1 - t0:].zero_()  # finite padding: 0 * NaN from stale scratch would leak into sums
-        out[:, : t1 - t0] = x[:, t0:t1]
-        return out
-
-    def out_rows(self, dst: torch.Tensor, s: int, name: str) -> torch.Tensor:
-        """Where segment s's (B, S, C) result goes: dst's rows, or scratch for the short last segment."""
-        t0, t1 = self.span(s)
-        return dst[:, t0:t1] if t1 - t0 == self.S else self.tmp(name, dst.shape[2])
-
-    def put(self, dst: torch.Tensor, s: int, src: torch.Tensor) -> None:
-        t0, t1 = self.span(s)
-        if t1 - t0 != self.S:
-            dst[:, t0:t1] = src[:, : t1 - t0]
-
-    def delta(self, dT, s, delta_bias, softplus, keep_pre=False):
-        """(delta_t, pre-activation or None) for segment s: softplus(delta + delta_bias) as asked."""
-        d = self.rows(dT, s, "d")
-        if delta_bias is None and not softplus:
-            return d, None
-        if not softplus:
-            return torch.add(d, delta_bias, out=self.tmp("dsp")), None
-        out = self.tmp("dsp")
-        if not keep_pre:  # forward: softplus in place of delta + delta_bias
-            return _softplus_(torch.add(d, delta_bias, out=out) if delta_bias is not None else out.copy_(d), self.tmp), None
-        pre = torch.add(d, delta_bias, out=self.tmp("pre")) if delta_bias is not None else d
-        return _softplus_(out.copy_(pre), self.tmp), pre
-
-    def decays(self, d: torch.Tensor, A2: torch.Tensor) -> torch.Tensor:
-        """Fill self.a with exp(d_t A) for d (B, S, D); return the whole-chunk decays (B, nc, N, D)."""
+    def recurrence(self, d: torch.Tensor, x: torch.Tensor, b: torch.Tensor, A2: torch.Tensor) -> None:
+        """self.a = exp(d_t A) and self.h = x_t B_t for one segment: d, x (B, S, D), b (B, S, N)."""
         torch.mul(d.unsqueeze(2), A2, out=self.a)  # (B, S, N, D)
         self.a.clamp_min_(_MIN_LOG2_DECAY).exp2_()
-        dsum = torch.sum(d.reshape(self.bsz, self.nc, self.T, self.dim), 2,
-                         out=_SCRATCH.get("dsum", (self.bsz, self.nc, self.dim), self.like))
-        total = torch.mul(dsum.unsqueeze(2), A2, out=_SCRATCH.get("total", self.hloc.shape, self.like))
-        return total.clamp_min_(_MIN_LOG2_DECAY).exp2_()
+        torch.mul(x.unsqueeze(2), b.unsqueeze(3), out=self.h)  # (B, S, N, D)
 
     def scan(self, total: torch.Tensor) -> None:
         """In place: self.h from drives to states h_t, from carry[:, 0]; leaves the end state in carry[:, nc]."""
-        a_j, h_j, carry_k = self.a_j, self.h_j, self.carry_k
-        if self.T == 1:
+        a_j, h_j, carry_k, T = self.a_j, self.h_j, self.carry_k, self.T
+        # (1) each chunk's end state from a zero start
+        if T == 1:
             hloc_k = h_j[0].unbind(1)
         else:
             hloc = torch.addcmul(h_j[1], a_j[1], h_j[0], out=self.hloc)
-            for j in range(2, self.T):
+            for j in range(2, T):
                 torch.addcmul(h_j[j], a_j[j], hloc, out=hloc)
             hloc_k = self.hloc_k
+        # (2) chain the chunks: state entering chunk k+1
         total_k = total.unbind(1)
         for k in range(self.nc):
             torch.addcmul(hloc_k[k], total_k[k], carry_k[k], out=carry_k[k + 1])
+        # (3) every state from its chunk's true start
         prev = self.carry[:, : self.nc]
-        for j in range(self.T):
+        for j in range(T):
             torch.addcmul(h_j[j], a_j[j], prev, out=h_j[j])
             prev = h_j[j]
 
     def reverse_scan(self, total: torch.Tensor) -> None:
-        """In place, from gcarry[:, nc]: self.w from C_t gy_t to gh_t, self.a from a_t to a_t gh_t.
+        """In place: self.w from C_t gy_t to gh_t = C_t gy_t + a_{t+1} gh_{t+1}, from gcarry[:, nc].
 
-        gh_t = C_t gy_t + a_{t+1} gh_{t+1}; r = a_t gh_t is what step t hands to step t-1.
-        Leaves the segment's outflow a_t0 gh_t0 in gcarry[:, 0].
+        gcarry[:, k + 1] is what flows into chunk k from its right (a gh of the next step);
+        leaves the segment's outflow a_t0 gh_t0 in gcarry[:, 0].
         """
         a_j, w_j, gcarry_k, T = self.a_j, self.w_j, self.gcarry_k, self.T
-        rloc = torch.mul(a_j[T - 1], w_j[T - 1], out=self.hloc)
-        for j in range(T - 2, -1, -1):
-            rloc.add_(w_j[j]).mul_(a_j[j])
-        total_k, rloc_k = total.unbind(1), self.hloc_k
+        # (1) each chunk's outflow a_0 gh_0 from a zero inflow
+        if T == 1:
+            gloc = torch.mul(a_j[0], w_j[0], out=self.hloc)
+        else:
+            gloc = torch.addcmul(w_j[T - 2], a_j[T - 1], w_j[T - 1], out=self.hloc)
+            for j in range(T - 3, -1, -1):
+                torch.addcmul(w_j[j], a_j[j + 1], gloc, out=gloc)
+            gloc.mul_(a_j[0])
+        # (2) chain the chunks right to left
+        total_k, gloc_k = total.unbind(1), self.hloc_k
         for k in range(self.nc - 1, -1, -1):
-            torch.addcmul(rloc_k[k], total_k[k], gcarry_k[k + 1], out=gcarry_k[k])
-        r = self.gcarry[:, 1:]
-        for j in range(T - 1, -1, -1):
-            w_j[j].add_(r)
-            r = a_j[j].mul_(w_j[j])
+            torch.addcmul(gloc_k[k], total_k[k], gcarry_k[k + 1], out=gcarry_k[k])
+        # (3) every gh_t from its chunk's true inflow
+        w_j[T - 1].add_(self.gcarry[:, 1:])
+        for j in range(T - 2, -1, -1):
+            torch.addcmul(w_j[j], a_j[j + 1], w_j[j + 1], out=w_j[j])
 
 
-def _scan_forward(u, delta, A, B, C, D, z, delta_bias, softplus, keep_states):
-    """yT (B, L, D) and, if asked, the states entering each segment (B, nseg, N, D)."""
+def _effective_delta(ws: _Workspace, delta, delta_bias, softplus, fresh: bool) -> torch.Tensor:
+    """softplus(delta + delta_bias) as asked, time-major and zero-padded: (B, Lp, D)."""
+    dT = _copy_time_major(ws.seq("d_eff", ws.dim, fresh=fresh), delta)
+    core = dT[:, : ws.seqlen]
+    if delta_bias is not None:
+        core.add_(delta_bias)
+    if softplus:
+        _softplus_(core, lambda name: _SCRATCH.get(name, core.shape, core))
+    return dT
+
+
+def _scan_forward(u, delta, A, B, C, D, z, delta_bias, softplus, save) -> _Forward:
+    """The scan on time-major segments; with save, also what backward needs."""
     bsz, dim, seqlen = u.shape
     n = A.shape[1]
     ws = _Workspace(u, n)
-    uT, dT = u.transpose(1, 2), delta.transpose(1, 2)  # (B, L, D) views
-    BT, CT = B.transpose(1, 2).contiguous(), C.transpose(1, 2).contiguous()  # (B, L, N), small
     A2 = (A.t() * _LOG2E).contiguous()  # (N, D): exp(d A) = exp2(d A2)
-    yT = u.new_empty(bsz, seqlen, dim)
-    states = u.new_empty(bsz, ws.nseg, n, dim) if keep_states else None
+    # Whole-sequence elementwise work first (few big ops), then the segment loop does only the scan.
+    dT = _effective_delta(ws, delta, delta_bias, softplus, fresh=save)  # (B, Lp, D)
+    uT = _time_major(u, "uT")  # (B, L, D)
+    xT = ws.seq("x", dim)
+    torch.mul(dT[:, :seqlen], uT, out=xT[:, :seqlen])  # delta_t u_t
+    BT, CT = ws.padded("B", B), ws.padded("C", C)  # (B, Lp, N)
+    total = ws.chunk_decays(dT, A2)
+    yT = ws.seq("y", dim, fresh=True)  # (B, Lp, D)
+    states = u.new_empty(bsz, ws.nseg, n, dim) if save else None
     ws.carry_k[0].zero_()
     for s in range(ws.nseg):
         if states is not None:
             states[:, s] = ws.carry_k[0]
-        u_s = ws.rows(uT, s, "u")
-        d_s, _ = ws.delta(dT, s, delta_bias, softplus)
-        x_s = torch.mul(d_s, u_s, out=ws.tmp("x"))  # (B, S, D) delta_t u_t
-        b_s, c_s = ws.rows(BT, s, "B"), ws.rows(CT, s, "C")
-        total = ws.decays(d_s, A2)
-        torch.mul(x_s.unsqueeze(2), b_s.unsqueeze(3), out=ws.h)  # (B, S, N, D) drives x_t B_t
-        ws.scan(total)
-        y_s = ws.out_rows(yT, s, "y")
+        d_s, x_s, b_s, c_s, y_s = ws.segment(s, dT, xT, BT, CT, yT)
+        ws.recurrence(d_s, x_s, b_s, A2)
+        ws.scan(total[:, s * ws.nc:(s + 1) * ws.nc])
         torch.matmul(c_s.unsqueeze(2), ws.h, out=y_s.unsqueeze(2))  # (B,S,1,N) @ (B,S,N,D): C_t . h_t
-        if D is not None:
-            y_s.addcmul_(u_s, D)
-        if z is not None:
-            z_s = ws.rows(z.transpose(1, 2), s, "z")
-            y_s.mul_(torch.sigmoid(z_s, out=ws.tmp("zsig")).mul_(z_s))  # silu(z)
-        ws.put(yT, s, y_s)
         ws.carry_k[0].copy_(ws.carry_k[ws.nc])
-    return yT, states
+    y = yT[:, :seqlen]
+    if D is not None:
+        y.addcmul_(uT, D)
+    y_pre = None
+    if z is not None:
+        zT = _time_major(z, "zT")
+        silu = torch.sigmoid(zT, out=_SCRATCH.get("silu", zT.shape, zT)).mul_(zT)
+        if save:
+            y_pre, y = y, y * silu
+        else:
+            y.mul_(silu)
+    return _Forward(y, states, dT if save else None, y_pre)
 
 
-def _scan_backward(gy, u, delta, A, B, C, D, z, delta_bias, softplus, states):
+def _scan_backward(gy, u, delta, A, B, C, D, z, delta_bias, states, d_eff, y_pre, softplus):
     """Gradients for (u, delta, A, B, C, D, z, delta_bias) of sum(gy * y), segment by segment in reverse.
 
     With a_t = exp(delta_t A), gh_t = dL/dh_t = C_t gy_t + a_{t+1} gh_{t+1} (gy after the z gate):
@@ -477,74 +507,61 @@ def _scan_backward(gy, u, delta, A, B, C, D, z, delta_bias, softplus, states):
     bsz, dim, seqlen = u.shape
     n = A.shape[1]
     ws = _Workspace(u, n, backward=True)
-    uT, dT = u.transpose(1, 2), delta.transpose(1, 2)
-    zT = None if z is None else z.transpose(1, 2)
-    gyT = gy.transpose(1, 2).contiguous()  # free when gy is time-major, as the model's is
-    BT, CT = B.transpose(1, 2).contiguous(), C.transpose(1, 2).contiguous()
     A2 = (A.t() * _LOG2E).contiguous()
     AT = A.t().contiguous()  # (N, D)
-    gu, gdelta = u.new_empty(bsz, seqlen, dim), u.new_empty(bsz, seqlen, dim)
-    gz = None if z is None else u.new_empty(bsz, seqlen, dim)
-    gBT, gCT = u.new_empty(bsz, seqlen, n), u.new_empty(bsz, seqlen, n)
+    dT = d_eff  # (B, Lp, D), saved by forward
+    uT = _time_major(u, "uT")
+    xT = ws.seq("x", dim)
+    torch.mul(dT[:, :seqlen], uT, out=xT[:, :seqlen])
+    BT, CT = ws.padded("B", B), ws.padded("C", C)
+    total = ws.chunk_decays(dT, A2)
+    # Through the gate y = (C . h + D u) * silu(z): gT = dL/d(C . h).
+    gT = ws.padded("g", gy)  # (B, Lp, D)
+    g = gT[:, :seqlen]
+    gz = None
+    if z is not None:
+        zT = _time_major(z, "zT")
+        sig = torch.sigmoid(zT, out=_SCRATCH.get("zsig", zT.shape, zT))
+        dsilu = torch.neg(sig, out=_SCRATCH.get("dsilu", zT.shape, zT)).add_(1.0).mul_(zT).add_(1.0).mul_(sig)
+        gz = torch.mul(g, y_pre).mul_(dsilu)  # silu'(z) = sig (1 + z (1 - sig))
+        g.mul_(sig.mul_(zT))
+    gD = None if D is None else (g * uT).sum((0, 1))
+    gxT = ws.seq("gx", dim)
+    gdT = ws.seq("gd", dim, fresh=True)
+    gBT, gCT = ws.seq("gB", n, fresh=True), ws.seq("gC", n, fresh=True)
     gA = u.new_zeros(n * dim)
-    gD = None if D is None else u.new_zeros(dim)
-    gbias = None if delta_bias is None else u.new_zeros(dim)
     ws.gcarry_k[ws.nc].zero_()
     for s in reversed(range(ws.nseg)):
+        d_s, x_s, b_s, c_s, g_s, gx_s, gd_s, gb_s, gc_s = ws.segment(s, dT, xT, BT, CT, gT, gxT, gdT, gBT, gCT)
+        total_s = total[:, s * ws.nc:(s + 1) * ws.nc]
         # Recompute this segment's forward: decays in ws.a, states in ws.h.
-        u_s = ws.rows(uT, s, "u")
-        d_s, pre_s = ws.delta(dT, s, delta_bias, softplus, keep_pre=True)
-        x_s = torch.mul(d_s, u_s, out=ws.tmp("x"))
-        b_s, c_s = ws.rows(BT, s, "B"), ws.rows(CT, s, "C")
         h_in = states[:, s]  # (B, N, D)
         ws.carry_k[0].copy_(h_in)
-        total = ws.decays(d_s, A2)
-        torch.mul(x_s.unsqueeze(2), b_s.unsqueeze(3), out=ws.h)
-        ws.scan(total)
-        # Through the gate y = (C . h + D u) * silu(z).
-        g_s = ws.rows(gyT, s, "gy")
-        if z is not None:
-            z_s = ws.rows(zT, s, "z")
-            sig = torch.sigmoid(z_s, out=ws.tmp("zsig"))
-            y_pre = ws.tmp("ypre")
-            torch.matmul(c_s.unsqueeze(2), ws.h, out=y_pre.unsqueeze(2))
-            if D is not None:
-                y_pre.addcmul_(u_s, D)
-            gz_s = ws.out_rows(gz, s, "gz")
-            dsilu = torch.neg(sig, out=ws.tmp("dsilu")).add_(1.0).mul_(z_s).add_(1.0).mul_(sig)
-            torch.mul(g_s, y_pre, out=gz_s).mul_(dsilu)  # silu'(z) = sig (1 + z (1 - sig))
-            ws.put(gz, s, gz_s)
-            g_s = torch.mul(g_s, sig.mul_(z_s), out=ws.tmp("gcore"))
-        if D is not None:
-            gD += torch.mul(g_s, u_s, out=ws.tmp("gDu")).sum((0, 1))
+        ws.recurrence(d_s, x_s, b_s, A2)
+        ws.scan(total_s)
         torch.mul(c_s.unsqueeze(3), g_s.unsqueeze(2), out=ws.w)  # (B, S, N, D) C_t gy_t
-        ws.reverse_scan(total)  # ws.w: gh_t, ws.a: a_t gh_t
+        ws.reverse_scan(total_s)  # ws.w: gh_t
         ws.gcarry_k[ws.nc].copy_(ws.gcarry_k[0])  # what flows into the previous segment
-        gc_s = ws.out_rows(gCT, s, "gC")
+        # Contractions over D or N: row vector x matrix per time step.
         torch.matmul(g_s.unsqueeze(2), ws.h.transpose(-1, -2), out=gc_s.unsqueeze(2))  # gy_t . h_t
-        ws.put(gCT, s, gc_s)
-        gx = ws.tmp("gx")
-        torch.matmul(b_s.unsqueeze(2), ws.w, out=gx.unsqueeze(2))  # B_t . gh_t
-        gb_s = ws.out_rows(gBT, s, "gB")
+        torch.matmul(b_s.unsqueeze(2), ws.w, out=gx_s.unsqueeze(2))  # B_t . gh_t
         torch.matmul(x_s.unsqueeze(2), ws.w.transpose(-1, -2), out=gb_s.unsqueeze(2))  # x_t . gh_t
-        ws.put(gBT, s, gb_s)
-        # g_t = (a_t gh_t) h_{t-1}, in place of ws.a.
+        # g_t = gh_t a_t h_{t-1}, in place of ws.a.
+        ws.a.mul_(ws.w)
         ws.a[:, 1:].mul_(ws.h[:, :-1])
         ws.a[:, 0].mul_(h_in)
         gA += torch.mul(ws.a, d_s.unsqueeze(2), out=ws.w).view(-1, n * dim).sum(0)
-        gd_s = ws.out_rows(gdelta, s, "gd")
-        torch.sum(ws.a.mul_(AT), 2, out=gd_s)
-        gd_s.addcmul_(gx, u_s)  # x = delta * u
-        gu_s = ws.out_rows(gu, s, "gu")
-        torch.mul(gx, d_s, out=gu_s)
-        if D is not None:
-            gu_s.addcmul_(g_s, D)
-        ws.put(gu, s, gu_s)
-        if softplus:
-            gd_s.mul_(torch.sigmoid(pre_s, out=ws.tmp("psig")))
-        if gbias is not None:
-            gbias += gd_s.sum((0, 1))
-        ws.put(gdelta, s, gd_s)
-    gzT = None if gz is None else gz.transpose(1, 2)
-    return (gu.transpose(1, 2), gdelta.transpose(1, 2), gA.view(n, dim).t(), gBT.transpose(1, 2),
-            gCT.transpose(1, 2), gD, gzT, gbias)
+        torch.sum(ws.a.mul_(AT), 2, out=gd_s)  # sum_n A g_t
+    gx, gd = gxT[:, :seqlen], gdT[:, :seqlen]
+    gd.addcmul_(gx, uT)  # x = delta * u
+    gu = gx * dT[:, :seqlen]
+    if D is not None:
+        gu.addcmul_(g, D)
+    if softplus:  # softplus' = sigmoid of its input
+        pre = _time_major(delta, "dT")
+        if delta_bias is not None:
+            pre = torch.add(pre, delta_bias, out=_SCRATCH.get("pre", pre.shape, pre))
+        gd.mul_(torch.sigmoid(pre, out=_SCRATCH.get("psig", pre.shape, pre)))
+    gbias = None if delta_bias is None else gd.sum((0, 1))
+    return (gu.transpose(1, 2), gd.transpose(1, 2), gA.view(n, dim).t(), gBT[:, :seqlen].transpose(1, 2),
+            gCT[:, :seqlen].transpose(1, 2), gD, None if gz is None else gz.transpose(1, 2), gbias)
