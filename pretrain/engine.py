@@ -1,0 +1,382 @@
+"""The optimisation engine: AdamW param groups, warmup+cosine lr, DeepSpeed (ZeRO 0/1/2, bf16/fp16) or plain
+PyTorch (single process), gradient accumulation and clipping, temperature clamping, checkpoints and export."""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+log = logging.getLogger(__name__)
+REPO_ROOT = Path(__file__).resolve().parents[1]
+LATEST = "latest"  # file in the checkpoint folder naming the newest complete checkpoint (DeepSpeed's convention)
+
+
+# ---------------------------------------------------------------- processes
+
+@dataclass
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def set_single_process_env() -> None:
+    """Plain `python pretrain/run.py`: act as rank 0 of 1 (DeepSpeed otherwise goes looking for MPI)."""
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        return
+    import socket
+
+    with socket.socket() as s:  # a free port, so parallel runs and tests don't collide on 29500
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", str(port))
+
+
+def init_distributed(kind: str) -> DistInfo:
+    """Join (or create) the process group from RANK/WORLD_SIZE/LOCAL_RANK; NCCL on CUDA, gloo on CPU."""
+    import torch.distributed as dist
+
+    set_single_process_env()
+    rank, world, local = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"])
+    cuda = torch.cuda.is_available()
+    if cuda:
+        torch.cuda.set_device(local)
+    device = torch.device("cuda", local) if cuda else torch.device("cpu")
+    backend = "nccl" if cuda else "gloo"
+    if not dist.is_initialized():
+        if kind == "deepspeed":
+            import deepspeed
+
+            deepspeed.init_distributed(dist_backend=backend, verbose=False)
+        elif world > 1:
+            dist.init_process_group(backend=backend)
+    return DistInfo(rank, world, local, device)
+
+
+def barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
+
+
+def resolve_engine_kind(kind: str) -> str:
+    if kind != "auto":
+        return kind
+    try:
+        import deepspeed  # noqa: F401
+        return "deepspeed"
+    except ImportError:
+        return "torch"
+
+
+# ---------------------------------------------------------------- optimizer pieces
+
+def _video_layer_id(name: str, depth: int) -> int:
+    """0 for embeddings, i + 1 for block i, depth + 1 for the final norms/head (BEiT-style layer decay)."""
+    rest = name.split("visual.", 1)[1]
+    if rest.startswith(("patch_embed", "cls_token", "pos_embed", "temporal_pos_embedding")):
+        return 0
+    if rest.startswith("layers."):
+        return int(rest.split(".")[1]) + 1
+    return depth + 1
+
+
+def param_groups(module: nn.Module, no_decay: set[str], weight_decay: float, layer_decay: float = 1.0,
+                 text_lr_scale: float = 1.0, depth: int = 0) -> list[dict]:
+    """AdamW groups: decay only on matrices not in `no_decay`; `lr_scale` per group (layer decay, text scale)."""
+    groups: dict[tuple, dict] = {}
+    for name, p in module.named_parameters():
+        if not p.requires_grad:
+            continue
+        decay = 0.0 if name in no_decay else weight_decay
+        scale = 1.0
+        if ".visual." in f".{name}" and layer_decay != 1.0:
+            scale = layer_decay ** (depth + 1 - _video_layer_id(name, depth))
+        elif ".text." in f".{name}":
+            scale = text_lr_scale
+        key = (decay, scale)
+        if key not in groups:
+            groups[key] = {"params": [], "names": [], "weight_decay": decay, "lr_scale": scale}
+        groups[key]["params"].append(p)
+        groups[key]["names"].append(name)
+    out = [groups[k] for k in sorted(groups, key=lambda k: (k[1], k[0]))]
+    for g in out:
+        g.pop("names")  # kept only for debugging; optimizers copy unknown keys into state_dict
+    return out
+
+
+def lr_at(step: int, base_lr: float, min_lr: float, warmup: int, total: int) -> float:
+    """Learning rate for optimizer step `step` (0-based): linear warmup from 0, then cosine to min_lr."""
+    if warmup > 0 and step < warmup:
+        return base_lr * (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_lr + (base_lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+# ---------------------------------------------------------------- DeepSpeed config
+
+def load_deepspeed_json(path: str) -> dict:
+    p = Path(path)
+    if not p.is_absolute() and not p.is_file():
+        p = REPO_ROOT / p
+    if not p.is_file():
+        raise FileNotFoundError(f"DeepSpeed config not found: {path}")
+    return json.loads(p.read_text())
+
+
+def resolve_optimization(cfg, world_size: int) -> tuple[dict, dict]:
+    """(DeepSpeed config dict, resolved optimizer/precision settings): the JSON with the YAML's values on top."""
+    ds = load_deepspeed_json(cfg.engine.deepspeed_config)
+    opt = ds.pop("optimizer", {"type": "AdamW", "params": {}})
+    if str(opt.get("type", "AdamW")).lower() not in ("adam", "adamw"):
+        raise ValueError(f"{cfg.engine.deepspeed_config}: optimizer type {opt.get('type')!r}; only Adam/AdamW are supported")
+    params = dict(opt.get("params", {}))
+    if ds.pop("scheduler", None) is not None:
+        log.warning("deepspeed config: 'scheduler' ignored; the lr schedule comes from optim.* in the YAML")
+    o = cfg.optim
+    lr = o.lr if o.lr is not None else params.get("lr", 1e-4)
+    wd = o.weight_decay if o.weight_decay is not None else params.get("weight_decay", 0.05)
+    betas = tuple(o.betas if o.betas is not None else params.get("betas", (0.9, 0.999)))
+    eps = o.eps if o.eps is not None else params.get("eps", 1e-8)
+    clip = o.grad_clip if o.grad_clip is not None else ds.get("gradient_clipping", 0.0)
+    precision = cfg.engine.precision
+    if precision is None:
+        precision = "bf16" if ds.get("bf16", {}).get("enabled") else "fp16" if ds.get("fp16", {}).get("enabled") else "fp32"
+    zero = ds.setdefault("zero_optimization", {})
+    if cfg.engine.zero_stage is not None:
+        zero["stage"] = cfg.engine.zero_stage
+    zero.setdefault("stage", 0)
+    if zero["stage"] not in (0, 1, 2):
+        raise ValueError(f"ZeRO stage {zero['stage']}: only 0, 1, 2 are supported (stage 3 partitions weights)")
+    if precision == "fp16" and zero["stage"] == 0:
+        raise ValueError("fp16 needs ZeRO stage 1 or 2 here (its fp32 master copy is where the temperature is clamped)")
+    ds["bf16"] = {**ds.get("bf16", {}), "enabled": precision == "bf16"}
+    fp16 = ds.get("fp16", {})
+    ds["fp16"] = {"loss_scale": 0, "initial_scale_power": 16, "loss_scale_window": 1000, "hysteresis": 2,
+                  "min_loss_scale": 1, **fp16, "enabled": precision == "fp16"}
+    ds["train_micro_batch_size_per_gpu"] = cfg.data.batch_size
+    ds["gradient_accumulation_steps"] = cfg.engine.grad_accum
+    ds["train_batch_size"] = cfg.data.batch_size * cfg.engine.grad_accum * world_size
+    ds["gradient_clipping"] = float(clip or 0.0)
+    ds.setdefault("steps_per_print", 10 ** 9)
+    ds.setdefault("wall_clock_breakdown", False)
+    resolved = {"lr": float(lr), "weight_decay": float(wd), "betas": [float(b) for b in betas], "eps": float(eps),
+                "grad_clip": float(clip or 0.0), "precision": precision, "zero_stage": zero["stage"]}
+    return ds, resolved
+
+
+# ---------------------------------------------------------------- the engine
+
+class Engine:
+    """Same calls for both backends: forward, backward, step (True at an optimizer step), save, load, export."""
+
+    def __init__(self, wrapper: nn.Module, cfg, dist_info: DistInfo, kind: str):
+        self.cfg, self.dist, self.kind = cfg, dist_info, kind
+        if kind == "torch" and dist_info.world_size > 1:
+            raise ValueError("engine.kind torch runs one process only; launch multi-process runs with deepspeed")
+        self.ds_config, self.opt = resolve_optimization(cfg, dist_info.world_size)
+        self.precision = self.opt["precision"]
+        self.accum = cfg.engine.grad_accum
+        self._micro = 0
+        self.last_grad_norm: float | None = None
+        wrapper.to(dist_info.device)
+        # DeepSpeed broadcasts every parameter through a uint8 view, which a 0-dim tensor can't take:
+        # train scalars (the temperature) as shape (1,) and give them back their shape on export.
+        self.scalar_params = set()
+        for name, p in wrapper.named_parameters():
+            if p.ndim == 0:
+                p.data = p.data.reshape(1)
+                self.scalar_params.add(name)
+        depth = wrapper.model.visual.cfg.depth
+        groups = param_groups(wrapper, wrapper.no_weight_decay(), self.opt["weight_decay"], cfg.optim.layer_decay,
+                              cfg.optim.text_lr_scale, depth)
+        fused = dist_info.device.type == "cuda"
+        optimizer = torch.optim.AdamW(groups, lr=self.opt["lr"], betas=tuple(self.opt["betas"]), eps=self.opt["eps"],
+                                      fused=fused)
+        if kind == "deepspeed":
+            import deepspeed
+
+            self.ds, self.optimizer, _, _ = deepspeed.initialize(model=wrapper, optimizer=optimizer,
+                                                                 config=self.ds_config)
+            self.module = self.ds.module
+            self.scaler = None
+        else:
+            self.ds, self.optimizer, self.module = None, optimizer, wrapper
+            self.scaler = torch.amp.GradScaler(dist_info.device.type) if self.precision == "fp16" else None
+
+    # -- compute ------------------------------------------------------------------------------------
+    @property
+    def input_dtype(self) -> torch.dtype:
+        """DeepSpeed casts the model to bf16/fp16, so inputs must match; plain PyTorch uses autocast on fp32 inputs."""
+        if self.kind == "deepspeed":
+            return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision, torch.float32)
+        return torch.float32
+
+    def autocast(self):
+        if self.kind == "deepspeed" or self.precision == "fp32":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+        return torch.autocast(self.dist.device.type, dtype=dtype)
+
+    def __call__(self, *args, **kwargs):
+        with self.autocast():
+            return (self.ds if self.ds is not None else self.module)(*args, **kwargs)
+
+    def train(self, mode: bool = True) -> None:
+        (self.ds if self.ds is not None else self.module).train(mode)
+
+    def set_lr(self, lr: float) -> None:
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr * g.get("lr_scale", 1.0)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        if self.ds is not None:
+            self.ds.backward(loss)  # DeepSpeed divides by the accumulation steps itself
+            return
+        loss = loss / self.accum
+        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+
+    def step(self) -> bool:
+        """Call after every backward; returns True when an optimizer step happened (then clamps the temperature)."""
+        self._micro += 1
+        boundary = self._micro % self.accum == 0
+        if self.ds is not None:
+            self.ds.step()
+            if boundary:
+                norm = self.ds.get_global_grad_norm()
+                self.last_grad_norm = float(norm) if norm is not None else None
+        elif boundary:
+            if self.scaler is not None:
+                self.scaler.unscale_(self.optimizer)
+            params = [p for g in self.optimizer.param_groups for p in g["params"]]
+            clip = self.opt["grad_clip"]
+            norm = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else float("inf"))
+            self.last_grad_norm = float(norm)
+            if self.scaler is not None:
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+            else:
+                self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        if boundary:
+            self.clamp_temperature()
+        return boundary
+
+    def clamp_temperature(self) -> None:
+        """Clamp the model's temperature and, under DeepSpeed mixed precision / ZeRO, its fp32 master copy too."""
+        model = self.module.model
+        temp = model.temp
+        lo, hi = model.config.temp_min, model.config.temp_max
+        mapping = getattr(temp, "_hp_mapping", None)
+        if mapping is not None:  # this rank owns the master fragment (ZeRO 1/2, bf16 optimizer)
+            with torch.no_grad():
+                mapping.get_hp_fragment().clamp_(lo, hi)
+        model.clamp_temperature()
+
+    # -- checkpoints --------------------------------------------------------------------------------
+    def save(self, ckpt_dir: Path, tag: str, client_state: dict) -> None:
+        """Every rank calls this (ZeRO partitions are per rank); the rest is written by rank 0."""
+        ckpt_dir = Path(ckpt_dir)
+        if self.ds is not None:
+            self.ds.save_checkpoint(str(ckpt_dir), tag=tag, client_state=client_state, save_latest=True)
+            return
+        tmp = ckpt_dir / f"{tag}.tmp"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+        torch.save({"module": self.module.state_dict(), "optimizer": self.optimizer.state_dict(),
+                    "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+                    "micro": self._micro, "client_state": client_state}, tmp / "state.pt")
+        final = ckpt_dir / tag
+        if final.exists():
+            shutil.rmtree(final)
+        tmp.rename(final)
+        (ckpt_dir / (LATEST + ".tmp")).write_text(tag)
+        os.replace(ckpt_dir / (LATEST + ".tmp"), ckpt_dir / LATEST)
+
+    def load(self, ckpt_dir: Path, tag: str) -> dict:
+        """Restore weights, optimizer (and loss scaler) state; returns the client state saved with them."""
+        ckpt_dir = Path(ckpt_dir)
+        if self.ds is not None:
+            path, client = self.ds.load_checkpoint(str(ckpt_dir), tag=tag, load_optimizer_states=True,
+                                                   load_lr_scheduler_states=False)
+            if path is None:
+                raise FileNotFoundError(f"no DeepSpeed checkpoint {tag!r} in {ckpt_dir}")
+            self._micro = 0
+            return client
+        state = torch.load(ckpt_dir / tag / "state.pt", map_location=self.dist.device, weights_only=False)
+        self.module.load_state_dict(state["module"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self._micro = state.get("micro", 0)
+        return state["client_state"]
+
+    def fp32_state(self) -> dict[str, torch.Tensor]:
+        """Full-precision weights of the wrapped model (collective under DeepSpeed: every rank must call it)."""
+        out = {}
+        if self.ds is not None:
+            from deepspeed.utils import safe_get_full_fp32_param
+        for name, p in self.module.model.named_parameters():
+            full = safe_get_full_fp32_param(p) if self.ds is not None and hasattr(p, "_hp_mapping") else None
+            value = (full if full is not None else p.detach()).float().cpu()
+            out[name] = value.reshape(()) if f"model.{name}" in self.scalar_params else value
+        return out
+
+    def export(self, path: Path, dtype: torch.dtype | None = None) -> Path | None:
+        """RUN/model via retrieval.save_model from the fp32 master weights; collective, rank 0 writes."""
+        from retrieval.model import save_model
+
+        state = self.fp32_state()
+        if not self.dist.is_main:
+            return None
+        model = self.module.model
+        params = dict(model.named_parameters())
+        saved = {n: p.data for n, p in params.items()}
+        buffers = dict(model.named_buffers())
+        saved_buf = {n: b.data for n, b in buffers.items()}
+        try:
+            for n, p in params.items():  # swap the master weights in for the save, then put the live ones back
+                p.data = state[n].to(p.device)
+            for b in buffers.values():
+                if b.is_floating_point():
+                    b.data = b.data.float()
+            save_model(model, path, dtype=dtype)
+        finally:
+            for n, p in params.items():
+                p.data = saved[n]
+            for n, b in buffers.items():
+                b.data = saved_buf[n]
+            model._model_id = None
+        return Path(path)
+
+
+def latest_checkpoint(ckpt_dir: Path) -> str | None:
+    """The tag named in ckpt_dir/latest when that checkpoint exists, else None."""
+    f = Path(ckpt_dir) / LATEST
+    if not f.is_file():
+        return None
+    tag = f.read_text().strip()
+    return tag if (Path(ckpt_dir) / tag).is_dir() else None
+
+
+def prune_checkpoints(ckpt_dir: Path, keep: int) -> None:
+    """Delete all but the newest `keep` step checkpoints (rank 0 only, after every rank has saved)."""
+    tags = sorted(p for p in Path(ckpt_dir).glob("step_*") if p.is_dir() and not p.name.endswith(".tmp"))
+    for old in tags[:-keep] if keep > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,335 @@
+"""Caption annotations + media files -> WebDataset tar shards, deterministic, atomic per shard and resumable."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import re
+import tarfile
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+VIDEO_EXTS = ("mp4", "webm", "mkv", "avi", "mov", "m4v", "gif")
+IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
+MEDIA_EXTS = VIDEO_EXTS + IMAGE_EXTS
+SHARD_PATTERN = "shard-%06d.tar"
+PROGRESS_DIR = ".progress"  # one JSON per finished shard: its samples and skipped items
+
+
+@dataclass
+class Item:
+    """One media file and all its captions (annotations listing a video several times are merged)."""
+
+    name: str                       # path relative to the media folder, as the annotation gives it
+    captions: list[str] = field(default_factory=list)
+    meta: dict = field(default_factory=dict)  # extra annotation fields kept in the sample's json (duration, ...)
+
+
+@dataclass
+class ShardOptions:
+    shard_size: int = 1000          # annotation items per shard (bad ones are skipped, so shards may hold fewer)
+    max_side: int | None = None     # re-encode videos whose longer side exceeds this (None: store bytes as they are)
+    fps: float | None = None        # re-encode videos whose frame rate exceeds this
+    workers: int = 1                # shards written in parallel (output is identical for any value)
+
+
+# ---------------------------------------------------------------- annotation readers
+
+def _captions(value) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value.strip()] if value.strip() else []
+    return [str(c).strip() for c in value if str(c).strip()]
+
+
+def _merge(records: list[tuple[str, list[str], dict]]) -> list[Item]:
+    """Group by media name in order of first appearance; captions keep their order, duplicates dropped."""
+    items: dict[str, Item] = {}
+    for name, caps, meta in records:
+        item = items.get(name)
+        if item is None:
+            item = items[name] = Item(name, [], dict(meta))
+        for c in caps:
+            if c not in item.captions:
+                item.captions.append(c)
+    return list(items.values())
+
+
+def _read_json(path: Path) -> list[Item]:
+    data = json.loads(path.read_text(encoding="utf-8"))
+    if isinstance(data, dict) and "sentences" in data and "videos" in data:  # MSRVTT_data.json
+        return _merge([(f"{s['video_id']}.mp4", _captions(s.get("caption")), {}) for s in data["sentences"]])
+    if not isinstance(data, list):
+        raise ValueError(f"{path}: expected a list of {{video|image, caption}} records or MSRVTT_data.json")
+    records = []
+    for i, rec in enumerate(data):
+        name = rec.get("video") or rec.get("image") or rec.get("video_id")
+        if not name:
+            raise ValueError(f"{path}: record {i} has no 'video' or 'image' field")
+        caps = _captions(rec.get("caption", rec.get("captions", rec.get("sentence"))))
+        meta = {k: rec[k] for k in ("duration", "start", "end") if k in rec}
+        records.append((str(name), caps, meta))
+    return _merge(records)
+
+
+def _read_csv(path: Path) -> list[Item]:
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    if not rows or "video_id" not in rows[0]:
+        raise ValueError(f"{path}: expected a CLIP4Clip MSRVTT csv with a video_id column")
+    if "sentence" in rows[0]:  # MSRVTT_JSFUSION_test.csv: one caption per video
+        return _merge([(f"{r['video_id']}.mp4", _captions(r["sentence"]), {}) for r in rows])
+    # MSRVTT_train.9k.csv lists only ids; the captions sit in MSRVTT_data.json beside it.
+    data_json = path.parent / "MSRVTT_data.json"
+    if not data_json.is_file():
+        raise ValueError(f"{path} lists only video ids; its captions come from {data_json}, which is missing")
+    wanted = [r["video_id"] for r in rows]
+    by_video = {it.name: it for it in _read_json(data_json)}
+    return [by_video.get(f"{v}.mp4", Item(f"{v}.mp4")) for v in wanted]
+
+
+def _read_folder(folder: Path) -> list[Item]:
+    """name.mp4 (or an image) + name.txt with one caption per line, sorted by name."""
+    items = []
+    for media in sorted(p for p in folder.rglob("*") if p.suffix.lower().lstrip(".") in MEDIA_EXTS):
+        txt = media.with_suffix(".txt")
+        caps = [line.strip() for line in txt.read_text(encoding="utf-8").splitlines()] if txt.is_file() else []
+        items.append(Item(media.relative_to(folder).as_posix(), [c for c in caps if c]))
+    return items
+
+
+def read_annotations(anno: str | Path | None, media_dir: str | Path) -> list[Item]:
+    """Items in a deterministic order from a VINDLU/UMT json list, MSRVTT json/csv, or a plain folder (anno None or a dir)."""
+    media_dir = Path(media_dir)
+    if anno is None or Path(anno).is_dir():
+        return _read_folder(Path(anno) if anno is not None else media_dir)
+    path = Path(anno)
+    if not path.is_file():
+        raise FileNotFoundError(f"annotation file not found: {path}")
+    if path.suffix.lower() == ".csv":
+        return _read_csv(path)
+    return _read_json(path)
+
+
+# ---------------------------------------------------------------- media checks and re-encoding
+
+def media_ext(name: str) -> str:
+    return Path(name).suffix.lower().lstrip(".")
+
+
+def _resolve(media_dir: Path, name: str) -> Path:
+    path = media_dir / name
+    if path.is_file() or media_ext(name) in MEDIA_EXTS:
+        return path
+    for ext in VIDEO_EXTS:  # annotations sometimes give ids without an extension
+        if (media_dir / f"{name}.{ext}").is_file():
+            return media_dir / f"{name}.{ext}"
+    return path
+
+
+def _needs_reencode(info: "MediaSize", max_side: int | None, fps: float | None) -> bool:
+    return bool((max_side and max(info.width, info.height) > max_side) or (fps and info.fps > fps * 1.01))
+
+
+def reencode(data: bytes, max_side: int | None, fps: float | None, is_image: bool) -> tuple[bytes, str]:
+    """Downscale (longer side <= max_side, even sizes) and/or drop frames to <= fps; H.264 mp4 (jpg for images)."""
+    import av
+    import numpy as np
+
+    info = media_size(data)
+    scale = min(1.0, max_side / max(info.width, info.height)) if max_side else 1.0
+    w = max(2, int(round(info.width * scale / 2)) * 2)
+    h = max(2, int(round(info.height * scale / 2)) * 2)
+    src = av.open(io.BytesIO(data), metadata_errors="ignore")
+    out_buf = io.BytesIO()
+    try:
+        stream = src.streams.video[0]
+        if is_image:
+            frame = next(src.decode(stream))
+            with av.open(out_buf, "w", format="image2pipe") as dst:
+                vs = dst.add_stream("mjpeg", rate=1)
+                vs.width, vs.height, vs.pix_fmt = w, h, "yuvj420p"
+                dst.mux(vs.encode(frame.reformat(width=w, height=h, format="yuvj420p")))
+                dst.mux(vs.encode())
+            return out_buf.getvalue(), "jpg"
+        src_fps = info.fps or 25.0
+        out_fps = min(src_fps, fps) if fps else src_fps
+        from fractions import Fraction
+
+        with av.open(out_buf, "w", format="mp4") as dst:
+            vs = dst.add_stream("libx264", rate=Fraction(out_fps).limit_denominator(1001))
+            vs.width, vs.height, vs.pix_fmt = w, h, "yuv420p"
+            vs.codec_context.thread_count = 1  # bit-exact output whatever the machine
+            vs.options = {"crf": "23", "preset": "veryfast"}
+            tb = float(stream.time_base) if stream.time_base else 1.0 / src_fps
+            next_t, k = 0.0, 0
+            for frame in src.decode(stream):
+                t = float(frame.pts) * tb if frame.pts is not None else k / src_fps
+                k += 1
+                if t + 1e-6 < next_t:
+                    continue  # frame-rate reduction: keep the first frame at or after each output tick
+                next_t += 1.0 / out_fps
+                img = frame.to_ndarray(format="rgb24")
+                out = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")
+                dst.mux(vs.encode(out.reformat(width=w, height=h, format="yuv420p")))
+            dst.mux(vs.encode())
+        return out_buf.getvalue(), "mp4"
+    finally:
+        src.close()
+
+
+@dataclass
+class MediaSize:
+    width: int
+    height: int
+    fps: float  # 0 for still images
+
+
+def media_size(data: bytes) -> MediaSize:
+    """Frame size and rate from container metadata (for the re-encode decision; decoding is checked separately)."""
+    import av
+
+    with av.open(io.BytesIO(data), metadata_errors="ignore") as c:
+        if not c.streams.video:
+            from retrieval.data.video import VideoError
+
+            raise VideoError("no video stream")
+        s = c.streams.video[0]
+        rate = s.average_rate or s.guessed_rate
+        still = c.format.name in ("image2", "jpeg_pipe", "png_pipe", "webp_pipe")
+        return MediaSize(int(s.codec_context.width or 0), int(s.codec_context.height or 0),
+                         0.0 if still or not rate else float(rate))
+
+
+def check_media(data: bytes, name: str) -> MediaSize:
+    """Size and rate of in-memory media after decoding its middle frame; raises VideoError with the reason."""
+    from retrieval.data.video import read_frames_bytes
+
+    read_frames_bytes(data, 1, "middle", name=name)  # first: its errors carry the readable reasons
+    return media_size(data)
+
+
+# ---------------------------------------------------------------- tar writing
+
+def sample_key(index: int, name: str) -> str:
+    """Unique, dot-free WebDataset key: the item's position plus a readable slug of its name."""
+    stem = re.sub(r"[^A-Za-z0-9_-]+", "_", Path(name).with_suffix("").as_posix()).strip("_")
+    return f"{index:08d}_{stem[:60]}" if stem else f"{index:08d}"
+
+
+def _add(tar: tarfile.TarFile, name: str, payload: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode = len(payload), 0, 0o444  # fixed metadata: reruns give identical bytes
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    tar.addfile(info, io.BytesIO(payload))
+
+
+def _write_shard(job: tuple) -> dict:
+    """Write one shard atomically; returns its progress record {shard, samples, keys, skipped}."""
+    shard, first_index, items, media_dir, out_dir, opts = job
+    out_dir, media_dir = Path(out_dir), Path(media_dir)
+    final = out_dir / (SHARD_PATTERN % shard)
+    tmp = final.with_name(final.name + ".tmp")
+    keys, skipped = [], []
+    with tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
+        for offset, item in enumerate(items):
+            reason = None
+            path = _resolve(media_dir, item.name)
+            ext = media_ext(path.name)
+            if not item.captions:
+                reason = "no caption"
+            elif ext not in MEDIA_EXTS:
+                reason = f"unsupported file type {path.suffix or '(none)'}"
+            elif not path.is_file():
+                reason = "missing file"
+            if reason is None:
+                import av
+
+                from retrieval.data.video import VideoError
+
+                try:
+                    data = path.read_bytes()
+                    info = check_media(data, item.name)
+                    if _needs_reencode(info, opts.max_side, opts.fps):
+                        data, ext = reencode(data, opts.max_side, opts.fps, ext in IMAGE_EXTS)
+                except (VideoError, av.FFmpegError, OSError, ValueError, EOFError, StopIteration) as e:
+                    reason = getattr(e, "reason", None) or f"{type(e).__name__}: {e}"
+            if reason is not None:
+                skipped.append({"video": item.name, "reason": reason})
+                continue
+            key = sample_key(first_index + offset, item.name)
+            meta = {"captions": item.captions, "video": item.name, **item.meta}
+            _add(tar, f"{key}.{ext}", data)
+            _add(tar, f"{key}.json", json.dumps(meta, ensure_ascii=False).encode("utf-8"))
+            _add(tar, f"{key}.txt", item.captions[0].encode("utf-8"))
+            keys.append(key)
+    record = {"shard": final.name, "samples": len(keys), "keys": keys, "skipped": skipped}
+    progress = out_dir / PROGRESS_DIR / (final.stem + ".json")
+    ptmp = progress.with_name(progress.name + ".tmp")
+    ptmp.write_text(json.dumps(record, ensure_ascii=False), encoding="utf-8")
+    os.replace(ptmp, progress)   # record first: a tar without its record is never "done"
+    os.replace(tmp, final)
+    return record
+
+
+def _done(out_dir: Path, shard: int) -> dict | None:
+    final = out_dir / (SHARD_PATTERN % shard)
+    progress = out_dir / PROGRESS_DIR / (final.stem + ".json")
+    if final.is_file() and progress.is_file():
+        return json.loads(progress.read_text(encoding="utf-8"))
+    return None
+
+
+def write_shards(items: list[Item], media_dir: str | Path, out_dir: str | Path,
+                 options: ShardOptions | None = None, progress: bool = True) -> dict:
+    """Write items into OUT/shard-%06d.tar (shard k = items [k*S, (k+1)*S)), skip finished shards; return the report.
+
+    The report (also OUT/report.json) lists shards with sample counts, and every skipped item with its reason.
+    """
+    opts = options or ShardOptions()
+    if opts.shard_size < 1:
+        raise ValueError(f"shard size must be >= 1, got {opts.shard_size}")
+    out_dir, media_dir = Path(out_dir), Path(media_dir)
+    (out_dir / PROGRESS_DIR).mkdir(parents=True, exist_ok=True)
+    for stale in out_dir.glob("*.tmp"):  # a killed run's half-written shard
+        stale.unlink()
+    S = opts.shard_size
+    n_shards = (len(items) + S - 1) // S
+    records: dict[int, dict] = {}
+    jobs = []
+    for k in range(n_shards):
+        done = _done(out_dir, k)
+        if done is not None:
+            records[k] = done
+        else:
+            jobs.append((k, k * S, items[k * S:(k + 1) * S], str(media_dir), str(out_dir), opts))
+
+    from tqdm import tqdm
+
+    bar = tqdm(total=n_shards, initial=len(records), desc="shards", unit="shard", disable=not progress)
+    if opts.workers > 1 and len(jobs) > 1:
+        with ProcessPoolExecutor(max_workers=min(opts.workers, len(jobs))) as pool:
+            for rec, job in zip(pool.map(_write_shard, jobs), jobs):
+                records[job[0]] = rec
+                bar.update()
+    else:
+        for job in jobs:
+            records[job[0]] = _write_shard(job)
+            bar.update()
+    bar.close()
+    ordered = [records[k] for k in range(n_shards)]
+    report = {
+        "items": len(items),
+        "samples": sum(r["samples"] for r in ordered),
+        "shards": [{"shard": r["shard"], "samples": r["samples"]} for r in ordered],
+        "urls": f"{out_dir}/shard-{{{0:06d}..{max(n_shards - 1, 0):06d}}}.tar" if n_shards else "",
+        "skipped": [s for r in ordered for s in r["skipped"]],
+    }
+    tmp = out_dir / "report.json.tmp"
+    tmp.write_text(json.dumps(report, indent=1, ensure_ascii=False), encoding="utf-8")
+    os.replace(tmp, out_dir / "report.json")
+    return report

@@ -1,0 +1,500 @@
+"""The pretraining loop: objectives (VTC, masked-video token alignment, MLM) around the model, train steps,
+logging (TensorBoard, tqdm, steps.jsonl), the zero-shot retrieval check, checkpoints, resume and export."""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import time
+import zlib
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from retrieval.config import to_dict
+from retrieval.losses import alignment_loss, mlm_loss, mlm_mask_tokens, total_loss, vtc_loss
+from retrieval.masking import create_mask_generator, gather_visible
+
+from .config import TrainConfig
+from .engine import DistInfo, Engine, barrier, latest_checkpoint, lr_at, prune_checkpoints
+
+log = logging.getLogger(__name__)
+CKPT_DIR = "checkpoints"
+
+
+# ---------------------------------------------------------------- objectives
+
+class MLMHead(nn.Module):
+    """BERT-style prediction head over text token states (dropped on export: the retrieval model has no use for it)."""
+
+    def __init__(self, width: int, vocab_size: int):
+        super().__init__()
+        self.transform = nn.Sequential(nn.Linear(width, width), nn.GELU(), nn.LayerNorm(width))
+        self.decoder = nn.Linear(width, vocab_size)
+
+    def forward(self, states: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.transform(states))  # (B, L, V)
+
+
+class PretrainModule(nn.Module):
+    """What the engine trains: the dual encoder plus objective-only heads; forward returns the weighted loss terms.
+
+    The teacher is not a submodule (it is frozen and must stay out of the optimizer and checkpoints);
+    its targets arrive as inputs.
+    """
+
+    def __init__(self, model: nn.Module, objectives, use_mlm: bool):
+        super().__init__()
+        self.model = model
+        self.objectives = objectives
+        self.mlm_head = MLMHead(model.text.width, model.text.vocab_size) if use_mlm else None
+        self.weights = {"vtc": objectives.vtc, "mvm": objectives.mvm, "mlm": objectives.mlm if use_mlm else 0.0}
+
+    def no_weight_decay(self) -> set[str]:
+        names = {f"model.{n}" for n in self.model.no_weight_decay()}
+        names |= {n for n, p in self.named_parameters() if n.startswith("mlm_head.") and p.ndim <= 1}
+        return names
+
+    def forward(self, video, text, video_ids=None, mask=None, teacher_tokens=None, mlm_inputs=None,
+                mlm_labels=None) -> dict[str, torch.Tensor]:
+        out = self.model(video, text, mask=mask)
+        terms: dict[str, torch.Tensor] = {}
+        if self.weights["vtc"] > 0:
+            ids = video_ids if self.objectives.multi_positive else None
+            terms["vtc"] = vtc_loss(out["video_features"].float(), out["text_features"].float(),
+                                    out["logit_scale"].float(), ids)
+        if self.weights["mvm"] > 0:
+            target = gather_visible(teacher_tokens, mask) if mask is not None else teacher_tokens
+            terms["mvm"] = alignment_loss(out["decoded_tokens"], target)
+        if self.mlm_head is not None and self.weights["mlm"] > 0:
+            states = self.model.text.forward_features(mlm_inputs)[1]  # (B, L, width)
+            terms["mlm"] = mlm_loss(self.mlm_head(states), mlm_labels)
+        return total_loss(terms, self.weights)
+
+
+def mlm_supported(model) -> tuple[bool, str]:
+    """MLM needs a bidirectional text tower and a tokenizer with a mask token."""
+    if getattr(model.text, "is_causal", True):
+        return False, "the text tower is causal (CLIP-style): every token sees only its left context"
+    if getattr(model.tokenizer, "mask_id", None) is None:
+        return False, "the tokenizer has no mask token"
+    return True, ""
+
+
+def _seed(*parts) -> int:
+    return zlib.crc32("/".join(map(str, parts)).encode()) & 0x7FFFFFFF
+
+
+def micro_step(engine: Engine, teacher, batch: dict, cfg: TrainConfig, grid, seed: int) -> dict[str, torch.Tensor]:
+    """Forward + backward of one micro-batch; masks and MLM picks are drawn from `seed` (same on resume)."""
+    dev = engine.dist.device
+    o = cfg.objectives
+    video = batch["video"].to(dev, non_blocking=True)
+    text = batch["text"].to(dev, non_blocking=True)
+    ids = batch["video_ids"].to(dev, non_blocking=True)
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)  # drop-path and any other module randomness
+    kwargs: dict = {"video_ids": ids}
+    if o.mvm > 0:
+        teacher_tokens, scores = teacher(video)
+        B = video.shape[0]
+        mask = create_mask_generator(o.mask_kind)(B, *grid, o.mask_ratio, gen, scores=scores)
+        kwargs.update(mask=mask.to(dev), teacher_tokens=teacher_tokens)
+    module = engine.module
+    if module.mlm_head is not None:
+        tok = module.model.tokenizer
+        inputs, labels = mlm_mask_tokens(text.cpu(), tok.mask_id, module.model.text.vocab_size, tok.special_ids,
+                                         o.mlm_prob, gen)
+        kwargs.update(mlm_inputs=inputs.to(dev), mlm_labels=labels.to(dev))
+    losses = engine(video.to(engine.input_dtype), text, **kwargs)
+    engine.backward(losses["loss"])
+    engine.step()
+    return {k: v.detach() for k, v in losses.items()}
+
+
+# ---------------------------------------------------------------- zero-shot check
+
+class ZeroShotCheck:
+    """Text-to-video R@1/R@5 (retrieval.metrics, every caption a query) on a small annotated set; clips cached."""
+
+    def __init__(self, anno: str, videos: str, max_videos: int, batch_size: int):
+        from retrieval.data.annotations import find_video_file, load_annotations, load_folder
+
+        items = load_folder(anno) if Path(anno).is_dir() else load_annotations(anno)
+        self.entries = []  # (file, captions)
+        for it in items:
+            path = Path(it.path) if it.path and Path(it.path).is_absolute() else None
+            if path is None:
+                path = (Path(videos) / it.path) if it.path and (Path(videos) / it.path).is_file() \
+                    else find_video_file(videos, it.video_id)
+            if path is None:
+                log.warning("val: no file for %s under %s", it.video_id, videos)
+                continue
+            self.entries.append((path, list(it.captions)))
+            if len(self.entries) == max_videos:
+                break
+        self.batch_size = batch_size
+        self._clips: list[torch.Tensor] | None = None
+
+    def _load(self, num_frames: int, size: int, mean, std) -> list[torch.Tensor]:
+        from retrieval.data.transforms import frames_to_tensor
+        from retrieval.data.video import VideoError, read_frames
+
+        clips, keep = [], []
+        for path, captions in self.entries:
+            try:
+                frames = read_frames(path, num_frames, "middle")
+            except VideoError as e:
+                log.warning("val: skipping %s (%s)", path, e.reason)
+                continue
+            clips.append(frames_to_tensor(frames, size, mean, std))
+            keep.append((path, captions))
+        self.entries = keep
+        return clips
+
+    @torch.no_grad()
+    def __call__(self, model, device, dtype) -> dict[str, float]:
+        from retrieval.metrics import retrieval_metrics
+
+        vcfg = model.config.video
+        if self._clips is None:
+            self._clips = self._load(vcfg.num_frames, vcfg.img_size, vcfg.mean, vcfg.std)
+        if not self._clips:
+            return {}
+        captions = [c for _, caps in self.entries for c in caps]
+        text_to_video = [i for i, (_, caps) in enumerate(self.entries) for _ in caps]
+        bs = self.batch_size
+        was_training = model.training
+        model.eval()
+        try:
+            vfeats = [model.encode_video(torch.stack(self._clips[i:i + bs]).to(device, dtype)).float()
+                      for i in range(0, len(self._clips), bs)]
+            tfeats = [model.encode_text(model.tokenize(captions[i:i + bs]).to(device)).float()
+                      for i in range(0, len(captions), bs)]
+        finally:
+            model.train(was_training)
+        sim = (torch.cat(tfeats) @ torch.cat(vfeats).t()).cpu()  # (texts, videos)
+        m = retrieval_metrics(sim, text_to_video)
+        return {"t2v_r1": m["R1"], "t2v_r5": m["R5"], "t2v_medr": m["MdR"], "videos": float(len(self._clips))}
+
+
+# ---------------------------------------------------------------- schedule bookkeeping
+
+def count_samples(urls: list[str]) -> int | None:
+    """Samples in the listed local shards, from the report.json `vmr shards` writes beside them (None if unknown)."""
+    reports: dict[Path, dict] = {}
+    total = 0
+    for url in urls:
+        if url.startswith("pipe:") or "://" in url:
+            return None
+        folder = Path(url).parent
+        if folder not in reports:
+            f = folder / "report.json"
+            if not f.is_file():
+                return None
+            reports[folder] = {s["shard"]: s["samples"] for s in json.loads(f.read_text())["shards"]}
+        n = reports[folder].get(Path(url).name)
+        if n is None:
+            return None
+        total += n
+    return total
+
+
+def plan_steps(cfg: TrainConfig, sources: list[tuple[list[str], float]], world: int) -> tuple[int, int]:
+    """(steps per epoch, total optimizer steps) for the lr schedule."""
+    global_batch = cfg.data.batch_size * cfg.engine.grad_accum * world
+    if cfg.data.samples_per_epoch > 0:
+        samples = cfg.data.samples_per_epoch
+    else:
+        counts = [count_samples(urls) for urls, _ in sources]
+        samples = None if any(c is None for c in counts) else sum(counts)
+    if samples is None:
+        if cfg.run.max_steps <= 0:
+            raise ValueError("can't tell the epoch size (no report.json beside the shards): set data.samples_per_epoch "
+                             "or run.max_steps")
+        steps_per_epoch = cfg.run.max_steps
+    else:
+        steps_per_epoch = max(1, samples // global_batch)
+    total = cfg.run.max_steps if cfg.run.max_steps > 0 else max(1, math.ceil(cfg.run.epochs * steps_per_epoch))
+    return steps_per_epoch, total
+
+
+# ---------------------------------------------------------------- the loop
+
+class Logger:
+    """Rank-0 outputs: TensorBoard scalars, steps.jsonl (one line per step), tqdm bar."""
+
+    def __init__(self, run_dir: Path, dist: DistInfo, total: int, start: int, progress: bool):
+        self.main = dist.is_main
+        self.tb = self.bar = self.jsonl = None
+        if not self.main:
+            return
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            # purge_step drops events a killed run logged after the checkpoint we resume from
+            self.tb = SummaryWriter(str(run_dir / "tb"), purge_step=start + 1 if start else None)
+        except ImportError:  # tensorboard missing: keep training, say so once
+            log.warning("tensorboard is not installed: no TensorBoard logs")
+        path = run_dir / "steps.jsonl"
+        kept = []
+        if start and path.is_file():  # same for the per-step log; a fresh start begins a new one
+            kept = [line for line in path.read_text(encoding="utf-8").splitlines()
+                    if line.strip() and json.loads(line)["step"] <= start]
+        path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+        self.jsonl = open(path, "a", encoding="utf-8")
+        if progress:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=start, desc="pretrain", unit="step", dynamic_ncols=True)
+
+    def step(self, record: dict, scalars: dict | None) -> None:
+        if not self.main:
+            return
+        self.jsonl.write(json.dumps(record) + "\n")
+        self.jsonl.flush()
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}")
+        if scalars and self.tb is not None:
+            for k, v in scalars.items():
+                self.tb.add_scalar(k, v, record["step"])
+
+    def scalars(self, step: int, values: dict) -> None:
+        if self.main and self.tb is not None:
+            for k, v in values.items():
+                self.tb.add_scalar(k, v, step)
+            self.tb.flush()
+
+    def close(self) -> None:
+        if self.main:
+            if self.bar is not None:
+                self.bar.close()
+            if self.tb is not None:
+                self.tb.close()
+            self.jsonl.close()
+
+
+def _all_min(flag: bool, device) -> bool:
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return flag
+    t = torch.tensor([1 if flag else 0], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return bool(t.item())
+
+
+def _gather_objects(obj, world: int) -> list:
+    import torch.distributed as dist
+
+    if world == 1:
+        return [obj]
+    out = [None] * world
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def train(cfg: TrainConfig, run_dir: Path, dist: DistInfo, engine_kind: str, resume: str | None = None) -> dict:
+    """Run (or resume) the configured training; returns a summary dict. Every rank calls it."""
+    from retrieval.model import create_model, load_model
+
+    from .data import StreamSpec, create_stream, expand_urls
+    from .teachers import create_teacher
+
+    run_dir = Path(run_dir)
+    ckpt_dir = run_dir / CKPT_DIR
+    torch.manual_seed(cfg.run.seed)  # identical initial weights on every rank
+
+    # -- model, teacher, objectives --------------------------------------------------------------------
+    model_cfg = cfg.model
+    vcfg = model_cfg.video
+    grid = vcfg.encoder_config().grid
+    teacher = None
+    if cfg.objectives.mvm > 0:
+        teacher = create_teacher(cfg.teacher, grid, vcfg.mean, vcfg.std)
+        if model_cfg.teacher_dim not in (0, teacher.dim):
+            raise ValueError(f"model.teacher_dim={model_cfg.teacher_dim} but the teacher's tokens are {teacher.dim}-d")
+        model_cfg = dataclasses.replace(model_cfg, teacher_dim=teacher.dim)
+        teacher.to(dist.device)
+    model = create_model(model_cfg)
+    if cfg.run.init_model:
+        init = load_model(cfg.run.init_model)
+        missing, unexpected = model.load_state_dict(init.state_dict(), strict=False)
+        log.info("initialised from %s (missing %d, unexpected %d keys)", cfg.run.init_model, len(missing), len(unexpected))
+        del init
+    use_mlm = cfg.objectives.mlm > 0
+    if use_mlm:
+        ok, why = mlm_supported(model)
+        if not ok:
+            if dist.is_main:
+                log.warning("MLM skipped (objectives.mlm=%g): %s. Use a bidirectional Hugging Face tower "
+                            "(text.kind hf) or text.causal=false with a tokenizer that has a mask token.",
+                            cfg.objectives.mlm, why)
+            use_mlm = False
+    if cfg.engine.grad_checkpointing:
+        model.set_grad_checkpointing(True)
+    wrapper = PretrainModule(model, cfg.objectives, use_mlm)
+    if sum(wrapper.weights.values()) == 0:
+        raise ValueError("no objective left to train (MLM was the only one and is unsupported)")
+
+    # -- data and schedule -------------------------------------------------------------------------------
+    sources = [(expand_urls(s.urls), s.weight) for s in cfg.data.sources]
+    for (urls, _), s in zip(sources, cfg.data.sources):
+        if not urls:
+            raise ValueError(f"data source {s.name or s.urls!r} expands to no shard URLs")
+    steps_per_epoch, total_steps = plan_steps(cfg, sources, dist.world_size)
+    spec = StreamSpec(sources=sources, batch_size=cfg.data.batch_size, num_frames=vcfg.num_frames,
+                      img_size=vcfg.img_size, mean=tuple(vcfg.mean), std=tuple(vcfg.std),
+                      context_length=model.config.text.context_length, train=True,
+                      crop_scale=tuple(cfg.data.crop_scale), flip=cfg.data.flip, resampled=cfg.data.resampled,
+                      shuffle_buffer=cfg.data.shuffle_buffer, seed=cfg.run.seed + cfg.data.seed_offset,
+                      rank=dist.rank, world_size=dist.world_size)
+    loader = create_stream(spec, model.tokenizer, cfg.data.num_workers, cfg.data.prefetch_factor,
+                           pin_memory=dist.device.type == "cuda")
+    warmup = cfg.optim.warmup_steps or int(round(cfg.optim.warmup_epochs * steps_per_epoch))
+
+    engine = Engine(wrapper, cfg, dist, engine_kind)
+    base_lr, min_lr = engine.opt["lr"], cfg.optim.min_lr
+    step, epoch, data_state, resumed_at = 0, 0, None, -1
+    if resume:
+        tag = resume
+        if resume == "auto":
+            tag = latest_checkpoint(ckpt_dir)
+        elif Path(resume).is_dir():
+            ckpt_dir, tag = Path(resume).parent, Path(resume).name
+        if tag is None:
+            if dist.is_main:
+                log.info("resume auto: no checkpoint in %s, starting fresh", ckpt_dir)
+        else:
+            client = engine.load(ckpt_dir, tag)
+            step, epoch = client["step"], client["epoch"]
+            states = client.get("data") or []
+            if len(states) == dist.world_size:
+                data_state = states[dist.rank]
+            else:
+                log.warning("resume: checkpoint has data positions for %d ranks, this run has %d; "
+                            "epoch %d restarts from its first sample", len(states), dist.world_size, epoch)
+            if client.get("total_steps") and client["total_steps"] != total_steps:
+                log.warning("resume: schedule length changed from %d to %d steps", client["total_steps"], total_steps)
+            if dist.is_main:
+                log.info("resumed from %s/%s at step %d, epoch %d", ckpt_dir, tag, step, epoch)
+            resumed_at = step
+    ckpt_dir = run_dir / CKPT_DIR  # new checkpoints always go to this run
+
+    val = None
+    if cfg.val.anno and dist.is_main:
+        val = ZeroShotCheck(cfg.val.anno, cfg.val.videos or str(Path(cfg.val.anno).parent),
+                            cfg.val.max_videos, cfg.val.batch_size)
+    logger = Logger(run_dir, dist, total_steps, step, cfg.run.progress)
+    global_batch = cfg.data.batch_size * cfg.engine.grad_accum * dist.world_size
+    if dist.is_main:
+        log.info("training %d steps (%d per epoch, global batch %d, %s engine, %s, ZeRO %d)", total_steps,
+                 steps_per_epoch, global_batch, engine_kind, engine.precision, engine.opt["zero_stage"])
+
+    def checkpoint(tag_step: int) -> None:
+        states = _gather_objects(loader.state(), dist.world_size)
+        client = {"step": tag_step, "epoch": epoch, "data": states, "steps_per_epoch": steps_per_epoch,
+                  "total_steps": total_steps, "world_size": dist.world_size, "config": to_dict(cfg)}
+        engine.save(ckpt_dir, f"step_{tag_step:08d}", client)
+        barrier()
+        if dist.is_main:
+            prune_checkpoints(ckpt_dir, cfg.run.keep_checkpoints)
+
+    def run_val() -> dict:
+        if val is None:
+            barrier()
+            return {}
+        metrics = val(engine.module.model, dist.device, engine.input_dtype)
+        if metrics:
+            logger.scalars(step, {f"val/{k}": v for k, v in metrics.items()})
+            log.info("step %d zero-shot: %s", step, " ".join(f"{k}={v:.2f}" for k, v in metrics.items()))
+        barrier()
+        return metrics
+
+    engine.train(True)
+    last_ckpt, stopped, metrics, empty_epochs = resumed_at, False, {}, 0
+    t_last = time.perf_counter()
+    skipped_total = 0
+    try:
+        while step < total_steps and not stopped:
+            batches = loader.epoch(epoch, data_state)
+            data_state = None
+            epoch_steps = 0
+            while step < total_steps:
+                if cfg.data.resampled and loader.state()["batches"] >= steps_per_epoch * cfg.engine.grad_accum:
+                    break
+                t0 = time.perf_counter()
+                micro = [next(batches, None) for _ in range(cfg.engine.grad_accum)]
+                if not _all_min(all(b is not None for b in micro), dist.device):
+                    break  # some rank ran out of data: the epoch ends everywhere
+                t_data = time.perf_counter() - t0
+                lr = lr_at(step, base_lr, min_lr, warmup, total_steps)
+                engine.set_lr(lr)
+                terms: dict[str, float] = {}
+                for m, batch in enumerate(micro):
+                    out = micro_step(engine, teacher, batch, cfg, grid, _seed(cfg.run.seed, step, m, dist.rank))
+                    for k, v in out.items():
+                        terms[k] = terms.get(k, 0.0) + float(v) / len(micro)
+                if dist.device.type == "cuda":
+                    torch.cuda.synchronize(dist.device)
+                t_now = time.perf_counter()
+                t_step, t_last = t_now - t_last, t_now
+                step += 1
+                epoch_steps += 1
+                skipped_total = loader.skipped
+                keys = [k for b in micro for k in b["keys"]]
+                record = {"step": step, "epoch": epoch, "lr": lr, **terms,
+                          "temp": float(engine.module.model.temp.detach().float()),
+                          "keys_sha1": hashlib.sha1("\n".join(keys).encode()).hexdigest()[:12],
+                          "data_time": t_data, "step_time": t_step}
+                scalars = None
+                if step % max(1, cfg.run.log_every) == 0 or step == total_steps:
+                    scalars = {f"loss/{k}": v for k, v in terms.items()}
+                    scalars.update({"lr": lr, "temperature": record["temp"], "samples_per_s": global_batch / t_step,
+                                    "time/data": t_data, "time/step": t_step, "data/skipped": skipped_total,
+                                    "epoch": epoch + loader.state()["batches"] / max(1, steps_per_epoch * cfg.engine.grad_accum)})
+                    if engine.last_grad_norm is not None:
+                        scalars["grad_norm"] = engine.last_grad_norm
+                    if dist.device.type == "cuda":
+                        scalars["gpu_mem_gb"] = torch.cuda.max_memory_allocated(dist.device) / 2 ** 30
+                logger.step(record, scalars)
+                if cfg.run.ckpt_every > 0 and step % cfg.run.ckpt_every == 0 and step < total_steps:
+                    checkpoint(step)
+                    last_ckpt = step
+                if cfg.val.every > 0 and step % cfg.val.every == 0 and step < total_steps:
+                    metrics = run_val()
+                if cfg.run.stop_after > 0 and step >= cfg.run.stop_after and step < total_steps:
+                    stopped = True
+                    break
+            else:
+                batches.close()
+                continue  # total_steps reached inside the epoch
+            batches.close()  # stops this epoch's workers
+            if stopped:
+                break
+            if epoch_steps == 0 and not cfg.data.resampled:
+                empty_epochs += 1
+                if empty_epochs >= 2:
+                    raise RuntimeError(f"epoch {epoch} produced no batch: the shards hold fewer than "
+                                       f"{cfg.data.batch_size} usable samples per worker")
+            else:
+                empty_epochs = 0
+            epoch += 1
+        if step != last_ckpt:
+            checkpoint(step)
+        if not stopped:
+            metrics = run_val()
+            engine.export(run_dir / "model", {"fp32": None, "bf16": torch.bfloat16,
+                                              "fp16": torch.float16}[cfg.run.export_dtype])
+            barrier()
+    finally:
+        logger.close()
+    summary = {"step": step, "epoch": epoch, "total_steps": total_steps, "stopped_early": stopped,
+               "data_skipped": skipped_total, "val": metrics}
+    if dist.is_main:
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    return summary
