@@ -71,6 +71,13 @@ def results_html(searcher, hits) -> str:
     return "<div class='vmr-results'>" + "".join(card_html(searcher, h) for h in hits) + "</div>"
 
 
+def hit_json(hit) -> dict:
+    """A hit for the JSON output; "video" not "path", since gradio_client downloads any dict with a "path"."""
+    d = hit.to_dict()
+    d["video"] = d.pop("path")
+    return d
+
+
 def create_ui(searcher, max_k: int = 50):
     """The Blocks app. API: /search (query, k, min_score, group) -> (html, hits json); /info -> dict."""
     import gradio as gr
@@ -84,9 +91,9 @@ def create_ui(searcher, max_k: int = 50):
         except ValueError as e:  # empty query and the like: say so in the results area
             return f"<div class='vmr-msg'>{html.escape(str(e))}</div>", []
         demo.allowed_paths = _allowed(searcher)  # an `add` may have brought a new library root
-        return results_html(searcher, hits), [h.to_dict() for h in hits]
+        return results_html(searcher, hits), [hit_json(h) for h in hits]
 
-    with gr.Blocks(title="VideoMamba Retrieval") as demo:
+    with gr.Blocks(title="VideoMamba Retrieval", analytics_enabled=False) as demo:  # no phoning home
         gr.Markdown("## VideoMamba Retrieval\nDescribe a moment; each card plays the matching segment.")
         with gr.Row():
             query = gr.Textbox(label="Search", placeholder="a dog catches a frisbee", max_length=MAX_QUERY_CHARS,

@@ -1,4 +1,4 @@
-"""Find a library's videos (folder, list file or VINDLU annotation json), keep paths inside their root, fingerprint files."""
+"""Find a library's videos (folder, list file, annotation file), keep paths inside their root, fingerprint files."""
 from __future__ import annotations
 
 import hashlib
@@ -95,7 +95,8 @@ def _check(path: str, root: str) -> str | None:
 
 def _walk(folder: str, root: str, exclude: tuple[str, ...]) -> Discovered:
     files, rejected = [], []
-    for dirpath, dirnames, filenames in os.walk(real(folder)):  # followlinks=False: a linked folder could loop or escape
+    # followlinks=False: a linked folder could loop or lead out of the library
+    for dirpath, dirnames, filenames in os.walk(real(folder)):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")
                              and real(os.path.join(dirpath, d)) not in exclude)
         for name in sorted(filenames):

@@ -92,10 +92,11 @@ class SegmentReader(torch.utils.data.IterableDataset):
     """Yields Chunk / Failed / Unchanged items; each worker process takes every num_workers-th file."""
 
     def __init__(self, tasks: list[FileTask], num_frames: int, img_size: int, segment_seconds: float,
-                 stride: float | None = None, chunk: int = 16):
+                 stride: float | None = None, chunk: int = 16, mean=IMAGENET_MEAN, std=IMAGENET_STD):
         super().__init__()
         self.tasks, self.num_frames, self.img_size = tasks, num_frames, img_size
         self.segment_seconds, self.stride, self.chunk = segment_seconds, stride, max(1, chunk)
+        self.mean, self.std = tuple(mean), tuple(std)
 
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
@@ -131,7 +132,7 @@ class SegmentReader(torch.utils.data.IterableDataset):
                     # the whole-clip case reads without bounds: probed durations can be a frame off
                     frames = (read_frames(task.path, self.num_frames, mode="middle") if whole else
                               read_frames(task.path, self.num_frames, mode="middle", start_sec=start, end_sec=end))
-                    clips.append(frames_to_tensor(frames, self.img_size, IMAGENET_MEAN, IMAGENET_STD))
+                    clips.append(frames_to_tensor(frames, self.img_size, self.mean, self.std))
                 yield Chunk(info, first, part, torch.stack(clips), len(spans))  # (S, 3, T, H, W)
         except Exception as e:  # noqa: BLE001 - one bad file must not stop a library-wide job
             yield Failed(task, _reason(e), size, mtime)

@@ -213,7 +213,7 @@ class Searcher:
         if self._gpu_lock is not None:  # FAISS GPU indexes are not safe to share between threads
             with self._gpu_lock:
                 return index.search(queries, k)
-        return index.search(queries, k)
+        return ann.search(index, queries, k)
 
     # -- what the UI needs ---------------------------------------------------------------------------------
     def info(self) -> dict:

@@ -214,17 +214,19 @@ class IndexStore:
     def counts(self) -> dict:
         one = lambda q: self.conn.execute(q).fetchone()[0]  # noqa: E731
         return {"files": one("SELECT COUNT(*) FROM files"), "segments": one("SELECT COUNT(*) FROM segments"),
-                "failures": one("SELECT COUNT(*) FROM failures"), "shards": one("SELECT COUNT(DISTINCT shard) FROM segments")}
+                "failures": one("SELECT COUNT(*) FROM failures"),
+                "shards": one("SELECT COUNT(DISTINCT shard) FROM segments")}
 
     # -- embeddings ----------------------------------------------------------------------------------------
     def shard_path(self, name: str) -> Path:
         return self.dir / "shards" / name
 
-    def live_embeddings(self) -> tuple[np.ndarray, np.ndarray]:
-        """(ids int64 (n,), float16 (n, dim)) of every committed segment, in id order."""
-        refs = self.conn.execute("SELECT id, shard, row FROM segments ORDER BY id").fetchall()
+    def live_embeddings(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(ids int64 (n,), float16 (n, dim), file ids int64 (n,)) of every committed segment, in id order."""
+        refs = self.conn.execute("SELECT id, shard, row, file FROM segments ORDER BY id").fetchall()
         ids = np.array([r[0] for r in refs], np.int64)
-        return ids, self.gather([(r[1], r[2]) for r in refs])
+        files = np.array([r[3] for r in refs], np.int64)
+        return ids, self.gather([(r[1], r[2]) for r in refs]), files
 
     def gather(self, refs: list[tuple[str, int]]) -> np.ndarray:
         """float16 (len(refs), dim) embeddings for (shard, row) references, reading each shard once."""

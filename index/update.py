@@ -63,6 +63,8 @@ def commit(store: IndexStore, change: Change) -> CommitResult:
     gone_files = sorted(set(change.removes) | set(replaced))
     removed_ids = np.array(store.segment_ids_of(gone_files), np.int64)
     refs = [(s[2], s[3]) for f in change.adds for s in f.segments]
+    # file ids of new files are not known before the transaction: number them -1, -2, ... for recall grouping
+    new_groups = np.array([-1 - i for i, f in enumerate(change.adds) for _ in f.segments], np.int64)
     new_vecs = store.gather(refs)
     dim = int(st.get("embed_dim") or (new_vecs.shape[1] if len(refs) else 0))
     if len(refs) and new_vecs.shape[1] != dim:
@@ -73,7 +75,7 @@ def commit(store: IndexStore, change: Change) -> CommitResult:
     n_after = n_before - len(removed_ids) + len(new_ids)
 
     index_info, faiss_name, faiss_bytes = _update_faiss(store, st, version, dim, removed_ids, new_ids, new_vecs,
-                                                        n_before, n_after)
+                                                        new_groups, n_before, n_after)
 
     with transaction(store.conn):
         for fid in gone_files:
@@ -105,7 +107,7 @@ def commit(store: IndexStore, change: Change) -> CommitResult:
                         n_after, index_info)
 
 
-def _update_faiss(store, st, version, dim, removed_ids, new_ids, new_vecs, n_before, n_after):
+def _update_faiss(store, st, version, dim, removed_ids, new_ids, new_vecs, new_groups, n_before, n_after):
     """Patch the current FAISS index in place when its type still fits the new size, else rebuild; write v+1."""
     if n_after == 0:
         return {"kind": None, "n": 0}, None, None
@@ -125,10 +127,11 @@ def _update_faiss(store, st, version, dim, removed_ids, new_ids, new_vecs, n_bef
     def everything():
         nonlocal all_vectors
         if all_vectors is None:
-            ids, vecs = store.live_embeddings()
+            ids, vecs, files = store.live_embeddings()
             keep = ~np.isin(ids, removed_ids)
-            ids, vecs = ids[keep], vecs[keep].reshape(-1, dim)
-            all_vectors = (np.concatenate([ids, new_ids]), np.concatenate([vecs, new_vecs.astype(np.float16)]))
+            ids, vecs, files = ids[keep], vecs[keep].reshape(-1, dim), files[keep]
+            all_vectors = (np.concatenate([ids, new_ids]), np.concatenate([vecs, new_vecs.astype(np.float16)]),
+                           np.concatenate([files, new_groups]))
         return all_vectors
 
     if current is not None and ann.spec_of(current) == spec:
@@ -138,18 +141,19 @@ def _update_faiss(store, st, version, dim, removed_ids, new_ids, new_vecs, n_bef
         changed = int(old_info.get("changed_since_tuning", 0)) + len(removed_ids) + len(new_ids)
         rebuilt = False
         if spec.kind == "flat" or changed <= RETUNE_FRACTION * max(int(old_info.get("tuned_at_n", 0)), 1):
-            tuning = {k: old_info.get(k) for k in ("nprobe", "recall_at_10", "exact", "target_recall",
-                                                   "recall_queries", "nprobe_sweep", "tuned_at_n")}
+            tuning = {k: old_info.get(k) for k in ("nprobe", "recall_at_10", "recall_lower_95", "exact",
+                                                   "target_recall", "recall_queries", "recall_excludes",
+                                                   "nprobe_sweep", "tuned_at_n")}
             tuning["changed_since_tuning"] = 0 if spec.kind == "flat" else changed
             ann.set_nprobe(index, tuning.get("nprobe"))
         else:
-            ids, vecs = everything()
-            tuning = ann.tune(index, spec, vecs, ids, target)
+            ids, vecs, groups = everything()
+            tuning = ann.tune(index, spec, vecs, ids, target, groups=groups)
             tuning["changed_since_tuning"] = 0
     else:
-        ids, vecs = everything()
+        ids, vecs, groups = everything()
         index = ann.build_index(spec, vecs, ids)
-        tuning = ann.tune(index, spec, vecs, ids, target)
+        tuning = ann.tune(index, spec, vecs, ids, target, groups=groups)
         tuning["changed_since_tuning"] = 0
         rebuilt = True
     name = f"v{version + 1:06d}.faiss"
@@ -215,7 +219,8 @@ def _change_from_parts(store: IndexStore, parts) -> Change:
     return change
 
 
-def remove(index_dir: str | os.PathLike, paths: list[str] = (), missing: bool = False) -> tuple[CommitResult, list[str]]:
+def remove(index_dir: str | os.PathLike, paths: list[str] = (),
+           missing: bool = False) -> tuple[CommitResult, list[str]]:
     """Drop files (or whole folders) given by path, and with `missing` every indexed file no longer on disk.
     Returns the commit result and the given paths that matched nothing."""
     with WriterLock(index_dir, exclusive=True):
