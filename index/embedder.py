@@ -55,13 +55,15 @@ class Embedder:
     def img_size(self) -> int:
         return int(self.model.config.video.img_size)
 
-    @torch.inference_mode()
+    # no_grad, not inference_mode: tensors made under inference_mode (e.g. a backend's cached scratch buffers) break
+    # later no_grad/training calls in the same process
+    @torch.no_grad()
     def encode_video(self, video: torch.Tensor) -> np.ndarray:
         """(B, 3, T, H, W) -> float16 (B, E), L2-normalised."""
         x = video.to(self.device, non_blocking=True)
         return self.model.encode_video(x, normalize=True).float().cpu().numpy().astype(np.float16)
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def encode_text(self, texts: list[str]) -> np.ndarray:
         """list of B strings -> float32 (B, E), L2-normalised."""
         return self.model.encode_text(list(texts), normalize=True).float().cpu().numpy()

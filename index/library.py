@@ -56,7 +56,8 @@ def is_video_name(name: str) -> bool:
 
 def discover(source: str | os.PathLike, video_root: str | os.PathLike | None = None,
              exclude: tuple[str, ...] = ()) -> Discovered:
-    """List the videos of `source`: a folder (walked, hidden folders skipped), a list file or a VINDLU json.
+    """List the videos of `source`: a folder (walked, hidden folders skipped), a list file (one path a line), a
+    retrieval annotation file (VINDLU json list, MSRVTT, ActivityNet, LSMDC) or a single video.
 
     Entries of list/json files are relative to `video_root` (default: the list file's folder); every file must
     resolve inside the root, so a symlink pointing outside the library is refused here rather than indexed
@@ -69,6 +70,9 @@ def discover(source: str | os.PathLike, video_root: str | os.PathLike | None = N
     if not os.path.isfile(source):
         raise FileNotFoundError(f"no such folder or list file: {source}")
     root = real(video_root or os.path.dirname(source))
+    if is_video_name(source):  # a single video
+        reason = _check(source, root)
+        return Discovered(root, [] if reason else [source], [(source, reason)] if reason else [])
     if source.lower().endswith(LIST_SUFFIXES):
         entries = [(e, e if os.path.isabs(e) else os.path.join(root, e)) for e in _read_list(source)]
     else:

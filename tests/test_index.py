@@ -85,6 +85,8 @@ def test_discover_folder_list_and_annotations(tmp_path, lib):
         resolve_inside(found.root, str(outside))
     with pytest.raises(ValueError):
         resolve_inside(found.root, "link_out.mp4")
+    found = discover(lib / "sub" / "blue.mkv")  # a single video
+    assert [os.path.relpath(f, found.root) for f in found.files] == ["blue.mkv"]
 
 
 # -- build / add / remove ------------------------------------------------------------------------------------------
@@ -320,3 +322,49 @@ def test_cli_help_is_cheap():
             "print([m for m in ('torch', 'faiss', 'gradio', 'av', 'numpy') if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parents[1])
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+# -- the real dual encoder ------------------------------------------------------------------------------------------
+TINY_MODEL = {
+    "video": {"name": "videomamba_tiny", "encoder": {"embed_dim": 64, "depth": 2, "img_size": 32, "num_frames": 4}},
+    "text": {"kind": "clip", "width": 64, "layers": 2, "heads": 2, "context_length": 16},
+    "embed_dim": 32,
+}
+
+
+def test_real_model_end_to_end(tmp_path, lib, capsys):
+    """`vmr index build/search` with a saved VideoTextModel: stored embeddings equal the model's own encoding of
+    the same frames, scores are text . video, and the Searcher reloads the model from the recorded folder."""
+    import torch
+
+    from app.cli import main
+    from retrieval import create_model, load_model, save_model
+    from retrieval.data.transforms import frames_to_tensor
+    from retrieval.data.video import read_frames
+
+    torch.manual_seed(0)
+    model_path = save_model(create_model(TINY_MODEL).eval(), tmp_path / "tiny-model")
+    out = tmp_path / "idx"
+    assert main(["index", "build", "--videos", str(lib), "--model", str(model_path), "--out", str(out),
+                 "--segment-seconds", "2", "--workers", "1", "--no-progress"]) == 0
+    assert "5 encoded (6 segments)" in capsys.readouterr().out
+    assert index_contents(out) == LIBRARY_SEGMENTS
+
+    model = load_model(model_path).eval()
+    s = Searcher(out)
+    assert s.info()["model_id"] == model.model_id
+    hits = s.search("a red square", k=6, group_by_video=False)
+    assert len(hits) == 6
+    with torch.no_grad():
+        text = model.encode_text(["a red square"])[0]
+        frames = read_frames(str(lib / "sub" / "redblue.mp4"), 4, start_sec=2.0, end_sec=4.0)
+        video = model.encode_video(frames_to_tensor(frames, 32)[None])[0]
+    hit = next(h for h in hits if h.path == "sub/redblue.mp4" and h.start == 2.0)
+    assert hit.score == pytest.approx(float(text @ video), abs=2e-3)  # float16 storage
+
+    assert main(["search", "--index", str(out), "a red square", "-k", "1", "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)) == 1
+    other = save_model(create_model(TINY_MODEL).eval(), tmp_path / "other-model")  # new random weights
+    assert main(["index", "add", "--index", str(out), "--videos", str(lib), "--model", str(other), "--workers", "0",
+                 "--no-progress"]) == 2
+    assert "model mismatch" in capsys.readouterr().err

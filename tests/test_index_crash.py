@@ -62,3 +62,18 @@ def test_killed_build_resumes(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "5 from an interrupted run" in proc.stdout
     assert index_contents(out) == LIBRARY_SEGMENTS
+
+
+def test_two_ranks_in_parallel(tmp_path):
+    """As under torchrun: RANK/WORLD_SIZE split the library, rank 0 waits for rank 1's part and merges both."""
+    lib, out = tmp_path / "lib", tmp_path / "idx"
+    make_library(lib)
+    args = [sys.executable, str(SUPPORT), "index", "build", "--videos", str(lib), "--model", str(model_dir(tmp_path)),
+            "--out", str(out), "--segment-seconds", "2", "--workers", "0", "--no-progress"]
+    procs = [subprocess.Popen(args, env={**os.environ, "RANK": str(r), "WORLD_SIZE": "2", "LOCAL_RANK": str(r)},
+                              cwd=Path(__file__).parents[1], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True) for r in (0, 1)]
+    outputs = [p.communicate(timeout=120)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    assert "rank 0 merges it" in outputs[1] and "version 1" in outputs[0]
+    assert index_contents(out) == LIBRARY_SEGMENTS

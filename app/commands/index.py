@@ -17,9 +17,9 @@ def _bytes(text: str) -> int:
 
 
 def _runtime_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--batch-size", type=int, default=16, help="segments per forward pass")
+    p.add_argument("--batch-size", type=int, default=16, help="segments per forward pass (default: %(default)s)")
     p.add_argument("--workers", type=int, default=None, help="decoding processes (default: cores - 1, max 8)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--device", default="auto", help="auto (default: this rank's GPU, else CPU) | cpu | cuda | cuda:N")
     p.add_argument("--video-root", default=None,
                    help="folder that list/json entries are relative to (default: the list file's folder)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -27,18 +27,21 @@ def _runtime_args(p: argparse.ArgumentParser) -> None:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="action", metavar="ACTION")
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    fmt = argparse.HelpFormatter  # defaults are written into the help texts (many are "the model's", not a value)
 
     b = sub.add_parser("build", help="encode a library into a new index (resumes an interrupted build)",
                        formatter_class=fmt)
     b.add_argument("--videos", help="library folder, list file (one path a line) or VINDLU annotation json")
     b.add_argument("--model", help="model folder (retrieval.save_model output)")
     b.add_argument("--out", required=True, help="index folder to create")
-    b.add_argument("--segment-seconds", type=float, default=8.0, help="window length; shorter clips are one segment")
+    b.add_argument("--segment-seconds", type=float, default=8.0,
+                   help="window length; shorter clips are one segment (default: %(default)s)")
     b.add_argument("--stride", type=float, default=None, help="seconds between windows (default: segment length)")
     b.add_argument("--frames", type=int, default=None, help="frames per segment (default: the model's)")
-    b.add_argument("--memory-budget", type=_bytes, default="4G", help="RAM the FAISS index may use (e.g. 512M, 8G)")
-    b.add_argument("--target-recall", type=float, default=0.95, help="recall@10 vs exact search the ANN must reach")
+    b.add_argument("--memory-budget", type=_bytes, default="4G",
+                   help="RAM the FAISS index may use, e.g. 512M, 8G (default: 4G)")
+    b.add_argument("--target-recall", type=float, default=0.95,
+                   help="recall@10 vs exact search the ANN index must measure (default: %(default)s)")
     b.add_argument("--merge", action="store_true", help="only merge the ranks' finished parts into --out")
     _runtime_args(b)
 
