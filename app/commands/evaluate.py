@@ -2,12 +2,13 @@
 
 Prints R@1/5/10, MdR and MnR in both directions with the exact protocol, writes a JSON report, and
 can append a row to a Markdown results table next to the published VideoMamba-M numbers.
+`--dataset temporal` instead scores time-twin pairs (vmr synth --split temporal): own caption vs twin's.
 """
 from __future__ import annotations
 
 import sys
 
-DATASETS = ("msrvtt", "activitynet", "lsmdc", "generic")  # kept literal so --help imports nothing heavy
+DATASETS = ("msrvtt", "activitynet", "lsmdc", "generic", "temporal")  # kept literal so --help imports nothing heavy
 
 
 def add_arguments(parser) -> None:
@@ -30,6 +31,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--cache-dir", default="~/.cache/vmr/eval",
                         help="embedding cache folder ('' disables)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--shuffle-frames", action="store_true",
+                        help="temporal: also score the order-blind baseline (frames shuffled, see index/temporal.py)")
+    parser.add_argument("--permutations", type=int, default=8, help="temporal: frame orders averaged per clip")
 
 
 def run(args) -> int:
@@ -49,6 +53,11 @@ def run(args) -> int:
     except (FileNotFoundError, ValueError) as e:
         print(f"vmr eval: cannot load model: {e}", file=sys.stderr)
         return 2
+    if args.dataset == "temporal":  # two-way temporal score of time-twin pairs, not a retrieval protocol
+        from index.temporal import run_temporal
+        return run_temporal(model, args.anno, args.videos, frames=args.frames, shuffle=args.shuffle_frames,
+                            permutations=args.permutations, batch_size=args.batch_size, out=args.out,
+                            progress=not args.no_progress)
     cache_dir = os.path.expanduser(args.cache_dir) if args.cache_dir else None
     log = (lambda msg: None) if args.no_progress else (lambda msg: print(msg, file=sys.stderr))
     try:
