@@ -68,14 +68,26 @@ def assert_parity(inputs, softplus, tol=TOL, seed=0):
     assert not bad, f"relative errors above {tol}: {bad} (all: {errors})"
 
 
-@pytest.fixture(params=["default", "tiny"])
-def segment_budget(request, monkeypatch):
-    """Run with the real plan and with a tiny work budget that forces many segments and a short tail."""
-    if request.param == "tiny":
-        monkeypatch.setattr(ss, "_SEGMENT_ELEMS", 2 * 6 * 4 * 6)  # B*N*D = 48 -> S <= 12 steps
-    ss._plan.cache_clear()
-    yield request.param
-    ss._plan.cache_clear()
+PLANS = ["auto", (1, 1), (4, 1), (1, 3), (2, 3), (5, 2)]  # forced (chunk length T, chunks per segment)
+
+
+def force_plan(monkeypatch, plan):
+    """Use the real planner, or a fixed chunking (many segments and a short tail for long inputs)."""
+    if plan != "auto":
+        T, nc = plan
+        monkeypatch.setattr(ss, "_plan", lambda seqlen, step_elems: (T, nc, -(-seqlen // (T * nc))))
+
+
+@pytest.fixture(params=PLANS, ids=str)
+def any_plan(request, monkeypatch):
+    force_plan(monkeypatch, request.param)
+    return request.param
+
+
+@pytest.fixture(params=["auto", (2, 3)], ids=str)
+def some_plan(request, monkeypatch):
+    force_plan(monkeypatch, request.param)
+    return request.param
 
 
 # ---------------------------------------------------------------------------------------------
@@ -103,7 +115,7 @@ def test_ref_matches_elementwise_definition():
 # ---------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("seqlen", [1, 2, 3, 7, 33, 130])
-def test_torch_matches_ref_all_options(seqlen, segment_budget):
+def test_torch_matches_ref_all_options(seqlen, any_plan):
     assert_parity(make_inputs(seqlen=seqlen, seed=seqlen), softplus=True)
 
 
@@ -112,7 +124,7 @@ def test_torch_matches_ref_all_options(seqlen, segment_budget):
     (False, False, True, False), (False, False, False, True), (True, True, False, True),
 ])
 @pytest.mark.parametrize("seqlen", [3, 33])
-def test_torch_matches_ref_option_subsets(use_D, use_z, use_bias, softplus, seqlen, segment_budget):
+def test_torch_matches_ref_option_subsets(use_D, use_z, use_bias, softplus, seqlen, some_plan):
     inp = make_inputs(seqlen=seqlen, use_D=use_D, use_z=use_z, use_bias=use_bias, seed=7)
     if not softplus:  # without softplus keep delta + delta_bias > 0, as a model's would be
         inp["delta"] = inp["delta"].abs() * 0.2
@@ -122,7 +134,7 @@ def test_torch_matches_ref_option_subsets(use_D, use_z, use_bias, softplus, seql
 
 
 @pytest.mark.parametrize("seqlen", [2, 33, 130])
-def test_torch_matches_ref_both_directions(seqlen, segment_budget):
+def test_torch_matches_ref_both_directions(seqlen, some_plan):
     """The bidirectional mixer scans the flipped sequence too."""
     inp = make_inputs(seqlen=seqlen, seed=3)
     flipped = {k: (v.flip(-1) if v is not None and v.dim() == 3 else v) for k, v in inp.items()}
@@ -135,7 +147,7 @@ def test_torch_matches_ref_model_sized_channels():
     assert_parity(make_inputs(batch=2, dim=32, seqlen=130, dstate=16, seed=11), softplus=True)
 
 
-def test_torch_strong_decay_stays_finite_and_exact():
+def test_torch_strong_decay_stays_finite_and_exact(some_plan):
     """Huge delta * |A| (resets) hits the decay floor; results must stay finite and match."""
     inp = make_inputs(seqlen=40, seed=5, delta_scale=1.0)
     inp["delta"] = inp["delta"].abs() * 40.0  # delta * A down to ~ -1000
@@ -148,7 +160,7 @@ def test_torch_positive_A_matches_ref():
     assert_parity(inp, softplus=True)
 
 
-def test_torch_backward_gradcheck_float64(segment_budget):
+def test_torch_backward_gradcheck_float64(any_plan):
     inp = make_inputs(batch=2, dim=3, seqlen=9, dstate=2, dtype=torch.float64, seed=2)
     keys = [k for k, v in inp.items() if v is not None]
 
