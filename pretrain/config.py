@@ -42,6 +42,7 @@ class SynthConfig:
     frames: int = 16               # frames per synthetic clip
     shard_size: int = 8            # videos per shard
     seed: int = 0                  # world seed (independent of the training seed)
+    workers: int = 0               # processes rendering videos and writing shards (0 = all CPU cores); output is identical
 
 
 @dataclass

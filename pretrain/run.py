@@ -32,16 +32,19 @@ def prepare_synthetic(cfg, run_dir: Path, is_main: bool) -> None:
     s = cfg.synth
     root = run_dir / "synth"
     train_dir, shard_dir, val_dir = root / "train", root / "shards", root / "val"
+    workers = s.workers or os.cpu_count() or 1
     if is_main:
         from pretrain.synth import generate
 
         if not (train_dir / "annotations.json").is_file():
-            generate(train_dir, s.train_videos, "train", seed=s.seed, size=s.size, frames=s.frames, progress=False)
+            generate(train_dir, s.train_videos, "train", seed=s.seed, size=s.size, frames=s.frames,
+                     workers=workers, progress=False)
         if not (shard_dir / "report.json").is_file():
             write_shards(read_annotations(train_dir / "annotations.json", train_dir / "videos"), train_dir / "videos",
-                         shard_dir, ShardOptions(shard_size=s.shard_size), progress=False)
+                         shard_dir, ShardOptions(shard_size=s.shard_size, workers=workers), progress=False)
         if s.val_videos > 0 and not (val_dir / "annotations.json").is_file():
-            generate(val_dir, s.val_videos, "test", seed=s.seed, size=s.size, frames=s.frames, progress=False)
+            generate(val_dir, s.val_videos, "test", seed=s.seed, size=s.size, frames=s.frames,
+                     workers=workers, progress=False)
     barrier()
     from pretrain.config import SourceConfig
 
