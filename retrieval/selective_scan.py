@@ -222,10 +222,11 @@ def causal_conv1d_fn(x, weight, bias=None, activation: str | None = "silu", back
 # the T positions recomputes every state from its true start. That is 2T + nc tensor ops per
 # segment instead of S, using the same multiply-add recurrence as the reference: no
 # exp(-cumsum) ratios that overflow, no accuracy lost to log-space tricks.
-# Everything elementwise (delta_bias, softplus, D, silu(z)) runs per segment too, like the CUDA
-# kernel's fusion, so a call allocates little beyond its output. Backward is a hand-written
-# reverse scan over the same structure; it recomputes states per segment from the saved
-# segment-start states (B, nseg, N, D), so training memory stays O(B L D), not O(B L D N).
+# The elementwise (B, L, D) work (delta_bias, softplus, delta * u, D, silu(z)) runs as a few
+# whole-sequence ops before or after the loop; all scratch is reused between calls (_Scratch).
+# Backward is a hand-written reverse scan over the same structure; it recomputes states per
+# segment from the saved segment-start states (B, nseg, N, D), so training memory stays
+# O(B L D), not O(B L D N).
 # ----------------------------------------------------------------------------------------------
 
 _LOG2E = 1.0 / math.log(2.0)
@@ -280,7 +281,9 @@ class _Scratch(threading.local):
             return like.new_empty(shape)  # the CUDA caching allocator already reuses blocks
         buf = self.pool.get((name, like.dtype))
         if buf is None or buf.numel() < numel:
-            buf = self.pool[(name, like.dtype)] = like.new_empty(numel)
+            # Never an inference tensor: one made under inference_mode could not be written later outside it.
+            with torch.inference_mode(False):
+                buf = self.pool[(name, like.dtype)] = torch.empty(numel, dtype=like.dtype)
         return buf[:numel].view(shape)
 
 

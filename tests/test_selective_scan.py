@@ -190,6 +190,16 @@ def test_torch_no_grad_path_equals_autograd_path():
     torch.testing.assert_close(y1.detach(), y0, rtol=0, atol=0)
 
 
+def test_torch_inference_mode_then_training():
+    """Work buffers reused across calls must not become inference tensors."""
+    inp = make_inputs(seqlen=33, seed=12)
+    with torch.inference_mode():
+        y0 = selective_scan_fn(**inp, delta_softplus=True, backend="torch")
+    assert_parity(inp, softplus=True)
+    with torch.inference_mode():
+        torch.testing.assert_close(selective_scan_fn(**inp, delta_softplus=True, backend="torch"), y0)
+
+
 def test_torch_bf16_inputs_compute_in_fp32():
     inp = make_inputs(seqlen=33, seed=8, dtype=torch.bfloat16)
     y = selective_scan_fn(**inp, delta_softplus=True, backend="torch")
