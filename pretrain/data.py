@@ -17,7 +17,7 @@ import logging
 import random
 import zlib
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Iterator
 
 import numpy as np
@@ -59,7 +59,6 @@ class StreamSpec:
     rank: int = 0
     world_size: int = 1
     drop_last: bool = True                # training drops a role's last partial batch (equal batches on every rank)
-    extra: dict = field(default_factory=dict)
 
 
 def video_id(source: int, key: str) -> int:

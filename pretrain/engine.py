@@ -61,6 +61,13 @@ def init_distributed(kind: str) -> DistInfo:
         if kind == "deepspeed":
             import deepspeed
 
+            if not cuda and os.environ.get("VMR_DS_SHM_COMM") != "1":
+                # DeepSpeed's CPU backend JIT-compiles a shared-memory all-reduce (~1-2 min of C++ on first use);
+                # gloo does the same job for training, so mark the op unavailable (DeepSpeed keeps this dict for
+                # such edits). VMR_DS_SHM_COMM=1 keeps it.
+                import deepspeed.ops
+
+                deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
             deepspeed.init_distributed(dist_backend=backend, verbose=False)
         elif world > 1:
             dist.init_process_group(backend=backend)
@@ -139,7 +146,7 @@ def load_deepspeed_json(path: str) -> dict:
     return json.loads(p.read_text())
 
 
-def resolve_optimization(cfg, world_size: int) -> tuple[dict, dict]:
+def resolve_optimization(cfg, world_size: int, kind: str = "deepspeed") -> tuple[dict, dict]:
     """(DeepSpeed config dict, resolved optimizer/precision settings): the JSON with the YAML's values on top."""
     ds = load_deepspeed_json(cfg.engine.deepspeed_config)
     opt = ds.pop("optimizer", {"type": "AdamW", "params": {}})
@@ -163,7 +170,7 @@ def resolve_optimization(cfg, world_size: int) -> tuple[dict, dict]:
     zero.setdefault("stage", 0)
     if zero["stage"] not in (0, 1, 2):
         raise ValueError(f"ZeRO stage {zero['stage']}: only 0, 1, 2 are supported (stage 3 partitions weights)")
-    if precision == "fp16" and zero["stage"] == 0:
+    if kind == "deepspeed" and precision == "fp16" and zero["stage"] == 0:
         raise ValueError("fp16 needs ZeRO stage 1 or 2 here (its fp32 master copy is where the temperature is clamped)")
     ds["bf16"] = {**ds.get("bf16", {}), "enabled": precision == "bf16"}
     fp16 = ds.get("fp16", {})
@@ -189,7 +196,7 @@ class Engine:
         self.cfg, self.dist, self.kind = cfg, dist_info, kind
         if kind == "torch" and dist_info.world_size > 1:
             raise ValueError("engine.kind torch runs one process only; launch multi-process runs with deepspeed")
-        self.ds_config, self.opt = resolve_optimization(cfg, dist_info.world_size)
+        self.ds_config, self.opt = resolve_optimization(cfg, dist_info.world_size, kind)
         self.precision = self.opt["precision"]
         self.accum = cfg.engine.grad_accum
         self._micro = 0

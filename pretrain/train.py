@@ -61,17 +61,21 @@ class PretrainModule(nn.Module):
     def forward(self, video, text, video_ids=None, mask=None, teacher_tokens=None, mlm_inputs=None,
                 mlm_labels=None) -> dict[str, torch.Tensor]:
         out = self.model(video, text, mask=mask)
-        terms: dict[str, torch.Tensor] = {}
-        if self.weights["vtc"] > 0:
-            ids = video_ids if self.objectives.multi_positive else None
-            terms["vtc"] = vtc_loss(out["video_features"].float(), out["text_features"].float(),
-                                    out["logit_scale"].float(), ids)
-        if self.weights["mvm"] > 0:
-            target = gather_visible(teacher_tokens, mask) if mask is not None else teacher_tokens
-            terms["mvm"] = alignment_loss(out["decoded_tokens"], target)
+        mlm_logits = None
         if self.mlm_head is not None and self.weights["mlm"] > 0:
             states = self.model.text.forward_features(mlm_inputs)[1]  # (B, L, width)
-            terms["mlm"] = mlm_loss(self.mlm_head(states), mlm_labels)
+            mlm_logits = self.mlm_head(states)  # (B, L, V)
+        terms: dict[str, torch.Tensor] = {}
+        with torch.autocast(video.device.type, enabled=False):  # losses in fp32 even under autocast
+            if self.weights["vtc"] > 0:
+                ids = video_ids if self.objectives.multi_positive else None
+                terms["vtc"] = vtc_loss(out["video_features"].float(), out["text_features"].float(),
+                                        out["logit_scale"].float(), ids)
+            if self.weights["mvm"] > 0:
+                target = gather_visible(teacher_tokens, mask) if mask is not None else teacher_tokens
+                terms["mvm"] = alignment_loss(out["decoded_tokens"].float(), target)
+            if mlm_logits is not None:
+                terms["mlm"] = mlm_loss(mlm_logits.float(), mlm_labels)
         return total_loss(terms, self.weights)
 
 
@@ -288,6 +292,16 @@ def _all_min(flag: bool, device) -> bool:
     return bool(t.item())
 
 
+def _all_sum(value: float, device) -> float:
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return value
+    t = torch.tensor([float(value)], device=device, dtype=torch.float64)
+    dist.all_reduce(t)
+    return float(t.item())
+
+
 def _gather_objects(obj, world: int) -> list:
     import torch.distributed as dist
 
@@ -418,7 +432,7 @@ def train(cfg: TrainConfig, run_dir: Path, dist: DistInfo, engine_kind: str, res
     engine.train(True)
     last_ckpt, stopped, metrics, empty_epochs = resumed_at, False, {}, 0
     t_last = time.perf_counter()
-    skipped_total = 0
+    skipped_before, skipped_total = 0, 0  # undecodable samples in finished epochs / so far (this rank)
     try:
         while step < total_steps and not stopped:
             batches = loader.epoch(epoch, data_state)
@@ -445,7 +459,7 @@ def train(cfg: TrainConfig, run_dir: Path, dist: DistInfo, engine_kind: str, res
                 t_step, t_last = t_now - t_last, t_now
                 step += 1
                 epoch_steps += 1
-                skipped_total = loader.skipped
+                skipped_total = skipped_before + loader.skipped
                 keys = [k for b in micro for k in b["keys"]]
                 record = {"step": step, "epoch": epoch, "lr": lr, **terms,
                           "temp": float(engine.module.model.temp.detach().float()),
@@ -455,7 +469,8 @@ def train(cfg: TrainConfig, run_dir: Path, dist: DistInfo, engine_kind: str, res
                 if step % max(1, cfg.run.log_every) == 0 or step == total_steps:
                     scalars = {f"loss/{k}": v for k, v in terms.items()}
                     scalars.update({"lr": lr, "temperature": record["temp"], "samples_per_s": global_batch / t_step,
-                                    "time/data": t_data, "time/step": t_step, "data/skipped": skipped_total,
+                                    "time/data": t_data, "time/step": t_step,
+                                    "data/skipped": _all_sum(skipped_total, dist.device),  # all ranks
                                     "epoch": epoch + loader.state()["batches"] / max(1, steps_per_epoch * cfg.engine.grad_accum)})
                     if engine.last_grad_norm is not None:
                         scalars["grad_norm"] = engine.last_grad_norm
@@ -467,6 +482,7 @@ def train(cfg: TrainConfig, run_dir: Path, dist: DistInfo, engine_kind: str, res
                     last_ckpt = step
                 if cfg.val.every > 0 and step % cfg.val.every == 0 and step < total_steps:
                     metrics = run_val()
+                t_last = time.perf_counter()  # checkpoint and validation time is not step time
                 if cfg.run.stop_after > 0 and step >= cfg.run.stop_after and step < total_steps:
                     stopped = True
                     break
@@ -474,6 +490,7 @@ def train(cfg: TrainConfig, run_dir: Path, dist: DistInfo, engine_kind: str, res
                 batches.close()
                 continue  # total_steps reached inside the epoch
             batches.close()  # stops this epoch's workers
+            skipped_before += loader.skipped
             if stopped:
                 break
             if epoch_steps == 0 and not cfg.data.resampled:
@@ -494,7 +511,7 @@ def train(cfg: TrainConfig, run_dir: Path, dist: DistInfo, engine_kind: str, res
     finally:
         logger.close()
     summary = {"step": step, "epoch": epoch, "total_steps": total_steps, "stopped_early": stopped,
-               "data_skipped": skipped_total, "val": metrics}
+               "data_skipped": _all_sum(skipped_total, dist.device), "val": metrics}
     if dist.is_main:
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers_media import write_test_video
+from helpers_media import write_test_image, write_test_video
 from pretrain.data import EpochLoader, ShardStream, StreamSpec, create_stream, expand_urls, role_shards
 from pretrain.shards import ShardOptions, read_annotations, write_shards
 
@@ -29,7 +29,7 @@ def fake_tokenizer(captions, context_length):
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory) -> tuple[str, set[str]]:
-    """5 shards of 4 clips (2 captions each) + a hand-made 6th shard holding one corrupt and one good sample."""
+    """5 shards of 4 clips (2 captions each) + a hand-made 6th shard: one corrupt clip, one good clip, one image."""
     root = tmp_path_factory.mktemp("wds")
     vids = root / "videos"
     for i in range(N_GOOD + 1):
@@ -42,15 +42,17 @@ def shards(tmp_path_factory) -> tuple[str, set[str]]:
     keys = set()
     for s in json.loads((out / "report.json").read_text())["shards"]:
         keys |= set(json.loads((out / ".progress" / s["shard"].replace(".tar", ".json")).read_text())["keys"])
+    image = write_test_image(root / "still.png", size=(24, 20)).read_bytes()
     with tarfile.open(out / "shard-000005.tar", "w") as t:
-        for key, payload in (("bad_000", b"\x00\x00\x00\x18ftypmp42 definitely not a real video"),
-                             ("good_000", (vids / f"c{N_GOOD:02d}.mp4").read_bytes())):
-            for name, data in ((f"{key}.mp4", payload), (f"{key}.json", json.dumps({"captions": [key]}).encode())):
+        for key, ext, payload in (("bad_000", "mp4", b"\x00\x00\x00\x18ftypmp42 definitely not a real video"),
+                                  ("good_000", "mp4", (vids / f"c{N_GOOD:02d}.mp4").read_bytes()),
+                                  ("image_000", "png", image)):
+            for name, data in ((f"{key}.{ext}", payload), (f"{key}.json", json.dumps({"captions": [key]}).encode())):
                 info = tarfile.TarInfo(name)
                 info.size = len(data)
                 t.addfile(info, io.BytesIO(data))
     assert report["samples"] == N_GOOD
-    return f"{out}/shard-{{000000..000005}}.tar", keys | {"good_000"}
+    return f"{out}/shard-{{000000..000005}}.tar", keys | {"good_000", "image_000"}
 
 
 def spec_for(urls: str, **kw) -> StreamSpec:
@@ -101,14 +103,22 @@ def test_every_sample_once_across_ranks_and_workers(shards):
     assert sorted(seen) == sorted(keys)
     # eval mode: middle frames, first caption, no augmentation
     b = collect(create_stream(spec_for(urls, train=False, drop_last=False), fake_tokenizer), epoch=0)
-    assert all(x["text"][i, 1] == ord("c") or x["keys"][i] == "good_000" for x in b for i in range(len(x["keys"])))
+    assert all(x["text"][i, 1] == ord("c") or x["keys"][i] in ("good_000", "image_000")
+               for x in b for i in range(len(x["keys"])))
+    # an image is a one-frame video: every frame of the clip is the same picture
+    img = next(x["video"][x["keys"].index("image_000")] for x in b if "image_000" in x["keys"])
+    assert img.shape == (3, 4, 16, 16) and all(torch.equal(img[:, 0], img[:, t]) for t in range(4))
+    # pipe: URLs stream through a shell command and give the same samples
+    piped = spec_for("::".join(f"pipe:cat {u}" for u in expand_urls(urls)), train=False, drop_last=False)
+    got = [k for x in collect(create_stream(piped, fake_tokenizer), epoch=0) for k in x["keys"]]
+    assert sorted(got) == sorted(keys)
 
 
 def test_corrupt_sample_skipped_and_counted(shards, caplog):
     loader = create_stream(spec_for(shards[0], train=False, drop_last=False), fake_tokenizer)
     with caplog.at_level(logging.WARNING, logger="pretrain.data"):
         got = [k for b in collect(loader, epoch=0) for k in b["keys"]]
-    assert "bad_000" not in got and "good_000" in got and len(got) == N_GOOD + 1
+    assert "bad_000" not in got and "good_000" in got and len(got) == N_GOOD + 2
     assert loader.skipped == 1
     assert any("bad_000" in r.getMessage() and "skipped" in r.getMessage() for r in caplog.records)
 
@@ -133,8 +143,6 @@ def test_resume_mid_epoch_is_exact(shards, workers):
 
 def test_caption_choice_and_sources(shards):
     urls = shards[0]
-    one = collect(create_stream(spec_for(urls, shuffle_buffer=1), fake_tokenizer), epoch=0)
-    texts = {k: int(b["text"][i, 1]) for b in one for i, k in enumerate(b["keys"])}
     epochs = [collect(create_stream(spec_for(urls), fake_tokenizer), epoch=e) for e in range(4)]
     picks = {}
     for ep in epochs:
@@ -142,7 +150,6 @@ def test_caption_choice_and_sources(shards):
             for i, k in enumerate(b["keys"]):
                 picks.setdefault(k, set()).add(int(b["text"][i, 1]))
     assert any(len(v) == 2 for v in picks.values())  # a different caption in some epoch
-    assert texts
     # two sources: resampled mixing keeps drawing (infinite) and uses both
     half = expand_urls(urls)
     spec = spec_for(urls, sources=[(half[:3], 1.0), (half[3:], 3.0)], resampled=True)
@@ -159,5 +166,5 @@ def test_shardstream_sentinel_and_tags(shards):
     items = list(stream)
     assert items[-1]["_end"] and all(not i.get("_end") for i in items[:-1])
     raws = [i["_raw"] for i in items]
-    assert raws == sorted(raws) and raws[-1] == N_GOOD + 2  # every raw sample counted, the corrupt one too
+    assert raws == sorted(raws) and raws[-1] == N_GOOD + 3  # every raw sample counted, the corrupt one too
     assert items[-1]["_skipped"] == 1

@@ -14,6 +14,13 @@ COMMON = ["run.progress=false", "val.every=0", "run.ckpt_every=3", "data.num_wor
           "run.keep_checkpoints=5"]
 
 
+def _single_process_env(monkeypatch) -> None:
+    """No launcher variables during the test (run.py sets its own), and whatever it sets is undone afterwards."""
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.setenv(var, "")  # records the old state for teardown
+        monkeypatch.delenv(var)
+
+
 @pytest.fixture(scope="module")
 def synth_folder(tmp_path_factory) -> Path:
     """The smoke config's synthetic world, generated once and copied into every run (RUN/synth is reused if present)."""
@@ -39,8 +46,7 @@ def _steps(run: Path) -> dict[int, dict]:
 def test_resume_continues_exactly(tmp_path, engine, monkeypatch, synth_folder):
     if engine == "deepspeed":
         pytest.importorskip("deepspeed")
-    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        monkeypatch.delenv(var, raising=False)  # restored after the test
+    _single_process_env(monkeypatch)
     from pretrain.run import main
 
     args = COMMON + [f"engine.kind={engine}"]

