@@ -82,7 +82,7 @@ def build(cfg: TrainConfig, dist, teacher_kind: str):
         if teacher_kind == "openclip":
             teacher = OpenClipTeacher("ViT-B-16", None, grid, vcfg.mean, vcfg.std)
         else:
-            teacher = StandInTeacher(grid, 512, 16 if vcfg.img_size >= 64 else 16, vcfg.mean, vcfg.std)
+            teacher = StandInTeacher(grid, 512, vcfg.encoder_config().patch_size, vcfg.mean, vcfg.std)
         teacher.to(dist.device)
         model_cfg = dataclasses.replace(model_cfg, teacher_dim=teacher.dim)
     torch.manual_seed(0)

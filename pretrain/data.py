@@ -181,11 +181,13 @@ class ShardStream(IterableDataset):
         self.spec = spec
         self.tokenizer = tokenizer
         self.epoch = 0
-        self.skip: list[int] = []
+        self.skip: list[int] = []  # per role: raw samples already consumed this epoch
+        self.skipped_before: list[int] = []  # per role: undecodable samples among those (for the running count)
         self.done: set[int] = set()
 
-    def set_epoch(self, epoch: int, skip: list[int] | None = None, done=()) -> None:
+    def set_epoch(self, epoch: int, skip: list[int] | None = None, done=(), skipped: list[int] | None = None) -> None:
         self.epoch, self.skip, self.done = epoch, list(skip or []), set(done)
+        self.skipped_before = list(skipped or [])
 
     # -- the per-role raw sample stream ----------------------------------------------------------
     def raw_samples(self, role: int, roles: int) -> Iterator[tuple[int, dict]]:
@@ -211,7 +213,8 @@ class ShardStream(IterableDataset):
         role, roles = (info.id, info.num_workers) if info is not None else (0, 1)
         self._read_errors: list[str] = []
         skip = self.skip[role] if role < len(self.skip) else 0
-        skipped, raw_count, batch = 0, 0, []
+        skipped = self.skipped_before[role] if role < len(self.skipped_before) else 0
+        raw_count, batch = 0, []
 
         def tag(item: dict) -> dict:
             item.update(_role=role, _raw=raw_count, _skipped=skipped, _read_errors=len(self._read_errors))
@@ -289,7 +292,7 @@ class EpochLoader:
             raise ValueError(f"loader state is for epoch {st['epoch']} with {len(st['raw'])} workers; "
                              f"asked for epoch {epoch} with {self.roles}")
         self._state = st
-        self.dataset.set_epoch(epoch, st["raw"], st["ended"])
+        self.dataset.set_epoch(epoch, st["raw"], st["ended"], st["skipped"])
         kwargs = {}
         if self.num_workers > 0:
             kwargs = dict(prefetch_factor=self.prefetch_factor, persistent_workers=False)
