@@ -24,7 +24,7 @@ from .writer import PartFile, read_parts
 
 log = logging.getLogger(__name__)
 
-RETUNE_FRACTION = 0.1  # re-measure recall once this share of the vectors changed since the last tuning
+RETUNE_FRACTION = 0.1  # rebuild + re-measure an IVF index once this share of its vectors changed since tuning
 
 
 @dataclass
@@ -134,28 +134,25 @@ def _update_faiss(store, st, version, dim, removed_ids, new_ids, new_vecs, new_g
                            np.concatenate([files, new_groups]))
         return all_vectors
 
-    if current is not None and ann.spec_of(current) == spec:
-        index = current
+    changed = int(old_info.get("changed_since_tuning", 0)) + len(removed_ids) + len(new_ids)
+    small_change = changed <= RETUNE_FRACTION * max(int(old_info.get("tuned_at_n", 0)), 1)
+    if current is not None and ann.spec_of(current) == spec and (spec.kind == "flat" or small_change):
+        # patch in place: the trained lists still fit and the measured nprobe still holds
+        index, rebuilt = current, False
         ann.remove_ids(index, removed_ids)
         ann.add_vectors(index, new_vecs, new_ids)
-        changed = int(old_info.get("changed_since_tuning", 0)) + len(removed_ids) + len(new_ids)
-        rebuilt = False
-        if spec.kind == "flat" or changed <= RETUNE_FRACTION * max(int(old_info.get("tuned_at_n", 0)), 1):
-            tuning = {k: old_info.get(k) for k in ("nprobe", "recall_at_10", "recall_lower_95", "exact",
-                                                   "target_recall", "recall_queries", "recall_excludes",
-                                                   "nprobe_sweep", "tuned_at_n")}
-            tuning["changed_since_tuning"] = 0 if spec.kind == "flat" else changed
-            ann.set_nprobe(index, tuning.get("nprobe"))
-        else:
-            ids, vecs, groups = everything()
-            tuning = ann.tune(index, spec, vecs, ids, target, groups=groups)
-            tuning["changed_since_tuning"] = 0
+        tuning = {k: old_info.get(k) for k in ("nprobe", "recall_at_10", "recall_lower_95", "exact",
+                                               "target_recall", "recall_queries", "recall_excludes",
+                                               "recall_queries_held_out", "nprobe_sweep", "tuned_at_n")}
+        tuning["changed_since_tuning"] = 0 if spec.kind == "flat" else changed
+        ann.set_nprobe(index, tuning.get("nprobe"))
     else:
+        # new type, or enough new data that the centroids and nprobe should be fitted again: rebuild, re-measure
         ids, vecs, groups = everything()
-        index = ann.build_index(spec, vecs, ids)
-        tuning = ann.tune(index, spec, vecs, ids, target, groups=groups)
+        index, rebuilt = ann.build_index(spec, vecs, ids), True
+        tuning = ann.tune(index, spec, vecs, ids, target, groups=groups,
+                          train_rows=ann.training_rows(len(ids), spec))
         tuning["changed_since_tuning"] = 0
-        rebuilt = True
     name = f"v{version + 1:06d}.faiss"
     size = ann.write_index(index, str(store.dir / "faiss" / name))
     failpoint("after_faiss_write")

@@ -58,8 +58,9 @@ def test_tuned_ivf_reaches_target_and_generalises():
     spec = ann.choose_index(len(x), 32, flat_max_elements=0)
     assert spec.kind == "ivf_fp16"
     index = ann.build_index(spec, x, ids)
-    info = ann.tune(index, spec, x, ids, target=0.95)
+    info = ann.tune(index, spec, x, ids, target=0.95, groups=ids // 4, train_rows=ann.training_rows(len(x), spec))
     assert info["recall_lower_95"] >= 0.95 and info["recall_at_10"] > info["recall_lower_95"]
+    assert info["recall_queries_held_out"] and info["recall_excludes"] == "same file"
     assert info["nprobe"] < spec.nlist
     assert ann.spec_of(index) == spec
     # fresh queries near (not equal to) stored vectors: recall holds at the tuned nprobe
@@ -135,6 +136,7 @@ def test_commit_builds_ivf_then_patches_it_in_place(tmp_path, monkeypatch):
 
     store = IndexStore.open(tmp_path / "idx")
     result = commit(store, Change(adds=_synthetic_files(store.dir, x[3640:4000], per_file=4, start=1000)))
-    assert result.index["changed_since_tuning"] == 0 and result.index["recall_queries"] > 0  # re-measured
+    assert result.index["rebuilt"] and result.index["changed_since_tuning"] == 0  # >10% new: refit, re-measure
+    assert result.index["recall_lower_95"] >= 0.95
     store.close()
     assert len(index_contents(tmp_path / "idx")) == 3980
