@@ -23,7 +23,6 @@ import signal
 import sqlite3
 import time
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -104,15 +103,6 @@ def new_shard_name() -> str:
     return f"{uuid.uuid4().hex}.npy"
 
 
-@dataclass(frozen=True)
-class Snapshot:
-    """What one committed version consists of, read in one transaction."""
-    version: int
-    faiss_file: str | None
-    faiss_bytes: int | None
-    state: dict
-
-
 class IndexStore:
     """The committed index of one folder: state, roots, files, segments, failures, shards."""
 
@@ -170,15 +160,6 @@ class IndexStore:
         """Inside a caller's transaction: values are stored as JSON."""
         for key, value in values.items():
             self.conn.execute("INSERT OR REPLACE INTO state VALUES (?, ?)", (key, json.dumps(value)))
-
-    def snapshot(self) -> Snapshot:
-        with transaction(self.conn, write=False):
-            st = self.state()
-        return Snapshot(int(st.get("version", 0)), st.get("faiss_file"), st.get("faiss_bytes"), st)
-
-    def version(self) -> int:
-        row = self.conn.execute("SELECT value FROM state WHERE key='version'").fetchone()
-        return int(row[0]) if row else 0
 
     # -- roots and files -----------------------------------------------------------------------------------
     def roots(self) -> dict[int, str]:

@@ -147,7 +147,6 @@ class Parts:
     files: dict[tuple[str, str], PartFile]
     failures: dict[str, dict]
     dirs: list[Path]
-    model_ids: set[str]
     shards: set[str]
     stale: list[Path] = field(default_factory=list)  # parts written with another model: never merged
 
@@ -156,7 +155,7 @@ def read_parts(index_dir: str | os.PathLike, with_segments: bool = True, model_i
     """Read every part's checkpoints; with `model_id`, parts of another model are listed as stale instead."""
     files: dict[tuple[str, str], PartFile] = {}
     failures: dict[str, dict] = {}
-    dirs, model_ids, shards, stale = [], set(), set(), []
+    dirs, shards, stale = [], set(), []
     parts_dir = Path(index_dir) / "parts"
     for d in sorted(parts_dir.iterdir()) if parts_dir.is_dir() else []:
         db = d / "part.sqlite"
@@ -176,8 +175,6 @@ def read_parts(index_dir: str | os.PathLike, with_segments: bool = True, model_i
                     stale.append(d)
                     continue
                 dirs.append(d)
-                if row:
-                    model_ids.add(row[0])
                 for r in conn.execute("SELECT * FROM files"):
                     key = (r["root"], r["path"])
                     if key not in files or files[key].row["written"] < r["written"]:
@@ -203,7 +200,7 @@ def read_parts(index_dir: str | os.PathLike, with_segments: bool = True, model_i
                 failures.pop(path)
             else:
                 files.pop(key)
-    return Parts(files, failures, dirs, model_ids, shards, stale)
+    return Parts(files, failures, dirs, shards, stale)
 
 
 def done_parts(index_dir: str | os.PathLike) -> dict[str, float]:
