@@ -9,6 +9,7 @@ from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 __all__ = [
     "BACKENDS", "ENV_VAR", "available_backends", "causal_conv1d_fn", "causal_conv1d_ref",
@@ -310,6 +311,7 @@ class _SelectiveScan(torch.autograd.Function):
         return out.y.transpose(1, 2)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, gy):
         return (*_scan_backward(gy, *ctx.saved_tensors, ctx.delta_softplus), None)
 

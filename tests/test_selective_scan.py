@@ -1,4 +1,4 @@
-"""Selective-scan backends: torch vs the sequential reference (outputs and every gradient), causal conv, backend choice."""
+"""Selective scan: torch backend vs the sequential reference (outputs, all gradients), causal conv, backend choice."""
 from __future__ import annotations
 
 import math
@@ -13,7 +13,6 @@ from retrieval.selective_scan import (
     selective_scan_fn, selective_scan_ref,
 )
 
-NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
 TOL = 1e-5  # max |a - b| / max |b|, fp32 torch backend vs a float64 reference
 
 
