@@ -6,9 +6,9 @@ Rule (`choose_index`), all inner product on L2-normalised vectors:
   * beyond that IVF with nlist = the power of two nearest sqrt(n) (1,024 lists at 1M vectors), with codes
     chosen by the memory budget: `SQfp16` (2 bytes a dimension: the embeddings are stored as float16 anyway,
     so nothing is lost, and scanning half the bytes of float32 made it 2x faster at 1M), then `SQ8`, then `PQ`.
-    IVF rather than HNSW because it supports `remove_ids` and cheap incremental adds (`vmr index add/remove`
-    then patch the index instead of rebuilding it) and trains in seconds where HNSW needs minutes per million
-    vectors on a small CPU.
+    IVF rather than HNSW because FAISS's HNSW cannot remove vectors, while IVF supports `remove_ids` and cheap
+    adds (`vmr index add/remove` patch the index instead of rebuilding it), and trains fast (IVF1024 over 1M
+    512-d vectors: 16 s on 2 cores, benchmarks/bench_faiss.py).
 `tune` then raises nprobe until recall@10 against exact search, measured at build time on held-out stored
 vectors (videos k-means never saw; their own video's other segments excluded), reaches the target with 95%
 confidence, and returns the measurement so it is stored in the index's info.
