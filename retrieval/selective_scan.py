@@ -563,7 +563,7 @@ def _scan_backward(gy, u, delta, A, B, C, D, z, delta_bias, states, d_eff, y_pre
         dsilu = torch.neg(sig, out=_SCRATCH.get("dsilu", zT.shape, zT)).add_(1.0).mul_(zT).add_(1.0).mul_(sig)
         gz = torch.mul(g, y_pre).mul_(dsilu)  # silu'(z) = sig (1 + z (1 - sig))
         g.mul_(sig.mul_(zT))
-    gD = None if D is None else (g * uT).sum((0, 1))
+    gD = None if D is None else torch.mul(g, uT, out=_SCRATCH.get("gDu", g.shape, g)).sum((0, 1))
     gxT = ws.seq("gx", dim)
     gdT = ws.seq("gd", dim, fresh=True)
     gBT, gCT = ws.seq("gB", n, fresh=True), ws.seq("gC", n, fresh=True)
