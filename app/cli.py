@@ -15,7 +15,6 @@ COMMANDS = {
     "search": "search",
     "app": "serve",
     "eval": "evaluate",
-    "encoder": "encoder",
 }
 
 
