@@ -70,7 +70,7 @@ class _Loaded:
 
 
 class Searcher:
-    """`Searcher(index_dir)`: model from the path recorded in the index (or `model=`), FAISS index on CPU/GPU."""
+    """`Searcher(index_dir)`: model from the path recorded in the index (or `model=`: a model or its folder), FAISS index on CPU/GPU."""
 
     def __init__(self, index_dir: str | os.PathLike, model=None, device: str = "auto"):
         from .embedder import Embedder, load_model, resolve_device
@@ -87,6 +87,9 @@ class Searcher:
                 raise ValueError(f"{self.index_dir}: the index records no model path; pass model=")
             model = load_model(st["model_path"], resolve_device(device))
             what = f"the model at {st['model_path']} (changed since the index was built?)"
+        elif isinstance(model, (str, os.PathLike)):  # a model folder
+            what = f"the model at {model}"
+            model = load_model(model, resolve_device(device))
         else:
             what = "the given model"
         if str(model.model_id) != st.get("model_id"):

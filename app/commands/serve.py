@@ -23,11 +23,7 @@ def run(args) -> int:
     from index.searcher import Searcher
 
     try:
-        model = None
-        if args.model:
-            from index.embedder import load_model, resolve_device
-            model = load_model(args.model, resolve_device(args.device))
-        searcher = Searcher(args.index, model=model, device=args.device)
+        searcher = Searcher(args.index, model=args.model, device=args.device)
     except (IndexMissingError, IndexCorruptError, ModelMismatchError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
