@@ -42,7 +42,9 @@ def _captions(value) -> list[str]:
         return []
     if isinstance(value, str):
         return [value.strip()] if value.strip() else []
-    return [str(c).strip() for c in value if str(c).strip()]
+    if not isinstance(value, list) or not all(isinstance(c, str) for c in value):
+        raise ValueError(f"a caption must be a string or a list of strings, got {json.dumps(value)[:60]}")
+    return [c.strip() for c in value if c.strip()]
 
 
 def _merge(records: list[tuple[str, list[str], dict]]) -> list[Item]:
@@ -61,15 +63,28 @@ def _merge(records: list[tuple[str, list[str], dict]]) -> list[Item]:
 def _read_json(path: Path) -> list[Item]:
     data = json.loads(path.read_text(encoding="utf-8"))
     if isinstance(data, dict) and "sentences" in data and "videos" in data:  # MSRVTT_data.json
-        return _merge([(f"{s['video_id']}.mp4", _captions(s.get("caption")), {}) for s in data["sentences"]])
+        sentences = data["sentences"]
+        if not isinstance(sentences, list) or not all(isinstance(s, dict) and "video_id" in s for s in sentences):
+            raise ValueError(f"{path}: MSRVTT 'sentences' must be a list of {{video_id, caption}} records")
+        try:
+            return _merge([(f"{s['video_id']}.mp4", _captions(s.get("caption")), {}) for s in sentences])
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}") from None
     if not isinstance(data, list):
         raise ValueError(f"{path}: expected a list of {{video|image, caption}} records or MSRVTT_data.json")
     records = []
     for i, rec in enumerate(data):
+        if not isinstance(rec, dict):
+            raise ValueError(f"{path}: record {i} is {json.dumps(rec)[:40]}, expected {{video|image, caption}}")
         name = rec.get("video") or rec.get("image") or rec.get("video_id")
         if not name:
             raise ValueError(f"{path}: record {i} has no 'video' or 'image' field")
-        caps = _captions(rec.get("caption", rec.get("captions", rec.get("sentence"))))
+        if not isinstance(name, (str, int)):
+            raise ValueError(f"{path}: record {i}: the video name must be a string, got {json.dumps(name)[:40]}")
+        try:
+            caps = _captions(rec.get("caption", rec.get("captions", rec.get("sentence"))))
+        except ValueError as e:
+            raise ValueError(f"{path}: record {i}: {e}") from None
         meta = {k: rec[k] for k in ("duration", "start", "end") if k in rec}
         records.append((str(name), caps, meta))
     return _merge(records)
