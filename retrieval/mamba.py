@@ -103,8 +103,37 @@ class BiMambaMixer(nn.Module):
         return selective_scan_fn(x, dt, A, B, C, D.float(), z=z, delta_bias=dt_proj.bias.float(),
                                  delta_softplus=True)
 
+    def _scan_time_major(self, x: torch.Tensor, z: torch.Tensor, sfx: str) -> torch.Tensor:
+        """One direction on (B, L, d_inner) inputs without layout copies (the PyTorch scan is time-major)."""
+        conv: nn.Conv1d = getattr(self, f"conv1d{sfx}")
+        x_proj: nn.Linear = getattr(self, f"x_proj{sfx}")
+        dt_proj: nn.Linear = getattr(self, f"dt_proj{sfx}")
+        A_log = self.A_log if sfx == "" else self.A_b_log
+        D = getattr(self, f"D{sfx}")
+        w = conv.weight[:, 0]  # (d_inner, W); tap W-1 is the current step
+        W = w.shape[1]
+        y = torch.addcmul(conv.bias, x, w[:, W - 1])  # (B, L, d_inner)
+        for k in range(1, min(W, x.shape[1])):  # causal taps: step t sees t-k
+            y[:, k:] = torch.addcmul(y[:, k:], x[:, :-k], w[:, W - 1 - k])
+        x = F.silu(y)
+        dt, B, C = torch.split(x_proj(x), [self.dt_rank, self.d_state, self.d_state], dim=-1)
+        dt = F.linear(dt, dt_proj.weight)  # (B, L, d_inner); bias goes in as delta_bias
+        A = -torch.exp(A_log.float())  # (d_inner, N)
+        y = selective_scan_fn(x.transpose(1, 2), dt.transpose(1, 2), A, B.transpose(1, 2), C.transpose(1, 2),
+                              D.float(), z=z.transpose(1, 2), delta_bias=dt_proj.bias.float(), delta_softplus=True)
+        return y.transpose(1, 2)  # (B, L, d_inner)
+
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden: (B, L, d_model) -> (B, L, d_model)."""
+        if resolve_backend(hidden) == "cuda":  # mamba-ssm's kernels want channel-major (B, D, L)
+            return self._forward_channel_major(hidden)
+        xz = self.in_proj(hidden)  # (B, L, 2*d_inner)
+        x, z = xz.chunk(2, dim=-1)
+        out = self._scan_time_major(x, z, "")
+        out_b = self._scan_time_major(x.flip(1), z.flip(1), "_b")
+        return self.out_proj(out + out_b.flip(1))
+
+    def _forward_channel_major(self, hidden: torch.Tensor) -> torch.Tensor:
         xz = rearrange(self.in_proj(hidden), "b l d -> b d l")  # (B, 2*d_inner, L)
         x, z = xz.chunk(2, dim=1)
         out = self._scan(x, z, "")

@@ -156,3 +156,21 @@ def test_bad_config():
         create_video_encoder("videomamba_huge")
     with pytest.raises(TypeError, match="unknown VideoMambaConfig"):
         create_video_encoder("videomamba_tiny", embed_dims=3)
+
+
+@pytest.mark.parametrize("length", [1, 2, 5, 37])
+def test_time_major_mixer_matches_channel_major(length):
+    """The CPU/PyTorch mixer layout (no copies) computes exactly what the CUDA-kernel layout computes."""
+    from retrieval.mamba import BiMambaMixer
+
+    torch.manual_seed(length)
+    mixer = BiMambaMixer(32).double()
+    h = torch.randn(2, length, 32, dtype=torch.float64, requires_grad=True)
+    params = [h, *mixer.parameters()]
+    a = mixer(h)
+    ga = torch.autograd.grad(a.pow(2).sum(), params)
+    b = mixer._forward_channel_major(h)
+    gb = torch.autograd.grad(b.pow(2).sum(), params)
+    torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    for x, y in zip(ga, gb):
+        torch.testing.assert_close(x, y, rtol=1e-10, atol=1e-12)
