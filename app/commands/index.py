@@ -72,8 +72,8 @@ def run(args) -> int:
         return 2
     try:
         return {"build": _build, "add": _add, "remove": _remove, "info": _info}[args.action](args)
-    except (IndexMissingError, IndexCorruptError, ModelMismatchError, IndexBusyError, FileNotFoundError,
-            ValueError, TimeoutError) as e:
+    except (IndexMissingError, IndexCorruptError, ModelMismatchError, IndexBusyError, OSError,
+            ValueError) as e:  # OSError: also disk full / read-only output (FileNotFoundError, TimeoutError)
         print(f"error: {e}", file=sys.stderr)
         return 2
 

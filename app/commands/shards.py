@@ -31,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
         report = write_shards(items, args.videos, args.out,
                               ShardOptions(shard_size=args.shard_size, max_side=args.max_side, fps=args.fps,
                                            workers=args.workers), progress=not args.quiet)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, OSError) as e:  # OSError: a missing file, and also disk full / read-only output
         print(f"vmr shards: {e}", file=sys.stderr)
         return 2
     print(f"wrote {report['samples']} samples from {report['items']} items into {len(report['shards'])} shards: "
