@@ -7,6 +7,7 @@ import json
 import os
 import re
 import tarfile
+import uuid
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -248,7 +249,10 @@ def _write_shard(job: tuple) -> dict:
     shard, first_index, items, media_dir, out_dir, opts = job
     out_dir, media_dir = Path(out_dir), Path(media_dir)
     final = out_dir / (SHARD_PATTERN % shard)
-    tmp = final.with_name(final.name + ".tmp")
+    # a temp name of its own: after kill -9 of the parent, an orphaned pool worker may still be writing this
+    # shard while the rerun writes it too; both then finish and rename identical bytes into place
+    own = f"{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
+    tmp = final.with_name(f"{final.name}.{own}")
     keys, skipped = [], []
     with tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
         for offset, item in enumerate(items):
@@ -284,7 +288,7 @@ def _write_shard(job: tuple) -> dict:
             keys.append(key)
     record = {"shard": final.name, "samples": len(keys), "keys": keys, "skipped": skipped}
     progress = out_dir / PROGRESS_DIR / (final.stem + ".json")
-    ptmp = progress.with_name(progress.name + ".tmp")
+    ptmp = progress.with_name(f"{progress.name}.{own}")
     ptmp.write_text(json.dumps(record, ensure_ascii=False), encoding="utf-8")
     os.replace(ptmp, progress)   # record first: a tar without its record is never "done"
     os.replace(tmp, final)
