@@ -7,9 +7,25 @@ import typing
 from pathlib import Path
 from typing import Any, Mapping, TypeVar
 
+import re
+
 import yaml
 
 T = TypeVar("T")
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that also reads `1e-4` as a float (YAML 1.1 insists on `1.0e-4`, a common trap for lr values)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)?(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789."))
+
+
+def _yaml_load(text):
+    return yaml.load(text, Loader=_Loader)
 
 
 class ConfigError(ValueError):
@@ -105,7 +121,7 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
             node = node.setdefault(p, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"override {item!r}: {p!r} is not a mapping")
-        node[parts[-1]] = yaml.safe_load(raw)
+        node[parts[-1]] = _yaml_load(raw)
     return data
 
 
@@ -114,7 +130,7 @@ def load_yaml(path: str | Path) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"config file not found: {path}")
     with open(path, encoding="utf-8") as f:
-        data = yaml.safe_load(f) or {}
+        data = _yaml_load(f) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
     return data
