@@ -8,7 +8,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
 
-from .selective_scan import _causal_conv1d_available, causal_conv1d_fn, resolve_backend, selective_scan_fn
+from .selective_scan import causal_conv1d_available, causal_conv1d_fn, resolve_backend, selective_scan_fn
 
 
 class RMSNorm(nn.Module):
@@ -82,16 +82,24 @@ class BiMambaMixer(nn.Module):
             setattr(self, a_name, nn.Parameter(torch.log(A)))
             setattr(self, f"D{sfx}", nn.Parameter(torch.ones(d_inner)))
 
-    def _scan(self, x: torch.Tensor, z: torch.Tensor, sfx: str) -> torch.Tensor:
+    def _direction(self, sfx: str):
+        """(conv1d, x_proj, dt_proj, A_log, D) of the forward ('') or backward ('_b') direction."""
+        return (getattr(self, f"conv1d{sfx}"), getattr(self, f"x_proj{sfx}"), getattr(self, f"dt_proj{sfx}"),
+                self.A_log if sfx == "" else self.A_b_log, getattr(self, f"D{sfx}"))
+
+    def _ssm(self, x, dt, B, C, z, sfx: str) -> torch.Tensor:
+        """Selective scan of one direction: x, dt, z (B, d_inner, L); B, C (B, N, L) -> (B, d_inner, L)."""
+        _, _, dt_proj, A_log, D = self._direction(sfx)
+        A = -torch.exp(A_log.float())  # (d_inner, N)
+        return selective_scan_fn(x, dt, A, B, C, D.float(), z=z, delta_bias=dt_proj.bias.float(),
+                                 delta_softplus=True)
+
+    def _scan_channel_major(self, x: torch.Tensor, z: torch.Tensor, sfx: str) -> torch.Tensor:
         """One direction on (B, d_inner, L) inputs: causal conv -> SiLU -> selective scan gated by SiLU(z)."""
-        conv: nn.Conv1d = getattr(self, f"conv1d{sfx}")
-        x_proj: nn.Linear = getattr(self, f"x_proj{sfx}")
-        dt_proj: nn.Linear = getattr(self, f"dt_proj{sfx}")
-        A_log = self.A_log if sfx == "" else self.A_b_log
-        D = getattr(self, f"D{sfx}")
+        conv, x_proj, dt_proj, _, _ = self._direction(sfx)
         L = x.shape[-1]
         # The conv kernel is optional even with the scan kernels: PyTorch's conv serves otherwise.
-        fused_conv = resolve_backend(x) == "cuda" and _causal_conv1d_available()
+        fused_conv = resolve_backend(x) == "cuda" and causal_conv1d_available()
         x = causal_conv1d_fn(x, rearrange(conv.weight, "d 1 w -> d w"), conv.bias, activation="silu",
                              backend="cuda" if fused_conv else "torch")
         x_dbl = x_proj(rearrange(x, "b d l -> (b l) d"))  # (B*L, dt_rank + 2N)
@@ -99,17 +107,11 @@ class BiMambaMixer(nn.Module):
         dt = rearrange(dt @ dt_proj.weight.t(), "(b l) d -> b d l", l=L)  # (B, d_inner, L)
         B = rearrange(B, "(b l) n -> b n l", l=L).contiguous()  # (B, N, L)
         C = rearrange(C, "(b l) n -> b n l", l=L).contiguous()  # (B, N, L)
-        A = -torch.exp(A_log.float())  # (d_inner, N)
-        return selective_scan_fn(x, dt, A, B, C, D.float(), z=z, delta_bias=dt_proj.bias.float(),
-                                 delta_softplus=True)
+        return self._ssm(x, dt, B, C, z, sfx)
 
     def _scan_time_major(self, x: torch.Tensor, z: torch.Tensor, sfx: str) -> torch.Tensor:
         """One direction on (B, L, d_inner) inputs without layout copies (the PyTorch scan is time-major)."""
-        conv: nn.Conv1d = getattr(self, f"conv1d{sfx}")
-        x_proj: nn.Linear = getattr(self, f"x_proj{sfx}")
-        dt_proj: nn.Linear = getattr(self, f"dt_proj{sfx}")
-        A_log = self.A_log if sfx == "" else self.A_b_log
-        D = getattr(self, f"D{sfx}")
+        conv, x_proj, dt_proj, _, _ = self._direction(sfx)
         w = conv.weight[:, 0]  # (d_inner, W); tap W-1 is the current step
         W = w.shape[1]
         y = torch.addcmul(conv.bias, x, w[:, W - 1])  # (B, L, d_inner)
@@ -118,9 +120,8 @@ class BiMambaMixer(nn.Module):
         x = F.silu(y)
         dt, B, C = torch.split(x_proj(x), [self.dt_rank, self.d_state, self.d_state], dim=-1)
         dt = F.linear(dt, dt_proj.weight)  # (B, L, d_inner); bias goes in as delta_bias
-        A = -torch.exp(A_log.float())  # (d_inner, N)
-        y = selective_scan_fn(x.transpose(1, 2), dt.transpose(1, 2), A, B.transpose(1, 2), C.transpose(1, 2),
-                              D.float(), z=z.transpose(1, 2), delta_bias=dt_proj.bias.float(), delta_softplus=True)
+        y = self._ssm(x.transpose(1, 2), dt.transpose(1, 2), B.transpose(1, 2), C.transpose(1, 2),
+                      z.transpose(1, 2), sfx)
         return y.transpose(1, 2)  # (B, L, d_inner)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -136,8 +137,8 @@ class BiMambaMixer(nn.Module):
     def _forward_channel_major(self, hidden: torch.Tensor) -> torch.Tensor:
         xz = rearrange(self.in_proj(hidden), "b l d -> b d l")  # (B, 2*d_inner, L)
         x, z = xz.chunk(2, dim=1)
-        out = self._scan(x, z, "")
-        out_b = self._scan(x.flip(-1), z.flip(-1), "_b")
+        out = self._scan_channel_major(x, z, "")
+        out_b = self._scan_channel_major(x.flip(-1), z.flip(-1), "_b")
         y = out + out_b.flip(-1)  # (B, d_inner, L)
         return self.out_proj(rearrange(y, "b d l -> b l d"))
 

@@ -44,6 +44,11 @@ def _causal_conv1d_available() -> bool:
     return True
 
 
+def causal_conv1d_available() -> bool:
+    """True when the causal-conv1d CUDA kernel imports (cached)."""
+    return _causal_conv1d_available()
+
+
 def available_backends() -> list[str]:
     """Backends that can run in this environment, fastest first (`cuda` needs CUDA tensors too)."""
     return (["cuda"] if cuda_kernels_available() else []) + ["torch", "ref"]
