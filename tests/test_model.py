@@ -29,7 +29,7 @@ def test_encoders_shapes_and_normalisation():
     assert v.shape == (2, 32) and t.shape == (2, 32)
     torch.testing.assert_close(v.norm(dim=-1), torch.ones(2))
     assert torch.equal(t, t_ids)
-    assert float(model.logit_scale) == pytest.approx(1 / 0.07, rel=1e-5)
+    assert model.logit_scale.item() == pytest.approx(1 / 0.07, rel=1e-5)
 
 
 @pytest.mark.parametrize("pooling", ["cls", "cls_mean", "frames"])
@@ -55,7 +55,7 @@ def test_temperature_clamp():
     with torch.no_grad():
         model.temp.fill_(5.0)
     model.clamp_temperature()
-    assert float(model.temp) == pytest.approx(0.5)
+    assert model.temp.item() == pytest.approx(0.5)
 
 
 def test_save_load_round_trip_is_bitwise(tmp_path):
