@@ -320,6 +320,9 @@ class Engine:
         """Restore weights, optimizer (and loss scaler) state; returns the client state saved with them."""
         ckpt_dir = Path(ckpt_dir)
         if self.ds is not None:
+            saved_world = _deepspeed_dp_world_size(ckpt_dir / tag)
+            if saved_world not in (None, self.dist.world_size) and self.opt["zero_stage"] > 0:
+                return self._load_resharded(ckpt_dir, tag, saved_world)
             path, client = self.ds.load_checkpoint(str(ckpt_dir), tag=tag, load_optimizer_states=True,
                                                    load_lr_scheduler_states=False)
             if path is None:
@@ -333,6 +336,26 @@ class Engine:
             self.scaler.load_state_dict(state["scaler"])
         self._micro = state.get("micro", 0)
         return state["client_state"]
+
+    def _load_resharded(self, ckpt_dir: Path, tag: str, saved_world: int) -> dict:
+        """Resume a ZeRO checkpoint written by a different number of ranks: DeepSpeed cannot re-partition its
+        optimizer state, so the fp32 master weights are consolidated from every saved partition and set on this
+        run's partitions; AdamW moments restart from zero (logged). Step, schedule and data position carry over."""
+        from deepspeed.utils import safe_set_full_fp32_param
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+        full = get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir), tag=tag)
+        for name, p in self.ds.module.named_parameters():
+            value = full[name].to(p.device).reshape(p.shape)
+            if hasattr(p, "_hp_mapping"):
+                safe_set_full_fp32_param(p, value)
+            with torch.no_grad():
+                p.copy_(value.to(p.dtype))
+        client = torch.load(ckpt_dir / tag / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)
+        log.warning("resume: checkpoint %s was written by %d ranks, this run has %d; weights restored in fp32, "
+                    "optimizer moments restart from zero", tag, saved_world, self.dist.world_size)
+        self._micro = 0
+        return client
 
     def fp32_state(self) -> dict[str, torch.Tensor]:
         """Full-precision weights of the wrapped model (collective under DeepSpeed: every rank must call it)."""
@@ -387,3 +410,11 @@ def prune_checkpoints(ckpt_dir: Path, keep: int) -> None:
     tags = sorted(p for p in Path(ckpt_dir).glob("step_*") if p.is_dir() and not p.name.endswith(".tmp"))
     for old in tags[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def _deepspeed_dp_world_size(tag_dir: Path) -> int | None:
+    """How many data-parallel ranks wrote a DeepSpeed checkpoint (from its model-states file)."""
+    states = tag_dir / "mp_rank_00_model_states.pt"
+    if not states.is_file():
+        return None
+    return int(torch.load(states, map_location="cpu", weights_only=False).get("dp_world_size", 0)) or None
