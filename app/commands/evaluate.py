@@ -21,7 +21,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--allow-missing", action="store_true",
                         help="evaluate without missing/unreadable videos (results are then not comparable)")
     parser.add_argument("--batch-size", type=int, default=16, help="videos per encoder batch")
-    parser.add_argument("--workers", type=int, default=4, help="decode worker processes (0 = in process)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="decode worker processes (0 = in process; default: cores - 1, at most 8)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     parser.add_argument("--out", default=None, help="write the JSON report here")
     parser.add_argument("--table", default=None, help="append the result to this Markdown table")
@@ -59,11 +60,12 @@ def run(args) -> int:
                             permutations=args.permutations, batch_size=args.batch_size, out=args.out,
                             progress=not args.no_progress)
     cache_dir = os.path.expanduser(args.cache_dir) if args.cache_dir else None
+    workers = max(0, min(8, (os.cpu_count() or 1) - 1)) if args.workers is None else args.workers
     log = (lambda msg: None) if args.no_progress else (lambda msg: print(msg, file=sys.stderr))
     try:
         report = evaluate(model, args.dataset, args.anno, args.videos, num_frames=args.frames,
                           context_length=args.context_length, allow_missing=args.allow_missing,
-                          batch_size=args.batch_size, workers=args.workers, cache_dir=cache_dir,
+                          batch_size=args.batch_size, workers=workers, cache_dir=cache_dir,
                           use_dual_softmax=args.dual_softmax, progress=not args.no_progress,
                           model_dir=args.model, log=log)
     except (EvalError, AnnotationError) as e:
@@ -75,3 +77,4 @@ def run(args) -> int:
     if args.table:
         print(f"table: {append_table(report, args.table, label=args.label)}")
     return 0
+
