@@ -109,7 +109,7 @@ def corrupt_tar_member(shard: Path, out: Path, seed: int = 0) -> list[str]:
         for m in src.getmembers():
             payload = src.extractfile(m).read()
             key, ext = m.name.split(".", 1)
-            if ext in ("mp4", "avi", "webm", "mkv") :
+            if ext in ("mp4", "avi", "webm", "mkv"):
                 if seen % 2 == 1:
                     payload = rng.randbytes(len(payload))
                     corrupted.append(key)

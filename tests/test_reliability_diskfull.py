@@ -97,7 +97,8 @@ def test_shards_on_a_full_disk(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(tarfile.TarFile, "addfile", _full_after(tarfile.TarFile.addfile, 8))  # dies in shard 1
     rc, _, err = _vmr(argv + [str(out)], capsys)
     assert rc == 2 and "No space left on device" in err and "Traceback" not in err, err
-    digest = lambda d: {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(d.glob("shard-*.tar"))}  # noqa: E731
+    def digest(d):
+        return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(d.glob("shard-*.tar"))}
     done = digest(out)
     assert done and all(done[k] == digest(ref)[k] for k in done)   # finished shards are whole
     monkeypatch.undo()

@@ -47,7 +47,8 @@ def _check_partition(good, bad, maybe, processed: set[str], rejected: dict[str, 
     assert set(good) <= processed, sorted(set(good) - processed)
     strict_bad = set(bad) - set(maybe)
     assert strict_bad <= set(rejected), sorted(strict_bad - set(rejected))
-    assert processed | set(rejected) == set(good) | set(bad), sorted((set(good) | set(bad)) ^ (processed | set(rejected)))
+    everything = set(good) | set(bad)
+    assert processed | set(rejected) == everything, sorted(everything ^ (processed | set(rejected)))
     assert all(r and r.strip() for r in rejected.values()), rejected
 
 
@@ -227,8 +228,6 @@ def test_fuzz_shard_annotation_reader_raises_only_value_error(tmp_path, payload,
 @FUZZ
 @given(text=st.text(max_size=3000) | st.text(alphabet=" \t\n\r\x0b\x0c\u00a0\u2003\u3000", max_size=20))
 def test_fuzz_search_queries(built_index, text):
-    from index.searcher import Searcher
-
     s = _searcher(built_index)
     if not text.strip():
         with pytest.raises(ValueError):
