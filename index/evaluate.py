@@ -12,6 +12,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from retrieval.data import sha256_file
 from retrieval.data.annotations import DATASETS, find_video_file, load_annotations
 from retrieval.data.transforms import IMAGENET_MEAN, IMAGENET_STD, frames_to_tensor
 from retrieval.data.video import VideoError, read_frames
@@ -82,14 +83,6 @@ def _locate(videos: list[_Video], items, videos_dir: Path, dataset: str) -> list
         if v.file is None:
             missing.append(v.key)
     return missing
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _shorten(names: list[str], limit: int = 20) -> str:
@@ -293,7 +286,7 @@ def evaluate(model, dataset: str, anno, videos_dir, *, num_frames: int | None = 
     protocol = Protocol(num_frames=int(num_frames or cfg.video.num_frames), img_size=int(cfg.video.img_size),
                         context_length=int(context_length or default_length),
                         paragraph=paragraph and dataset == "activitynet", normalize=(mean, std))
-    anno_sha = _sha256(anno)
+    anno_sha = sha256_file(anno)
     cache = _Cache(cache_dir, model.model_id, dataset, anno_sha, protocol)
     timing = {"decode_s": 0.0, "loader_wait_s": 0.0, "encode_video_s": 0.0, "encode_text_s": 0.0}
 

@@ -13,6 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import from_dict, load_yaml, save_yaml, to_dict
+from .data import sha256_file
 from .text import TextConfig, create_text_tower
 from .tokenizer import check_compatible, load_tokenizer
 from .videomamba import VideoMamba, VideoMambaConfig, video_encoder_config
@@ -221,14 +222,6 @@ def save_model(model: VideoTextModel, path: str | Path, dtype: torch.dtype | Non
     return path
 
 
-def _file_hash(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:16]
-
-
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> VideoTextModel:
     """Load a model folder written by `save_model` (no network); weights come back in float32."""
     from safetensors.torch import load_file
@@ -249,5 +242,5 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> VideoTex
     model = VideoTextModel(cfg, tokenizer=tokenizer, pretrained=False)
     state = {k: v.float() for k, v in load_file(str(weights)).items()}
     model.load_state_dict(state, strict=True)
-    model._model_id = _file_hash(weights)
+    model._model_id = sha256_file(weights)[:16]
     return model.to(device).eval()
