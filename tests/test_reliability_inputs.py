@@ -188,6 +188,12 @@ _csvish = st.lists(st.lists(st.text(alphabet=string.printable, max_size=6), max_
     lambda rows: "\n".join(",".join(r) for r in rows))
 
 
+def _write_payload(path, payload):
+    """Fuzz payloads are bytes or (possibly surrogate-bearing) text; write either as raw bytes."""
+    path.write_bytes(payload.encode("utf-8", "surrogatepass") if isinstance(payload, str) else payload)
+    return path
+
+
 @FUZZ
 @given(payload=st.one_of(st.binary(max_size=200), _json.map(json.dumps), _records.map(json.dumps), _csvish),
        dataset=st.sampled_from(["auto", "generic", "msrvtt", "activitynet", "lsmdc"]),
@@ -195,8 +201,7 @@ _csvish = st.lists(st.lists(st.text(alphabet=string.printable, max_size=6), max_
 def test_fuzz_annotation_loader_raises_only_annotation_error(tmp_path, payload, dataset, suffix):
     from retrieval.data.annotations import AnnotationError, load_annotations
 
-    path = tmp_path / f"anno{suffix}"
-    path.write_bytes(payload.encode("utf-8", "surrogatepass") if isinstance(payload, str) else payload)
+    path = _write_payload(tmp_path / f"anno{suffix}", payload)
     try:
         items = load_annotations(path, dataset)
     except AnnotationError:
@@ -213,8 +218,7 @@ def test_fuzz_shard_annotation_reader_raises_only_value_error(tmp_path, payload,
     """`vmr shards` turns ValueError/FileNotFoundError into a one-line message; anything else is a traceback."""
     from pretrain.shards import read_annotations
 
-    path = tmp_path / f"anno{suffix}"
-    path.write_bytes(payload.encode("utf-8", "surrogatepass") if isinstance(payload, str) else payload)
+    path = _write_payload(tmp_path / f"anno{suffix}", payload)
     try:
         items = read_annotations(path, tmp_path)
     except ValueError:
