@@ -32,6 +32,8 @@ class DataConfig:
     crop_scale: tuple[float, float] = (0.5, 1.0)  # random resized crop area range (UMT: 0.5-1.0)
     flip: bool = True              # random horizontal flip; turn off when captions say "left"/"right" (synthetic world)
     seed_offset: int = 0           # added to run.seed for the data order only (re-shuffle without changing init)
+    reverse_pairs: float = 0.0     # chance a clip whose annotation has "reverse_caption" is joined in its batch by
+                                   # itself played backwards with that caption: a hard negative for time order
 
 
 @dataclass
@@ -104,7 +106,7 @@ class RunConfig:
     out: str = "runs/pretrain"     # run folder: config.yaml, tb/, checkpoints/, model/, steps.jsonl
     epochs: float = 1.0            # training length in epochs (fractional allowed) unless max_steps is set
     max_steps: int = 0             # >0: total optimizer steps (overrides epochs for the schedule)
-    stop_after: int = 0            # >0: stop cleanly after this many steps without changing the schedule (preemption drills)
+    stop_after: int = 0            # >0: stop cleanly after this many steps without changing the schedule (SIGTERM/SIGUSR1 too)
     seed: int = 0                  # init, data order, masks and augmentation derive from it
     log_every: int = 10            # optimizer steps between TensorBoard scalars
     ckpt_every: int = 0            # optimizer steps between checkpoints (0 = only at the end)
@@ -156,6 +158,8 @@ class TrainConfig:
             raise ConfigError("data.resampled needs data.samples_per_epoch > 0 (an infinite stream has no natural epoch)")
         if not d.sources and self.synth.train_videos <= 0:
             raise ConfigError("data.sources is empty (and synth.train_videos is 0): nothing to train on")
+        if not 0.0 <= d.reverse_pairs <= 1.0:
+            raise ConfigError(f"data.reverse_pairs is a probability in [0, 1], got {d.reverse_pairs}")
         if any(s.weight <= 0 for s in d.sources):
             raise ConfigError("data.sources[].weight must be > 0")
         if self.run.epochs <= 0 and self.run.max_steps <= 0:

@@ -59,6 +59,7 @@ class StreamSpec:
     rank: int = 0
     world_size: int = 1
     drop_last: bool = True                # training drops a role's last partial batch (equal batches on every rank)
+    reverse_pairs: float = 0.0            # chance a clip with a reverse_caption is joined in its batch by itself played backwards
 
 
 def video_id(source: int, key: str) -> int:
@@ -145,8 +146,32 @@ def _train_frames(frames: np.ndarray, spec: StreamSpec, rng: np.random.Generator
     return frames_to_tensor(frames, spec.img_size, spec.mean, spec.std)
 
 
+def reverse_captions(raw: dict) -> list[str]:
+    """Captions of the clip played backwards, when the annotation gave them (json "reverse_caption")."""
+    if "json" not in raw:
+        return []
+    caps = json.loads(raw["json"]).get("reverse_caption") or []
+    return [caps] if isinstance(caps, str) else [str(c) for c in caps]
+
+
+def _time_reversed(sample: dict, raw: dict, spec: StreamSpec, epoch: int, source: int,
+                   caption_index: int) -> dict | None:
+    """A hard negative for temporal order: the same clip backwards with its reverse caption (same phrasing
+    when the lists align), under its own video id so the forward caption counts it as a negative."""
+    backwards = reverse_captions(raw)
+    if not backwards or spec.reverse_pairs <= 0:
+        return None
+    rng = _np_rng(spec.seed, epoch, sample["key"], source, "reverse")
+    if rng.random() >= spec.reverse_pairs:
+        return None
+    caption = backwards[caption_index] if caption_index < len(backwards) else backwards[int(rng.integers(len(backwards)))]
+    key = sample["key"] + "#reversed"
+    return {"video": sample["video"].flip(1), "caption": caption, "key": key, "video_id": video_id(source, key)}
+
+
 def decode_sample(raw: dict, spec: StreamSpec, epoch: int, source: int) -> dict:
-    """Raw tar sample -> {video (3, T, S, S) float, caption, key, video_id}; raises on unusable media."""
+    """Raw tar sample -> {video (3, T, S, S) float, caption, key, video_id, reversed}; raises on unusable media.
+    `reversed` is the clip's time-reversed twin (see StreamSpec.reverse_pairs) or None."""
     from retrieval.data.transforms import frames_to_tensor
     from retrieval.data.video import VideoError, read_frames_bytes
 
@@ -159,14 +184,16 @@ def decode_sample(raw: dict, spec: StreamSpec, epoch: int, source: int) -> dict:
         raise VideoError("no caption", key)
     rng = _np_rng(spec.seed, epoch, key, source)
     if spec.train:
-        caption = captions[int(rng.integers(len(captions)))]
+        index = int(rng.integers(len(captions)))
         frames = read_frames_bytes(raw[ext], spec.num_frames, "rand", rng=rng, name=key)
         video = _train_frames(frames, spec, rng)
     else:
-        caption = captions[0]
+        index = 0
         frames = read_frames_bytes(raw[ext], spec.num_frames, "middle", name=key)
         video = frames_to_tensor(frames, spec.img_size, spec.mean, spec.std)
-    return {"video": video, "caption": caption, "key": key, "video_id": video_id(source, key)}
+    sample = {"video": video, "caption": captions[index], "key": key, "video_id": video_id(source, key)}
+    sample["reversed"] = _time_reversed(sample, raw, spec, epoch, source, index) if spec.train else None
+    return sample
 
 
 class ShardStream(IterableDataset):
@@ -229,7 +256,11 @@ class ShardStream(IterableDataset):
             if raw_count <= skip:
                 continue  # consumed before the checkpoint: no decoding
             try:
-                batch.append(decode_sample(raw, self.spec, self.epoch, source))
+                sample = decode_sample(raw, self.spec, self.epoch, source)
+                twin = sample.pop("reversed")
+                batch.append(sample)
+                if twin is not None and len(batch) < self.spec.batch_size:  # never split a pair across batches
+                    batch.append(twin)
             except Exception as e:  # noqa: BLE001 - one bad file must never end a multi-day run; it is counted
                 skipped += 1
                 if skipped <= WARN_FIRST or skipped % WARN_EVERY == 0:

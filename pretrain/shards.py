@@ -87,6 +87,11 @@ def _read_json(path: Path) -> list[Item]:
         except ValueError as e:
             raise ValueError(f"{path}: record {i}: {e}") from None
         meta = {k: rec[k] for k in ("duration", "start", "end") if k in rec}
+        if rec.get("reverse_caption") is not None:  # the clip played backwards (data.reverse_pairs)
+            try:
+                meta["reverse_caption"] = _captions(rec["reverse_caption"])
+            except ValueError as e:
+                raise ValueError(f"{path}: record {i}: reverse_caption: {e}") from None
         records.append((str(name), caps, meta))
     return _merge(records)
 

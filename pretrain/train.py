@@ -7,8 +7,11 @@ import hashlib
 import json
 import logging
 import math
+import signal
+import threading
 import time
 import zlib
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import torch
@@ -282,6 +285,33 @@ class Logger:
             self.jsonl.close()
 
 
+@contextmanager
+def stop_requests(signals=(signal.SIGTERM, signal.SIGUSR1)):
+    """A flag set by SIGTERM/SIGUSR1 (cluster preemption, `timeout`): the loop then checkpoints the current
+    step and exits cleanly, instead of losing everything since the last periodic checkpoint."""
+    flag = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield flag  # handlers can only be installed from the main thread
+        return
+
+    def handler(signum, _frame):
+        if not flag.is_set():
+            log.warning("received %s: checkpointing after this step, then stopping", signal.Signals(signum).name)
+        flag.set()
+
+    previous = {s: signal.signal(s, handler) for s in signals}
+    try:
+        yield flag
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def _all_max(flag: bool, device) -> bool:
+    """True on every rank when it is true on any (one rank's stop signal stops all at the same step)."""
+    return not _all_min(not flag, device)
+
+
 def _all_min(flag: bool, device) -> bool:
     import torch.distributed as dist
 
@@ -366,7 +396,7 @@ def train(cfg: TrainConfig, run_dir: Path, dist: DistInfo, engine_kind: str, res
                       context_length=model.config.text.context_length, train=True,
                       crop_scale=tuple(cfg.data.crop_scale), flip=cfg.data.flip, resampled=cfg.data.resampled,
                       shuffle_buffer=cfg.data.shuffle_buffer, seed=cfg.run.seed + cfg.data.seed_offset,
-                      rank=dist.rank, world_size=dist.world_size)
+                      rank=dist.rank, world_size=dist.world_size, reverse_pairs=cfg.data.reverse_pairs)
     loader = create_stream(spec, model.tokenizer, cfg.data.num_workers, cfg.data.prefetch_factor,
                            pin_memory=dist.device.type == "cuda")
     warmup = cfg.optim.warmup_steps or int(round(cfg.optim.warmup_epochs * steps_per_epoch))
@@ -433,6 +463,8 @@ def train(cfg: TrainConfig, run_dir: Path, dist: DistInfo, engine_kind: str, res
     last_ckpt, stopped, metrics, empty_epochs = resumed_at, False, {}, 0
     t_last = time.perf_counter()
     skipped_before, skipped_total = 0, 0  # undecodable samples in finished epochs / so far (this rank)
+    cleanup = ExitStack()
+    stop_requested = cleanup.enter_context(stop_requests())
     try:
         while step < total_steps and not stopped:
             batches = loader.epoch(epoch, data_state)
@@ -483,7 +515,8 @@ def train(cfg: TrainConfig, run_dir: Path, dist: DistInfo, engine_kind: str, res
                 if cfg.val.every > 0 and step % cfg.val.every == 0 and step < total_steps:
                     metrics = run_val()
                 t_last = time.perf_counter()  # checkpoint and validation time is not step time
-                if cfg.run.stop_after > 0 and step >= cfg.run.stop_after and step < total_steps:
+                asked = cfg.run.stop_after > 0 and step >= cfg.run.stop_after
+                if step < total_steps and _all_max(asked or stop_requested.is_set(), dist.device):
                     stopped = True
                     break
             else:
@@ -510,6 +543,7 @@ def train(cfg: TrainConfig, run_dir: Path, dist: DistInfo, engine_kind: str, res
             barrier()
     finally:
         logger.close()
+        cleanup.close()
     summary = {"step": step, "epoch": epoch, "total_steps": total_steps, "stopped_early": stopped,
                "data_skipped": _all_sum(skipped_total, dist.device), "val": metrics}
     if dist.is_main:

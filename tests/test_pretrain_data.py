@@ -168,3 +168,32 @@ def test_shardstream_sentinel_and_tags(shards):
     raws = [i["_raw"] for i in items]
     assert raws == sorted(raws) and raws[-1] == N_GOOD + 3  # every raw sample counted, the corrupt one too
     assert items[-1]["_skipped"] == 1
+
+
+def test_reverse_pairs_put_the_backwards_clip_in_the_same_batch(tmp_path):
+    vids = tmp_path / "videos"
+    for i in range(6):
+        write_test_video(vids / f"r{i}.mp4", num_frames=8, size=(32, 32), fps=8, pattern="index")
+    anno = [{"video": f"r{i}.mp4", "caption": [f"a{i} forward", f"b{i} forward"],
+             **({"reverse_caption": [f"a{i} backward", f"b{i} backward"]} if i % 2 == 0 else {})} for i in range(6)]
+    (tmp_path / "anno.json").write_text(json.dumps(anno))
+    write_shards(read_annotations(tmp_path / "anno.json", vids), vids, tmp_path / "shards", ShardOptions(shard_size=3),
+                 progress=False)
+    urls = str(tmp_path / "shards" / "shard-{000000..000001}.tar")
+    plain = [b for b in collect(create_stream(spec_for(urls, batch_size=3, flip=False), lambda c, context_length: c), 0)]
+    assert not any("#reversed" in k for b in plain for k in b["keys"])
+    paired = collect(create_stream(spec_for(urls, batch_size=3, flip=False, reverse_pairs=1.0),
+                                   lambda c, context_length: c), 0)
+    twins = 0
+    for b in paired:
+        for j, key in enumerate(b["keys"]):
+            if not key.endswith("#reversed"):
+                continue
+            twins += 1
+            assert b["keys"][j - 1] == key.removesuffix("#reversed")  # right after its forward clip
+            fwd, back = b["captions"][j - 1], b["captions"][j]
+            assert back == fwd.replace("forward", "backward")  # the same phrasing, reversed
+            assert torch.equal(b["video"][j], b["video"][j - 1].flip(1))  # same crop, frames in reverse order
+            assert b["video_ids"][j] != b["video_ids"][j - 1]
+    assert twins >= 2
+    assert all(not k.endswith("#reversed") for b in paired for k in b["keys"][:1])  # never split from its clip

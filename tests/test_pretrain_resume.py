@@ -74,3 +74,38 @@ def test_resume_continues_exactly(tmp_path, engine, monkeypatch, synth_folder):
     m_full, m_res = load_model(tmp_path / "full" / "model"), load_model(tmp_path / "part" / "model")
     for (n, p), (_, q) in zip(m_full.state_dict().items(), m_res.state_dict().items()):
         assert (p - q).abs().max() <= 1e-5, n
+
+
+def test_sigterm_checkpoints_the_current_step_and_resume_continues(tmp_path, synth_folder):
+    """Preemption (SLURM, `timeout`): SIGTERM ends the run cleanly at a step boundary with a checkpoint of that step."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    run = _run_dir(tmp_path, "term", synth_folder)
+    root = Path(__file__).resolve().parents[1]
+    args = ["--config", SMOKE, "--out", str(run), "run.progress=false", "val.every=0", "run.ckpt_every=0",
+            "data.num_workers=1", "synth.val_videos=0", "engine.kind=torch", "run.epochs=50"]
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    proc = subprocess.Popen([sys.executable, str(root / "pretrain" / "run.py"), *args], cwd=root, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    steps = run / "steps.jsonl"
+    deadline = time.monotonic() + 240
+    while not (steps.is_file() and len(steps.read_text().splitlines()) >= 2):
+        assert proc.poll() is None, proc.communicate()[0][-2000:]
+        assert time.monotonic() < deadline, "the run never reached step 2"
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    out = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 0, out[-2000:]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["stopped_early"] and 2 <= summary["step"] < summary["total_steps"]
+    assert (run / "checkpoints" / "latest").read_text().strip() == f"step_{summary['step']:08d}"
+    assert "SIGTERM" in out and not (run / "model").exists()
+    from pretrain.run import main
+
+    resumed = main([*args, f"run.stop_after={summary['step'] + 1}", "--resume", "auto"])
+    assert resumed["step"] == summary["step"] + 1
+    assert sorted(_steps(run)) == list(range(1, summary["step"] + 2))

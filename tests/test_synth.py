@@ -136,3 +136,21 @@ def test_cli_writes_videos_pyav_can_open(tmp_path, capsys):
         assert frames.shape == (8, 32, 32, 3)
     assert main(["synth", "--out", str(out), "--videos", "2", "--size", "33"]) == 2
     assert "even" in capsys.readouterr().err
+
+
+def test_train_reverse_captions_describe_the_clip_backwards_and_never_leak_the_test():
+    items = world.plan("train", 300, seed=0)
+    records = annotate(items, "train", "template", fps=8)
+    with_reverse = [(it, r) for it, r in zip(items, records) if "reverse_caption" in r]
+    assert 0.3 * len(items) < len(with_reverse) < len(items)  # palindromes (a lone spin, swap, ...) get none
+    for it, rec in with_reverse:
+        backwards = world.reverse_attributes(it.spec.attributes)
+        assert world.attribute_key(backwards) != world.attribute_key(it.spec.attributes)
+        assert not any(world.is_held_out(*t) for t in world.triples(backwards))
+        assert len(rec["reverse_caption"]) == len(rec["caption"])
+        assert not set(rec["reverse_caption"]) & set(rec["caption"])
+    for it, rec in zip(items, records):
+        if "reverse_caption" not in rec:
+            backwards = world.reverse_attributes(it.spec.attributes)
+            assert (world.attribute_key(backwards) == world.attribute_key(it.spec.attributes)
+                    or any(world.is_held_out(*t) for t in world.triples(backwards)))

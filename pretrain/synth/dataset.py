@@ -9,7 +9,7 @@ import numpy as np
 
 from .captions import STYLES, caption, captions
 from .render import render_video
-from .world import VideoSpec, plan
+from .world import VideoSpec, plan, trainable_reversal
 from .writer import write_json, write_mp4
 
 TRAIN_CAPTIONS = (2, 3)  # paraphrases per train video, min and max
@@ -22,16 +22,25 @@ def _render_and_write(job: tuple[VideoSpec, str, float]) -> str:
 
 
 def annotate(items, split: str, paraphrase: str, fps: float) -> list[dict]:
-    """VINDLU/UMT-style records: video, caption, duration, plus fields other loaders ignore."""
+    """VINDLU/UMT-style records: video, caption, duration, plus fields other loaders ignore.
+
+    Train records whose clip reads differently backwards also get `reverse_caption`: the same phrasings
+    describing the frames in reverse order (for `data.reverse_pairs` in pretraining)."""
     records = []
     for item in items:
         spec, rng = item.spec, np.random.default_rng(list(item.caption_seed))
+        extra = {}
         if split == "train":
             k = TRAIN_CAPTIONS[0] + int(rng.integers(TRAIN_CAPTIONS[1] - TRAIN_CAPTIONS[0] + 1))
             text = captions(spec.attributes, rng, k, paraphrase)
+            backwards = trainable_reversal(spec.attributes)
+            if backwards is not None:  # a fresh generator from the same seed: the same phrasing, reversed events
+                rng = np.random.default_rng(list(item.caption_seed))
+                rng.integers(TRAIN_CAPTIONS[1] - TRAIN_CAPTIONS[0] + 1)
+                extra["reverse_caption"] = captions(backwards, rng, k, paraphrase)
         else:
             text = caption(spec.attributes, rng, paraphrase)
-        records.append({"video": f"{spec.id}.mp4", "caption": text, "duration": spec.frames / fps,
+        records.append({"video": f"{spec.id}.mp4", "caption": text, **extra, "duration": spec.frames / fps,
                         "split": split, "attributes": spec.attributes})
     for item, rec in zip(items, records):
         if item.pair is not None:

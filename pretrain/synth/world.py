@@ -140,6 +140,15 @@ def held_out_pools() -> dict[tuple[str, str, str], list[dict]]:
     return pools
 
 
+def trainable_reversal(a: dict) -> dict | None:
+    """The attributes of a train video played backwards, when that reads differently from the video and
+    shows no held-out combination (reversing "moves right" into a held-out "moves left" would leak the test)."""
+    b = reverse_attributes(a)
+    if attribute_key(b) == attribute_key(a) or any(is_held_out(*t) for t in triples(b)):
+        return None
+    return b
+
+
 def max_test_videos() -> int:
     return sum(len(p) for p in held_out_pools().values())
 
