@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from retrieval.data import sha256_file
-from retrieval.data.annotations import DATASETS, find_video_file, load_annotations
+from retrieval.data.annotations import DATASETS, MEDIA_EXTENSIONS, find_video_file, load_annotations
 from retrieval.data.transforms import IMAGENET_MEAN, IMAGENET_STD, frames_to_tensor
 from retrieval.data.video import VideoError, read_frames
 from retrieval.metrics import TIE_RULE, dual_softmax, t2v_v2t_metrics
@@ -50,38 +50,81 @@ class Protocol:
 
 @dataclass
 class _Video:
-    key: str  # video_id[@start-end]
+    key: str  # video_id[@start-end], or the annotation's file name[@start-end] when the id is shared (x.mp4, x.webm)
     video_id: str
     start: float | None
     end: float | None
+    name: str | None = None  # the file as the annotation names it (relative to the videos folder), if it does
+    exact: bool = False  # only `name` will do: another entry names a file with the same stem
     file: Path | None = None
 
 
 # --- queries and files ---------------------------------------------------------------------------
 
+def _media_name(path: str | None) -> str | None:
+    """`path` when it ends with a media extension (the annotation named the file), else None."""
+    if not path:
+        return None
+    _, dot, ext = path.rpartition(".")
+    return path if dot and ext.lower() in MEDIA_EXTENSIONS else None
+
+
 def _build(items) -> tuple[list[str], list[int], list[_Video]]:
-    """Annotation items -> texts, their video index, unique videos (first-appearance order)."""
+    """Annotation items -> texts, their video index, unique videos (first-appearance order).
+
+    Entries are the same video when their ids (file name without extension) match, except where the annotation
+    names different files for one id (x.mp4 and x.webm): then each file is its own video, keyed by its name.
+    """
+    names: dict[str, set[str]] = {}
+    for item in items:
+        if _media_name(item.path):
+            names.setdefault(item.video_id, set()).add(item.path)
     texts, text_to_video, videos, index = [], [], [], {}
     for item in items:
-        key = item.video_id if item.start is None else f"{item.video_id}@{item.start:g}-{item.end:g}"
+        exact = _media_name(item.path) is not None and len(names[item.video_id]) > 1
+        ident = item.path if exact else item.video_id
+        key = ident if item.start is None else f"{ident}@{item.start:g}-{item.end:g}"
         if key not in index:
             index[key] = len(videos)
-            videos.append(_Video(key, item.video_id, item.start, item.end))
+            videos.append(_Video(key, item.video_id, item.start, item.end, item.path or None, exact))
         for caption in item.captions:
             texts.append(caption)
             text_to_video.append(index[key])
     return texts, text_to_video, videos
 
 
-def _locate(videos: list[_Video], items, videos_dir: Path, dataset: str) -> list[str]:
-    named = {item.video_id: item.path for item in items if item.path}
-    missing = []
+def _same_stem(file: Path, listings: dict[Path, dict[str, list[str]]]) -> list[str]:
+    """Names of the media files in `file`'s folder with its stem (itself included), one listing per folder."""
+    folder = file.parent
+    if folder not in listings:
+        by_stem: dict[str, list[str]] = {}
+        for entry in os.scandir(folder):
+            stem, dot, ext = entry.name.rpartition(".")
+            if dot and ext.lower() in MEDIA_EXTENSIONS and entry.is_file():
+                by_stem.setdefault(stem, []).append(entry.name)
+        listings[folder] = by_stem
+    return sorted(listings[folder].get(file.name.rpartition(".")[0], [file.name]))
+
+
+def _locate(videos: list[_Video], videos_dir: Path, dataset: str) -> list[str]:
+    """Set each video's file -> keys of the missing ones. The file the annotation names wins; an id without an
+    extension is looked up by stem and must match one file only (x.mp4 and x.webm side by side: EvalError)."""
+    missing, ambiguous = [], []
+    listings: dict[Path, dict[str, list[str]]] = {}
     for v in videos:
-        v.file = find_video_file(videos_dir, v.video_id, dataset)
-        if v.file is None and named.get(v.video_id) and (videos_dir / named[v.video_id]).is_file():
-            v.file = videos_dir / named[v.video_id]  # an extension find_video_file does not try
+        v.file = None
+        if v.name and (videos_dir / v.name).is_file():
+            v.file = videos_dir / v.name
+        elif not v.exact:  # no name, or one that is absent (e.g. the id.mp4 a csv implies, for a .webm copy)
+            v.file = find_video_file(videos_dir, v.video_id, dataset)
+            if v.file is not None and len(same := _same_stem(v.file, listings)) > 1:
+                ambiguous.append(f"{v.key!r} matches " + " and ".join(str(v.file.parent / n) for n in same))
         if v.file is None:
             missing.append(v.key)
+    if ambiguous:
+        raise EvalError(f"{len(ambiguous)} video id(s) match more than one file: {_shorten(ambiguous, 10)}. "
+                        "Name the file with its extension in the annotations (e.g. \"video\": \"x.webm\") "
+                        "or remove the other copy.")
     return missing
 
 
@@ -273,7 +316,7 @@ def evaluate(model, dataset: str, anno, videos_dir, *, num_frames: int | None = 
         raise EvalError(f"videos folder not found: {videos_dir}")
     items = load_annotations(anno, dataset, paragraph=paragraph)
     texts, text_to_video, videos = _build(items)
-    missing = _locate(videos, items, videos_dir, dataset)
+    missing = _locate(videos, videos_dir, dataset)
     if missing and not allow_missing:
         raise EvalError(f"{len(missing)} of {len(videos)} videos not found under {videos_dir}: {_shorten(missing)}. "
                         "Results would not be comparable with published numbers; pass --allow-missing to "

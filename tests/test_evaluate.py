@@ -164,6 +164,74 @@ def test_activitynet_paragraphs_with_stripped_file_names(tmp_path):
     assert report["t2v"]["R1"] == 100.0 and report["num_queries"] == 2 and report["protocol"]["paragraph"]
 
 
+def _colour_clip(path, k: int) -> None:
+    write_test_video(path, num_frames=6, size=(32, 24), fps=6,
+                     pattern=lambda i: np.zeros((24, 32, 3), np.uint8) + np.array(index_color(k), np.uint8))
+
+
+@pytest.fixture
+def same_stem(tmp_path):
+    """x.mp4 (colour 0) and x.webm (colour 1) side by side, plus y.mp4 (colour 2)."""
+    videos = tmp_path / "videos"
+    for name, k in (("x.mp4", 0), ("x.webm", 1), ("y.mp4", 2)):
+        _colour_clip(videos / name, k)
+    return videos
+
+
+def test_same_stem_files_named_with_extensions_are_two_videos(same_stem, tmp_path):
+    anno = tmp_path / "anno.json"
+    anno.write_text(json.dumps([{"video": "x.mp4", "caption": "clip number 0"},
+                                {"video": "x.webm", "caption": "clip number 1"},
+                                {"video": "y.mp4", "caption": ["clip number 2", "again clip number 2"]}]))
+    kw = dict(workers=0, progress=False, log=lambda m: None)
+    report = evaluate(ColourModel(), "generic", anno, same_stem, cache_dir=tmp_path / "cache", **kw)
+    assert (report["num_videos"], report["num_queries"]) == (3, 4) and report["complete"]
+    assert report["t2v"]["R1"] == 100.0 and report["v2t"]["R1"] == 100.0  # each caption finds its own file
+    cached = json.loads(next((tmp_path / "cache").rglob("index.json")).read_text())["videos"]
+    assert sorted(cached) == ["x.mp4", "x.webm", "y"]
+    assert [e["file"][0] for _, e in sorted(cached.items())] == [str(same_stem / n) for n in ("x.mp4", "x.webm",
+                                                                                               "y.mp4")]
+    # the named file is required: with x.webm gone, its entry is missing (not silently scored against x.mp4)
+    (same_stem / "x.webm").unlink()
+    with pytest.raises(EvalError, match="1 of 3 videos not found.*x.webm"):
+        evaluate(ColourModel(), "generic", anno, same_stem, **kw)
+    report = evaluate(ColourModel(), "generic", anno, same_stem, allow_missing=True, **kw)
+    assert report["missing"] == ["x.webm"] and report["num_videos"] == 2 and report["t2v"]["R1"] == 100.0
+
+
+def test_an_id_matching_two_files_is_refused_naming_both(same_stem, tmp_path):
+    anno = tmp_path / "anno.json"
+    anno.write_text(json.dumps([{"video": "x", "caption": "clip number 0"},
+                                {"video": "y", "caption": "clip number 2"}]))
+    for allow_missing in (False, True):
+        with pytest.raises(EvalError) as e:
+            evaluate(ColourModel(), "generic", anno, same_stem, allow_missing=allow_missing, workers=0,
+                     progress=False, log=lambda m: None)
+        msg = str(e.value)
+        assert "1 video id(s) match more than one file" in msg and "'x'" in msg, msg
+        assert str(same_stem / "x.mp4") in msg and str(same_stem / "x.webm") in msg, msg
+        assert "y.mp4" not in msg
+    # naming one of them settles it (the other copy stays where it is)
+    anno.write_text(json.dumps([{"video": "x.webm", "caption": "clip number 1"},
+                                {"video": "y", "caption": "clip number 2"}]))
+    report = evaluate(ColourModel(), "generic", anno, same_stem, workers=0, progress=False, log=lambda m: None)
+    assert report["num_videos"] == 2 and report["t2v"]["R1"] == 100.0
+
+
+def test_vmr_eval_reports_an_ambiguous_id_as_one_line(same_stem, tmp_path, capsys):
+    import retrieval
+    from app.cli import main
+
+    model_dir = retrieval.save_model(retrieval.create_model(TINY_MODEL).eval(), tmp_path / "model")
+    anno = tmp_path / "anno.json"
+    anno.write_text(json.dumps([{"video": "x", "caption": "clip number 0"}]))
+    rc = main(["eval", "--dataset", "generic", "--anno", str(anno), "--videos", str(same_stem), "--model",
+               str(model_dir), "--workers", "0", "--device", "cpu", "--cache-dir", "", "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("vmr eval: 1 video id(s) match more than one file") and "Traceback" not in err
+    assert "x.mp4" in err and "x.webm" in err
+
+
 def test_append_table_starts_with_the_published_numbers(msrvtt, tmp_path):
     anno, videos = msrvtt
     report = evaluate(ColourModel(), "msrvtt", anno, videos, workers=0, progress=False, log=lambda m: None)
