@@ -272,7 +272,7 @@ def main(argv=None) -> dict:
 
     dist = DistInfo(device=device)
     if device.type == "cuda":
-        torch.cuda.set_device(device)
+        torch.cuda.set_device(device if device.index is not None else 0)
         torch.backends.cuda.matmul.allow_tf32 = True
     peak = matmul_peak_tflops(device, 1024 if q or device.type == "cpu" else 8192, reps=3 if q else 10)
     info = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",

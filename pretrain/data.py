@@ -286,6 +286,15 @@ class ShardStream(IterableDataset):
         }
 
 
+def _ignore_stop_signals(_worker_id: int) -> None:
+    """Schedulers (SLURM, `timeout`) send SIGTERM to the whole process group: the workers must outlive it so the
+    trainer can finish its step and checkpoint; they exit with the trainer."""
+    import signal
+
+    for sig in (signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(sig, signal.SIG_IGN)
+
+
 class EpochLoader:
     """Serves a ShardStream's batches in a fixed round-robin over worker roles; `state()` resumes mid-epoch exactly.
 
@@ -326,7 +335,8 @@ class EpochLoader:
         self.dataset.set_epoch(epoch, st["raw"], st["ended"], st["skipped"])
         kwargs = {}
         if self.num_workers > 0:
-            kwargs = dict(prefetch_factor=self.prefetch_factor, persistent_workers=False)
+            kwargs = dict(prefetch_factor=self.prefetch_factor, persistent_workers=False,
+                          worker_init_fn=_ignore_stop_signals)
         loader = DataLoader(self.dataset, batch_size=None, num_workers=self.num_workers,
                             pin_memory=self.pin_memory, **kwargs)
         it = iter(loader)

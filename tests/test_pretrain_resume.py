@@ -77,7 +77,8 @@ def test_resume_continues_exactly(tmp_path, engine, monkeypatch, synth_folder):
 
 
 def test_sigterm_checkpoints_the_current_step_and_resume_continues(tmp_path, synth_folder):
-    """Preemption (SLURM, `timeout`): SIGTERM ends the run cleanly at a step boundary with a checkpoint of that step."""
+    """Preemption (SLURM, `timeout`): SIGTERM to the process group ends the run cleanly at a step boundary with a
+    checkpoint of that step (the data workers ignore it and keep serving until the trainer is done)."""
     import os
     import signal
     import subprocess
@@ -87,17 +88,17 @@ def test_sigterm_checkpoints_the_current_step_and_resume_continues(tmp_path, syn
     run = _run_dir(tmp_path, "term", synth_folder)
     root = Path(__file__).resolve().parents[1]
     args = ["--config", SMOKE, "--out", str(run), "run.progress=false", "val.every=0", "run.ckpt_every=0",
-            "data.num_workers=1", "synth.val_videos=0", "engine.kind=torch", "run.epochs=50"]
+            "data.num_workers=2", "synth.val_videos=0", "engine.kind=torch", "run.epochs=50"]
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     proc = subprocess.Popen([sys.executable, str(root / "pretrain" / "run.py"), *args], cwd=root, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     steps = run / "steps.jsonl"
     deadline = time.monotonic() + 240
     while not (steps.is_file() and len(steps.read_text().splitlines()) >= 2):
         assert proc.poll() is None, proc.communicate()[0][-2000:]
         assert time.monotonic() < deadline, "the run never reached step 2"
         time.sleep(0.2)
-    proc.send_signal(signal.SIGTERM)
+    os.killpg(proc.pid, signal.SIGTERM)  # the whole group, data workers included, as `timeout` and SLURM do
     out = proc.communicate(timeout=120)[0]
     assert proc.returncode == 0, out[-2000:]
     summary = json.loads((run / "summary.json").read_text())
