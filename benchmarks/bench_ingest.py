@@ -5,7 +5,7 @@ each), saves a randomly initialised videomamba_tiny dual encoder (8 frames, 224 
 then on each device, in one process:
   1. pure encoder: model.encode_video on a random (B, 3, 8, 224, 224) batch already on the device, no_grad and
      float32 as index.embedder.Embedder runs it (the build uses no autocast); median of repeats after warm-up.
-     GPU only, for reference: Embedder.encode_video from a host batch (+ copy in, fp16 copy out) and bf16 autocast.
+     GPU only, for reference: Embedder.encode_video from a uint8 host batch (+ copy in, normalise, fp16 copy out) and bf16 autocast.
   2. decode only: index.reader.SegmentReader in the same DataLoader the build uses (hash + probe + decode + resize).
   3. end to end: index.ingest.build (what `vmr index build` calls) into a fresh index: discovery, decode workers,
      encode, part/checkpoint writes, merge + FAISS commit. The model is passed in memory (load time excluded);
@@ -82,8 +82,7 @@ def decode_only(tasks, model, batch: int, workers: int) -> tuple[int, float]:
     from index.reader import Chunk, SegmentReader, identity
 
     v = model.config.video
-    reader = SegmentReader(tasks, v.num_frames, v.img_size, IngestConfig().segment_seconds, None, chunk=batch,
-                           mean=v.mean, std=v.std)
+    reader = SegmentReader(tasks, v.num_frames, v.img_size, IngestConfig().segment_seconds, None, chunk=batch)
     stream = (torch.utils.data.DataLoader(reader, batch_size=None, num_workers=min(workers, len(tasks)),
                                           collate_fn=identity, prefetch_factor=2) if workers > 0 else reader)
     t0, segments = time.perf_counter(), 0
@@ -106,7 +105,8 @@ def run_device(device: torch.device, model_dir: Path, lib: Path, files: list[str
     repeats, warmup = (3, 1) if q else (2, 1) if device.type == "cpu" else (20, 5)
     x = torch.randn(B, 3, v.num_frames, v.img_size, v.img_size, device=device)
     pure = time_encoder(lambda t: model.encode_video(t, normalize=True), x, device, repeats, warmup)
-    host = (time_encoder(Embedder(model, device, B).encode_video, x.cpu(), device, repeats, warmup)
+    frames = torch.randint(0, 256, x.shape, dtype=torch.uint8)  # what the build's workers hand over
+    host = (time_encoder(Embedder(model, device, B).encode_video, frames, device, repeats, warmup)
             if device.type == "cuda" else None)
     bf16 = None
     if device.type == "cuda":
@@ -214,7 +214,7 @@ def main(argv=None) -> dict:
     lines += ["", "End to end = wall time of index.ingest.build (discovery, hashing, decode workers, encode, "
               "checkpoint writes, merge + FAISS commit), model already in memory. Pure encoder = model.encode_video "
               "on a batch already on the device (median). Embedder (host batch) = the build's Embedder.encode_video "
-              "on a batch in host memory (copy in + encode + fp16 copy out). Decode only = the build's SegmentReader "
+              "on a uint8 batch in host memory (copy in + normalise + encode + fp16 copy out). Decode only = the build's SegmentReader "
               "+ DataLoader, no model. bf16 autocast: what the encoder would do with it; the build does not use it."]
     table = "\n".join(lines)
     print(table)

@@ -43,9 +43,14 @@ class Embedder:
     """Runs the model: `encode_video` / `encode_text` on plain arrays, and `run` over the reader's stream."""
 
     def __init__(self, model, device: str | torch.device = "auto", batch_size: int = 16):
+        from retrieval.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         self.batch_size = max(1, batch_size)
+        video_cfg = getattr(getattr(model, "config", None), "video", None)  # the model says how input is normalised
+        self.mean = tuple(getattr(video_cfg, "mean", IMAGENET_MEAN))
+        self.std = tuple(getattr(video_cfg, "std", IMAGENET_STD))
 
     @property
     def num_frames(self) -> int:
@@ -59,8 +64,13 @@ class Embedder:
     # later no_grad/training calls in the same process
     @torch.no_grad()
     def encode_video(self, video: torch.Tensor) -> np.ndarray:
-        """(B, 3, T, H, W) -> float16 (B, E), L2-normalised."""
+        """(B, 3, T, H, W) uint8 frames (normalised here, on the device) or normalised float -> float16 (B, E),
+        L2-normalised."""
+        from retrieval.data.transforms import normalize_clips
+
         x = video.to(self.device, non_blocking=True)
+        if x.dtype == torch.uint8:
+            x = normalize_clips(x, self.mean, self.std)
         return self.model.encode_video(x, normalize=True).float().cpu().numpy().astype(np.float16)
 
     @torch.no_grad()

@@ -15,7 +15,7 @@ from pathlib import Path
 from . import ann
 from .errors import IndexMissingError, ModelMismatchError
 from .library import discover, is_inside, relative_to_root, stat_key
-from .reader import IMAGENET_MEAN, IMAGENET_STD, Failed, FileTask, SegmentReader, identity
+from .reader import Failed, FileTask, SegmentReader, identity
 from .store import IndexStore, WriterLock, transaction
 from .update import CommitResult, merge
 from .writer import PartWriter, done_parts, part_name, read_parts
@@ -187,11 +187,8 @@ def _encode(index_dir, model, settings, cfg: IngestConfig, tasks, failures, rank
             report.failures.append((item.task.path, item.reason))
         if tasks:
             embedder = Embedder(model, cfg.device, cfg.batch_size)
-            video_cfg = model.config.video  # the model says how its input is normalised
             reader = SegmentReader(tasks, settings["frames"], settings["img_size"], settings["segment_seconds"],
-                                   settings["stride"], chunk=cfg.batch_size,
-                                   mean=getattr(video_cfg, "mean", IMAGENET_MEAN),
-                                   std=getattr(video_cfg, "std", IMAGENET_STD))
+                                   settings["stride"], chunk=cfg.batch_size)
             workers = min(cfg.workers, len(tasks))
             stream = (torch.utils.data.DataLoader(reader, batch_size=None, num_workers=workers, collate_fn=identity,
                                                   prefetch_factor=2) if workers > 0 else reader)

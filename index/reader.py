@@ -9,10 +9,6 @@ import torch
 
 from .library import content_hash
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
 @dataclass(frozen=True)
 class FileTask:
     """One video to encode; `known_hash` is the indexed content hash, so a touched-but-identical file is cheap."""
@@ -49,11 +45,12 @@ class FileInfo:
 
 @dataclass
 class Chunk:
-    """Up to `chunk` consecutive segments of one file: spans[i] -> video[i] (3, T, H, W); `total` per file."""
+    """Up to `chunk` consecutive segments of one file: spans[i] -> video[i], uint8 (3, T, H, W) resized and
+    cropped but not normalised (the Embedder does that on the model's device); `total` segments per file."""
     info: FileInfo
     first: int
     spans: list[tuple[float, float]]
-    video: torch.Tensor  # (S, 3, T, H, W)
+    video: torch.Tensor  # uint8 (S, 3, T, H, W)
     total: int
 
 
@@ -92,11 +89,10 @@ class SegmentReader(torch.utils.data.IterableDataset):
     """Yields Chunk / Failed / Unchanged items; each worker process takes every num_workers-th file."""
 
     def __init__(self, tasks: list[FileTask], num_frames: int, img_size: int, segment_seconds: float,
-                 stride: float | None = None, chunk: int = 16, mean=IMAGENET_MEAN, std=IMAGENET_STD):
+                 stride: float | None = None, chunk: int = 16):
         super().__init__()
         self.tasks, self.num_frames, self.img_size = tasks, num_frames, img_size
         self.segment_seconds, self.stride, self.chunk = segment_seconds, stride, max(1, chunk)
-        self.mean, self.std = tuple(mean), tuple(std)
 
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
@@ -105,7 +101,7 @@ class SegmentReader(torch.utils.data.IterableDataset):
             yield from self.read(task)
 
     def read(self, task: FileTask):
-        from retrieval.data.transforms import frames_to_tensor
+        from retrieval.data.transforms import frames_to_uint8
         from retrieval.data.video import probe, read_frames
 
         size = mtime = None
@@ -132,7 +128,7 @@ class SegmentReader(torch.utils.data.IterableDataset):
                     # the whole-clip case reads without bounds: probed durations can be a frame off
                     frames = (read_frames(task.path, self.num_frames, mode="middle") if whole else
                               read_frames(task.path, self.num_frames, mode="middle", start_sec=start, end_sec=end))
-                    clips.append(frames_to_tensor(frames, self.img_size, self.mean, self.std))
+                    clips.append(frames_to_uint8(frames, self.img_size))
                 yield Chunk(info, first, part, torch.stack(clips), len(spans))  # (S, 3, T, H, W)
         except Exception as e:  # noqa: BLE001 - one bad file must not stop a library-wide job
             yield Failed(task, _reason(e), size, mtime)

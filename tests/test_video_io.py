@@ -12,7 +12,7 @@ pytest.importorskip("av")
 
 from helpers_media import color_index, write_test_audio, write_test_image, write_test_video  # noqa: E402
 from retrieval.data.transforms import (  # noqa: E402
-    IMAGENET_MEAN, IMAGENET_STD, frames_to_tensor, random_resized_crop_flip,
+    IMAGENET_MEAN, IMAGENET_STD, frames_to_tensor, frames_to_uint8, normalize_clips, random_resized_crop_flip,
 )
 from retrieval.data.video import VideoError, probe, read_frames, read_frames_bytes, sample_indices  # noqa: E402
 
@@ -180,6 +180,17 @@ def test_frames_to_tensor_normalises_and_centre_crops():
     assert frames_to_tensor(frames[0], 8).shape == (3, 1, 8, 8)  # one image
     with pytest.raises(TypeError):
         frames_to_tensor(frames.astype(np.float32), 8)
+
+
+def test_uint8_frames_normalised_later_match_frames_to_tensor_exactly():
+    """The index ships uint8 clips from its workers and normalises on the model's device: same numbers."""
+    rng = np.random.default_rng(7)
+    clips = [rng.integers(0, 256, (3, 30, 50, 3), dtype=np.uint8) for _ in range(2)]
+    small = torch.stack([frames_to_uint8(c, 16) for c in clips])
+    assert small.dtype == torch.uint8 and small.shape == (2, 3, 3, 16, 16)
+    mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+    want = torch.stack([frames_to_tensor(c, 16, mean, std) for c in clips])
+    assert torch.equal(normalize_clips(small, mean, std), want)
 
 
 def test_random_resized_crop_flip_is_shared_by_all_frames_and_reproducible():

@@ -42,6 +42,29 @@ def normalize(x: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Te
     return x.sub_(m).div_(s).contiguous()
 
 
+def normalize_clips(x: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
+    """uint8 (B, 3, T, H, W) on any device -> float32 normalised: the same arithmetic as `normalize`, done where the
+    model runs (the index ships uint8 from its decode workers: a quarter of the bytes through shared memory)."""
+    m = torch.tensor(mean, dtype=torch.float32, device=x.device).view(1, 3, 1, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32, device=x.device).view(1, 3, 1, 1, 1)
+    return x.float().div_(255.0).sub_(m).div_(s)
+
+
+def frames_to_uint8(frames, size: int, crop: bool = True) -> torch.Tensor:
+    """uint8 (T, H, W, 3) frames -> uint8 (3, T, size, size): `frames_to_tensor` before normalising."""
+    return _crop_resize(frames, size, crop).permute(1, 0, 2, 3).contiguous()
+
+
+def _crop_resize(frames, size: int, crop: bool) -> torch.Tensor:
+    x = _as_tchw_uint8(frames)  # (T, 3, H, W)
+    h, w = x.shape[-2:]
+    if crop:
+        side = min(h, w)
+        top, left = (h - side) // 2, (w - side) // 2
+        x = x[:, :, top:top + side, left:left + side]
+    return _resize(x, size, size)
+
+
 def frames_to_tensor(frames, size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD, crop: bool = True) -> torch.Tensor:
     """uint8 (T, H, W, 3) frames -> float32 (3, T, size, size): resize short side to `size`, centre crop, normalise.
 
@@ -50,13 +73,7 @@ def frames_to_tensor(frames, size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD, cr
     uint8. `crop=False` squashes the whole frame to size x size instead (the VINDLU/UMT test
     transform, which uses bicubic; kept for comparisons, not the project default).
     """
-    x = _as_tchw_uint8(frames)  # (T, 3, H, W)
-    h, w = x.shape[-2:]
-    if crop:
-        side = min(h, w)
-        top, left = (h - side) // 2, (w - side) // 2
-        x = x[:, :, top:top + side, left:left + side]
-    return normalize(_resize(x, size, size), mean, std)  # (3, T, size, size)
+    return normalize(_crop_resize(frames, size, crop), mean, std)  # (3, T, size, size)
 
 
 def _crop_box(h: int, w: int, scale, ratio, generator) -> tuple[int, int, int, int]:
