@@ -7,7 +7,9 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +19,9 @@ import torch.nn as nn
 log = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parents[1]
 LATEST = "latest"  # file in the checkpoint folder naming the newest complete checkpoint (DeepSpeed's convention)
+TMP = ".tmp"  # TAG.tmp: a checkpoint being written; it gets its tag as name only once complete
+OLD = ".old"  # TAG.old: a checkpoint being replaced or pruned
+_STEP_TAG = re.compile(r"step_\d+")  # the tags train.py gives (step_00000042)
 
 
 # ---------------------------------------------------------------- processes
@@ -221,6 +226,7 @@ class Engine:
             self.ds, self.optimizer, _, _ = deepspeed.initialize(model=wrapper, optimizer=optimizer,
                                                                  config=self.ds_config)
             self.module = self.ds.module
+            _sync_deepspeed_writes(self.ds)
             self.scaler = None
         else:
             self.ds, self.optimizer, self.module = None, optimizer, wrapper
@@ -297,28 +303,59 @@ class Engine:
 
     # -- checkpoints --------------------------------------------------------------------------------
     def save(self, ckpt_dir: Path, tag: str, client_state: dict) -> None:
-        """Every rank calls this (ZeRO partitions are per rank); the rest is written by rank 0."""
+        """Every rank calls this (ZeRO partitions are per rank); the rest is written by rank 0.
+
+        The checkpoint is written to TAG.tmp, flushed to disk, renamed to TAG, and only then named in `latest`,
+        so a kill or a full disk at any moment leaves the previous checkpoint complete and the one `--resume auto`
+        picks. A failed write removes TAG.tmp and raises OSError naming the file, the disk's free space and the
+        checkpoint that is still there.
+        """
         ckpt_dir = Path(ckpt_dir)
-        if self.ds is not None:
-            self.ds.save_checkpoint(str(ckpt_dir), tag=tag, client_state=client_state, save_latest=True)
-            return
-        tmp = ckpt_dir / f"{tag}.tmp"
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir(parents=True)
-        torch.save({"module": self.module.state_dict(), "optimizer": self.optimizer.state_dict(),
-                    "scaler": self.scaler.state_dict() if self.scaler is not None else None,
-                    "micro": self._micro, "client_state": client_state}, tmp / "state.pt")
-        final = ckpt_dir / tag
-        if final.exists():
-            shutil.rmtree(final)
-        tmp.rename(final)
-        (ckpt_dir / (LATEST + ".tmp")).write_text(tag)
-        os.replace(ckpt_dir / (LATEST + ".tmp"), ckpt_dir / LATEST)
+        tmp, final = ckpt_dir / (tag + TMP), ckpt_dir / tag
+        try:
+            if self.dist.is_main:
+                ckpt_dir.mkdir(parents=True, exist_ok=True)
+                if tmp.exists():  # left by a killed run
+                    shutil.rmtree(tmp)
+            barrier()
+            if self.ds is not None:
+                self.ds.save_checkpoint(str(ckpt_dir), tag=tmp.name, client_state=client_state, save_latest=False)
+            else:
+                tmp.mkdir()
+                _write_torch({"module": self.module.state_dict(), "optimizer": self.optimizer.state_dict(),
+                              "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+                              "micro": self._micro, "client_state": client_state}, tmp / "state.pt")
+            barrier()
+            if self.dist.is_main:
+                _fsync_tree(tmp)  # (DeepSpeed's own small files; the tensors were synced as written)
+                _failpoint("ckpt_before_rename")
+                if final.exists():  # the same step again, by a run resumed from an older checkpoint
+                    shutil.rmtree(ckpt_dir / (tag + OLD), ignore_errors=True)
+                    final.rename(ckpt_dir / (tag + OLD))
+                tmp.rename(final)
+                _fsync_dir(ckpt_dir)
+                _failpoint("ckpt_before_latest")
+                _write_latest(ckpt_dir, tag)
+                shutil.rmtree(ckpt_dir / (tag + OLD), ignore_errors=True)
+        except OSError as e:  # a full disk, a read-only or vanished folder: say which, keep what was there
+            error = _save_error(e, ckpt_dir, tag)
+            log.error("%s", error)
+            shutil.rmtree(tmp, ignore_errors=True)  # gives the partial write's space back
+            raise error from e
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        barrier()
 
     def load(self, ckpt_dir: Path, tag: str) -> dict:
-        """Restore weights, optimizer (and loss scaler) state; returns the client state saved with them."""
+        """Restore weights, optimizer (and loss scaler) state; returns the client state saved with them.
+
+        Rank 0 also finishes deleting what a killed save or prune had renamed to TAG.old (a run resumed at its
+        last step saves no more checkpoints, so prune_checkpoints would not get to it)."""
         ckpt_dir = Path(ckpt_dir)
+        if self.dist.is_main:
+            for trash in ckpt_dir.glob("step_*" + OLD):
+                shutil.rmtree(trash, ignore_errors=True)
         if self.ds is not None:
             saved_world = _deepspeed_dp_world_size(ckpt_dir / tag)
             if saved_world not in (None, self.dist.world_size) and self.opt["zero_stage"] > 0:
@@ -386,7 +423,9 @@ class Engine:
             for b in buffers.values():
                 if b.is_floating_point():
                     b.data = b.data.float()
-            save_model(model, path, dtype=dtype)
+            _failpoint("export_start")
+            save_model(model, path, dtype=dtype)  # written to RUN/model.tmp, then renamed
+            _failpoint("export_saved")
         finally:
             for n, p in params.items():
                 p.data = saved[n]
@@ -396,20 +435,128 @@ class Engine:
         return Path(path)
 
 
+def _complete(tag_dir: Path) -> bool:
+    """A finished checkpoint folder: its weights file is there (only complete folders are renamed to a tag)."""
+    return (tag_dir / "state.pt").is_file() or (tag_dir / "mp_rank_00_model_states.pt").is_file()
+
+
+def _step_checkpoints(ckpt_dir: Path) -> list[Path]:
+    """The step_N folders, oldest first; TAG.tmp (being written) and TAG.old (being removed) are not checkpoints."""
+    return sorted(p for p in Path(ckpt_dir).glob("step_*") if _STEP_TAG.fullmatch(p.name) and p.is_dir())
+
+
 def latest_checkpoint(ckpt_dir: Path) -> str | None:
-    """The tag named in ckpt_dir/latest when that checkpoint exists, else None."""
-    f = Path(ckpt_dir) / LATEST
-    if not f.is_file():
-        return None
-    tag = f.read_text().strip()
-    return tag if (Path(ckpt_dir) / tag).is_dir() else None
+    """The tag named in ckpt_dir/latest when that checkpoint is complete; without a usable `latest`, the newest
+    complete step_N folder (logged); None when there is none."""
+    ckpt_dir = Path(ckpt_dir)
+    f = ckpt_dir / LATEST
+    tag = f.read_text().strip() if f.is_file() else ""
+    if tag and "/" not in tag and tag not in (".", "..") and _complete(ckpt_dir / tag):
+        return tag
+    done = [p for p in _step_checkpoints(ckpt_dir) if _complete(p)]
+    if done:
+        log.warning("%s: %s; using the newest complete checkpoint, %s", ckpt_dir,
+                    f"'latest' names {tag!r}, which is not a complete checkpoint" if tag else "no 'latest' file",
+                    done[-1].name)
+        return done[-1].name
+    return None
 
 
 def prune_checkpoints(ckpt_dir: Path, keep: int) -> None:
-    """Delete all but the newest `keep` step checkpoints (rank 0 only, after every rank has saved)."""
-    tags = sorted(p for p in Path(ckpt_dir).glob("step_*") if p.is_dir() and not p.name.endswith(".tmp"))
+    """Delete all but the newest `keep` step checkpoints, and what killed saves left (TAG.tmp, TAG.old).
+
+    Rank 0 only, after every rank has saved. A pruned folder is renamed before it is deleted, so a kill half-way
+    through the deletion never leaves a partial folder under a checkpoint's name."""
+    ckpt_dir = Path(ckpt_dir)
+    _failpoint("prune_start")
+    latest = (ckpt_dir / LATEST).read_text().strip() if (ckpt_dir / LATEST).is_file() else None
+    tags = _step_checkpoints(ckpt_dir)
     for old in tags[:-keep] if keep > 0 else []:
-        shutil.rmtree(old, ignore_errors=True)
+        if old.name == latest:  # never the one resume would pick
+            continue
+        trash = old.with_name(old.name + OLD)
+        shutil.rmtree(trash, ignore_errors=True)
+        old.rename(trash)
+        _failpoint("prune_renamed")
+        shutil.rmtree(trash, ignore_errors=True)
+    for left in ckpt_dir.glob("step_*"):
+        if left.is_dir() and left.name.endswith((TMP, OLD)):
+            shutil.rmtree(left, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- writing checkpoints to disk
+
+def _failpoint(name: str) -> None:
+    """Crash-test hook (as in index/store.py): VMR_FAILPOINT=<name> SIGKILLs the process here."""
+    if os.environ.get("VMR_FAILPOINT") == name:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _write_torch(obj, path: Path, **kwargs) -> None:
+    """torch.save through a file object, flushed to disk. A failed write raises OSError with the file's name:
+    given a path, torch writes in C++ and reports a full disk as 'unexpected pos N vs M'; through a file object
+    the OSError comes out, or sits under the RuntimeError torch raises while closing the zip."""
+    try:
+        with open(path, "wb") as f:
+            torch.save(obj, f, **kwargs)
+            f.flush()
+            os.fsync(f.fileno())
+    except (OSError, RuntimeError) as e:
+        cause = e
+        while cause is not None and not isinstance(cause, OSError):
+            cause = cause.__context__
+        if cause is None:
+            raise
+        raise OSError(cause.errno, cause.strerror, cause.filename or str(path)) from e
+
+
+def _sync_deepspeed_writes(ds) -> None:
+    """Route DeepSpeed's checkpoint files through _write_torch (its default engine calls torch.save(path))."""
+    from deepspeed.runtime.checkpoint_engine import TorchCheckpointEngine
+
+    engine = getattr(ds, "checkpoint_engine", None)
+    if type(engine) is TorchCheckpointEngine:  # not Nebula / decoupled / fast engines: they write their own way
+        engine.save = lambda state_dict, path: _write_torch(
+            state_dict, Path(path), _use_new_zipfile_serialization=engine.zipfile_serialization)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(root: Path) -> None:
+    for folder, _, files in os.walk(root):
+        for name in files:
+            with open(os.path.join(folder, name), "rb") as f:
+                os.fsync(f.fileno())
+        _fsync_dir(Path(folder))
+
+
+def _write_latest(ckpt_dir: Path, tag: str) -> None:
+    tmp = ckpt_dir / (LATEST + TMP)
+    with open(tmp, "w") as f:
+        f.write(tag)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, ckpt_dir / LATEST)
+    _fsync_dir(ckpt_dir)
+
+
+def _save_error(e: OSError, ckpt_dir: Path, tag: str) -> OSError:
+    """The same errno, with what a user needs: which file, how full the disk is, what is still there."""
+    try:
+        free = f"{shutil.disk_usage(ckpt_dir).free / 2 ** 20:.1f} MiB free"
+    except OSError:
+        free = "free space unknown"
+    previous = latest_checkpoint(ckpt_dir)
+    kept = (f"the previous checkpoint {ckpt_dir / previous} is intact and `--resume auto` starts from it"
+            if previous else "there is no earlier checkpoint")
+    return OSError(e.errno, f"{e.strerror or e} while writing checkpoint {tag} to {ckpt_dir} ({free} on that "
+                            f"disk); {kept}", e.filename if e.filename is not None else str(ckpt_dir / (tag + TMP)))
 
 
 def _deepspeed_dp_world_size(tag_dir: Path) -> int | None:

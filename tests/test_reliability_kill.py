@@ -1,14 +1,17 @@
-"""kill -9 at seeded random moments, then rerun: `vmr shards` and `vmr index build/add` end as if never interrupted.
+"""kill -9 at seeded random moments, then rerun: `vmr shards`, `vmr index build/add` and `pretrain/run.py
+--resume auto` end as if never interrupted.
 
 Each campaign starts the real command as a subprocess, SIGKILLs it after a seeded random delay (or once a seeded
-number of output files exist), checks what is on disk is still usable, and repeats until one run exits 0; the
-result is compared with an uninterrupted run. CI runs a few kills per command; `-m slow` runs many more.
+number of output files exist, or at a named point: VMR_FAILPOINT), checks what is on disk is still usable, and
+repeats until one run exits 0; the result is compared with an uninterrupted run. CI runs a few kills per command;
+VMR_RELIABILITY_SLOW=1 runs many more.
 """
 from __future__ import annotations
 
 import hashlib
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -112,9 +115,10 @@ def _campaign(cmd: list[str], kills: int, rng: random.Random, delay_range, betwe
     return stats
 
 
-def _opened(needle: str):
-    """ready(proc): the process (or one of its pool workers) holds a file whose path contains `needle` open,
-    i.e. this very run has got past its imports to the work (files left by earlier runs do not count)."""
+def _opened(needle: str, also: str = ""):
+    """ready(proc): the process (or one of its pool workers) holds a file whose path contains `needle` (and
+    `also`) open, i.e. this very run has got past its imports to the work (files left by earlier runs do not
+    count)."""
     def ready(proc) -> bool:
         pids = [proc.pid]
         try:
@@ -128,7 +132,8 @@ def _opened(needle: str):
                 continue
             for fd in fds:
                 try:
-                    if needle in os.readlink(f"/proc/{pid}/fd/{fd}"):
+                    target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                    if needle in target and also in target:
                         return True
                 except OSError:
                     pass
@@ -406,3 +411,244 @@ def test_index_build_with_a_real_tiny_model_killed_then_rerun(tmp_path):
                       between=between, reset=lambda: shutil.rmtree(out))
     assert index_contents(out) == ref
     print(f"index build (real tiny model): {stats}")
+
+
+# ------------------------------------------------------------------------------------------ training
+
+SMOKE = REPO / "configs" / "pretrain" / "smoke_cpu.yaml"
+# 32 synthetic clips, batch 8, 2 epochs -> 8 steps; checkpoints after 3 and 6 (mid-epoch) and 8; keep 1, so every
+# save after the first also prunes. The config's engine (DeepSpeed, ZeRO 0) unless a campaign says otherwise.
+TRAIN_ARGS = ["run.progress=false", "val.every=0", "run.ckpt_every=3", "run.keep_checkpoints=1",
+              "data.num_workers=1", "synth.val_videos=0"]
+TRAIN_STEPS, TRAIN_CKPTS = 8, (3, 6, 8)
+# where a kill can be aimed: in a step (seeded moment), while a checkpoint file is open for writing, at a named
+# point of engine.save / prune_checkpoints / export (VMR_FAILPOINT), while RUN/model.tmp is being written
+SAVE_KINDS = ["writing checkpoint", "ckpt_before_rename", "ckpt_before_latest", "prune_start", "prune_renamed"]
+EXPORT_KINDS = ["export_start", "writing model", "export_saved"]
+TRAIN_KILLS = {"fast": ["ckpt_before_latest", "step", "writing checkpoint", "writing model"], "slow": 24}
+
+
+def _train_cmd(run: Path, engine: str) -> list[str]:
+    return [sys.executable, str(REPO / "pretrain" / "run.py"), "--config", str(SMOKE), "--out", str(run),
+            *TRAIN_ARGS, f"engine.kind={engine}", "--resume", "auto"]
+
+
+def _start_train(cmd: list[str], log: Path, failpoint: str = "") -> subprocess.Popen:
+    """The run as its own process group, output to `log` (a pipe nobody reads could fill and stall it)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
+    with open(log, "w") as out:
+        return subprocess.Popen(cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                env={**env, "VMR_FAILPOINT": failpoint})
+
+
+def _logged_steps(run: Path) -> list[dict]:
+    import json
+
+    f = run / "steps.jsonl"
+    lines = f.read_text().splitlines() if f.is_file() else []
+    return [json.loads(line) for line in lines if line.endswith("}")]  # (a line being written is not one)
+
+
+def _resume_step(run: Path) -> int:
+    """The step `--resume auto` will start from (what the loader picks), 0 for a fresh start."""
+    from pretrain.engine import latest_checkpoint
+
+    tag = latest_checkpoint(run / "checkpoints")
+    return int(tag.split("_")[1]) if tag else 0
+
+
+def _checkpoints_whole(run: Path) -> int:
+    """Every folder under a checkpoint's name loads and says its own step; the one the loader picks is among them
+    and the step log reaches it. -> that step (0: none yet)."""
+    import torch
+
+    ckpt = run / "checkpoints"
+    for d in (p for p in ckpt.glob("step_*") if re.fullmatch(r"step_\d+", p.name)) if ckpt.is_dir() else []:
+        files = [d / "state.pt"] if (d / "state.pt").exists() else [d / "mp_rank_00_model_states.pt"]
+        state = torch.load(files[0], map_location="cpu", weights_only=False)  # raises on a truncated file
+        client = state.get("client_state", state)
+        assert client["step"] == int(d.name.split("_")[1]), d
+    start = _resume_step(run)
+    if start:
+        assert (ckpt / f"step_{start:08d}").is_dir()
+        assert [r["step"] for r in _logged_steps(run)][:start] == list(range(1, start + 1))
+    return start
+
+
+def _weights(model_dir: Path) -> dict:
+    from retrieval.model import load_model
+
+    return load_model(model_dir).state_dict()
+
+
+def _same_weights(a: dict, b: dict, tol: float = 1e-5) -> None:
+    assert list(a) == list(b)
+    for n in a:
+        assert (a[n] - b[n]).abs().max() <= tol, n
+
+
+def _same_as_reference(run: Path, ref: Path, ref_weights: dict) -> int:
+    """Same steps with the same samples (keys_sha1), lr and loss; the same exported weights; nothing partial left
+    over. -> how many checkpoints beyond keep_checkpoints remain (see below)."""
+    import json
+
+    a, b = _logged_steps(ref), _logged_steps(run)
+    assert [r["step"] for r in b] == list(range(1, TRAIN_STEPS + 1))
+    for x, y in zip(a, b):
+        assert (x["epoch"], x["keys_sha1"], x["lr"]) == (y["epoch"], y["keys_sha1"], y["lr"]), (x, y)
+        assert x["loss"] == pytest.approx(y["loss"], rel=1e-5, abs=1e-6), (x, y)
+    summary = json.loads((run / "summary.json").read_text())
+    assert (summary["step"], summary["stopped_early"]) == (TRAIN_STEPS, False)
+    _same_weights(ref_weights, _weights(run / "model"))
+    # nothing half-written or half-deleted is left; keep_checkpoints=1 may be exceeded by one whole checkpoint
+    # when the kill fell between the last save and its prune (the resumed run has no step left to save)
+    left = sorted(p.name for p in (run / "checkpoints").iterdir() if not p.name.endswith(".py"))
+    assert left[0] == "latest" and left[-1] == f"step_{TRAIN_STEPS:08d}" and len(left) <= 3, left
+    assert all(re.fullmatch(r"step_\d+", name) for name in left[1:]), left
+    assert (run / "checkpoints" / "latest").read_text() == left[-1]
+    assert not [p for p in run.iterdir() if p.name.startswith("model.")]
+    return len(left) - 2
+
+
+@pytest.fixture(scope="module")
+def train_ref(tmp_path_factory):
+    """The smoke config's synthetic world (generated once, copied into every run) and an uninterrupted run."""
+    pytest.importorskip("webdataset")
+    from pretrain.config import load_train_config
+    from pretrain.run import prepare_synthetic
+
+    root = tmp_path_factory.mktemp("train")
+    prepare_synthetic(load_train_config(str(SMOKE), ["synth.val_videos=0"]), root / "world", is_main=True)
+    refs = {}
+
+    def ref(engine: str) -> tuple[Path, Path, float, dict]:  # run folder, synth folder, step seconds, weights
+        if engine not in refs:
+            run = root / f"ref-{engine}"
+            shutil.copytree(root / "world" / "synth", run / "synth")
+            proc = _start_train(_train_cmd(run, engine), root / f"ref-{engine}.log")
+            assert proc.wait(timeout=300) == 0, (root / f"ref-{engine}.log").read_text()[-3000:]
+            step_s = sorted(r["step_time"] for r in _logged_steps(run))[TRAIN_STEPS // 2]
+            refs[engine] = run, root / "world" / "synth", step_s, _weights(run / "model")
+        return refs[engine]
+    return ref
+
+
+def _kill_train_once(cmd: list[str], run: Path, kind: str, rng: random.Random, step_s: float) -> str | None:
+    """Start the run (`--resume auto`) and SIGKILL it as `kind` says -> where it landed; None if it finished."""
+    start = _resume_step(run)
+    log = run.parent / "run.log"
+    t0 = time.time()
+    proc = _start_train(cmd, log, "" if kind in ("step", "writing checkpoint", "writing model") else kind)
+
+    def wait_until(cond, poll: float = 0.002) -> None:
+        while proc.poll() is None and not cond():
+            time.sleep(poll)
+
+    if kind == "step":  # a seeded moment after this run logged step n (n = start: its training is about to begin)
+        n = rng.randint(start, TRAIN_STEPS - 1)
+        logging = _opened(str(run / "steps.jsonl"))
+        wait_until(lambda: logging(proc))  # (before that, steps.jsonl may still hold a killed run's lines)
+        wait_until(lambda: n == start or any(r["step"] == n for r in _logged_steps(run)))
+        try:
+            proc.wait(timeout=rng.uniform(0, 1.5 * step_s))
+        except subprocess.TimeoutExpired:
+            pass
+    elif kind == "writing checkpoint":  # this run holds a file of a checkpoint being written (TAG.tmp/) open
+        writing = _opened(str(run / "checkpoints" / "step_"), ".tmp/")
+        wait_until(lambda: writing(proc), poll=0.0005)
+    elif kind == "writing model":  # this run has (re)created RUN/model.tmp: tokenizer, weights, config.yaml
+        tmp = run / "model.tmp"
+        wait_until(lambda: tmp.exists() and tmp.stat().st_ctime > t0, poll=0.0005)
+    else:  # a failpoint: the run kills itself there
+        proc.wait(timeout=300)
+    where = None
+    if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGKILL)
+        where = kind
+    proc.wait()
+    _reap_group(proc)
+    if proc.returncode != -signal.SIGKILL:
+        assert proc.returncode == 0, log.read_text()[-3000:]
+        return None
+    if kind == "step":
+        done = [r["step"] for r in _logged_steps(run)]
+        saving = [p.name for p in (run / "checkpoints").glob("*.tmp")] if (run / "checkpoints").is_dir() else []
+        last = done[-1] if done else 0
+        where = f"saving the checkpoint of step {last}" if f"step_{last:08d}.tmp" in saving else f"in step {last + 1}"
+    return where or kind
+
+
+def _train_campaign(train_ref, tmp_path, plan: list[str] | int, seed: int, engine: str = "deepspeed") -> dict:
+    """Kill `pretrain/run.py --resume auto` at the kinds of points in `plan` (a list, or a number of seeded
+    random ones with every kind at least once), checking the disk after each; a run that reaches the end is
+    compared with the uninterrupted one and the next kill starts a fresh run."""
+    ref, synth, step_s, ref_weights = train_ref(engine)
+    rng = random.Random(seed)
+    run = tmp_path / "run"
+    cmd = _train_cmd(run, engine)
+    if isinstance(plan, int):
+        every = ["step"] + SAVE_KINDS + EXPORT_KINDS
+        plan = rng.sample(every, len(every))  # every kind once, in a seeded order, then steps weighted up
+        plan += [rng.choice(["step"] * 5 + every) for _ in range(TRAIN_KILLS["slow"] - len(plan))]
+    stats = {"kills": 0, "runs": 0, "finished_before_kill": 0, "verified_runs": 0, "extra_checkpoint_left": 0,
+             "where": {}}
+    dirty = False
+
+    def fresh():
+        nonlocal dirty
+        shutil.rmtree(run, ignore_errors=True)
+        shutil.copytree(synth, run / "synth")
+        dirty = False
+
+    def finish():  # run to the end, then the result must equal the uninterrupted run's
+        log = tmp_path / "run.log"
+        proc = _start_train(cmd, log)
+        stats["runs"] += 1
+        assert proc.wait(timeout=300) == 0, log.read_text()[-3000:]
+        stats["extra_checkpoint_left"] += _same_as_reference(run, ref, ref_weights)
+        stats["verified_runs"] += 1
+
+    fresh()
+    for kind in plan:
+        for _ in range(4):  # a kill point missed 4 times in a row (a failpoint that no longer exists) is a bug
+            start = _checkpoints_whole(run)
+            if start == TRAIN_STEPS and kind not in EXPORT_KINDS:  # nothing but the export is left: start over
+                finish()
+                fresh()
+                continue
+            where = _kill_train_once(cmd, run, kind, rng, step_s)
+            stats["runs"] += 1
+            if where is not None:
+                break
+            stats["finished_before_kill"] += 1  # the kill came too late: check it, start over
+            stats["extra_checkpoint_left"] += _same_as_reference(run, ref, ref_weights)
+            stats["verified_runs"] += 1
+            fresh()
+        else:
+            pytest.fail(f"the run never stopped at {kind!r}: {stats}")
+        stats["kills"] += 1
+        dirty = True
+        stats["where"][where] = stats["where"].get(where, 0) + 1
+        _checkpoints_whole(run)
+        if (run / "model").exists():  # a model folder is only ever a complete one (renamed from model.tmp)
+            _same_weights(ref_weights, _weights(run / "model"))
+        if kind in EXPORT_KINDS:  # a cycle ends in the export: finish it and start the next from scratch
+            finish()
+            fresh()
+    if dirty:
+        finish()
+    print(f"pretrain/run.py ({engine}): {stats}")
+    return stats
+
+
+def test_training_killed_then_resumed_equals_uninterrupted(train_ref, tmp_path):
+    stats = _train_campaign(train_ref, tmp_path, TRAIN_KILLS["fast"], seed=1)
+    assert stats["kills"] == len(TRAIN_KILLS["fast"]) and stats["verified_runs"] >= 1
+
+
+@SLOW
+@pytest.mark.slow
+@pytest.mark.parametrize("engine", ["deepspeed", "torch"])
+def test_training_killed_many_times(train_ref, tmp_path, engine):
+    stats = _train_campaign(train_ref, tmp_path, TRAIN_KILLS["slow"], seed=10 + (engine == "torch"), engine=engine)
+    assert stats["kills"] == TRAIN_KILLS["slow"]
