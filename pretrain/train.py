@@ -465,6 +465,7 @@ def train(cfg: TrainConfig, run_dir: Path, dist: DistInfo, engine_kind: str, res
     skipped_before, skipped_total = 0, 0  # undecodable samples in finished epochs / so far (this rank)
     cleanup = ExitStack()
     stop_requested = cleanup.enter_context(stop_requests())
+    batches = None
     try:
         while step < total_steps and not stopped:
             batches = loader.epoch(epoch, data_state)
@@ -542,6 +543,8 @@ def train(cfg: TrainConfig, run_dir: Path, dist: DistInfo, engine_kind: str, res
                                               "fp16": torch.float16}[cfg.run.export_dtype])
             barrier()
     finally:
+        if batches is not None:  # on an error too: the workers ignore SIGTERM, so exit must not be left to reap them
+            batches.close()
         logger.close()
         cleanup.close()
     summary = {"step": step, "epoch": epoch, "total_steps": total_steps, "stopped_early": stopped,

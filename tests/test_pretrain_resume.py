@@ -110,3 +110,26 @@ def test_sigterm_checkpoints_the_current_step_and_resume_continues(tmp_path, syn
     resumed = main([*args, f"run.stop_after={summary['step'] + 1}", "--resume", "auto"])
     assert resumed["step"] == summary["step"] + 1
     assert sorted(_steps(run)) == list(range(1, summary["step"] + 2))
+
+
+def test_a_failing_step_shuts_the_data_workers_down(tmp_path, monkeypatch, synth_folder):
+    """The workers ignore SIGTERM (preemption), so an error must close them itself or the process never exits."""
+    import multiprocessing
+
+    _single_process_env(monkeypatch)
+    import pretrain.train as train_mod
+    from pretrain.run import main
+
+    real, calls = train_mod.micro_step, []
+
+    def failing(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("injected failure")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "micro_step", failing)
+    with pytest.raises(RuntimeError, match="injected failure") as failure:
+        main(["--config", SMOKE, "--out", str(_run_dir(tmp_path, "fail", synth_folder)), *COMMON, "engine.kind=torch"])
+    # While the traceback (and so the training frame) is still alive, as it is when Python prints it and exits:
+    assert failure.traceback and not [p for p in multiprocessing.active_children() if p.is_alive()]
