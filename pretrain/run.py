@@ -99,6 +99,19 @@ def main(argv: list[str] | None = None) -> dict:
     return train(cfg, run_dir, dist, kind, resume=args.resume)
 
 
+def cli(argv: list[str] | None = None) -> int:
+    """`python pretrain/run.py`: a bad config or a full / read-only disk is one line on stderr and exit 2, like `vmr`.
+    Anything else keeps its traceback (a bug to report)."""
+    from pretrain.config import ConfigError
+
+    try:
+        main(argv)
+    except (ConfigError, OSError) as e:  # OSError: disk full, read-only or missing paths; the message names them
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
 if __name__ == "__main__":
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    main()
+    sys.exit(cli())

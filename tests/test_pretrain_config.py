@@ -108,3 +108,17 @@ def test_param_groups_weight_decay_and_layer_decay():
     assert scale["model.visual.layers.1.mixer.in_proj.weight"] == 0.5
     assert scale["model.visual.norm_f.weight"] == 1.0 and scale["model.vision_proj.weight"] == 1.0
     assert all(v == 0.1 for n, v in scale.items() if n.startswith("model.text."))
+
+
+def test_launcher_reports_a_bad_config_in_one_line(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, str(root / "pretrain" / "run.py"), "--config",
+                           str(root / "configs" / "pretrain" / "smoke_cpu.yaml"), "--out", str(tmp_path / "run"),
+                           "data.reverse_pairs=2"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert "error: data.reverse_pairs is a probability in [0, 1], got 2" in proc.stderr
+    assert "Traceback" not in proc.stderr
