@@ -428,6 +428,8 @@ def train(cfg: TrainConfig, run_dir: Path, dist: DistInfo, engine_kind: str, res
                 log.info("resumed from %s/%s at step %d, epoch %d", ckpt_dir, tag, step, epoch)
             resumed_at = step
     ckpt_dir = run_dir / CKPT_DIR  # new checkpoints always go to this run
+    if resumed_at >= 0 and dist.is_main:  # a kill between a save and its prune can leave one too many
+        prune_checkpoints(ckpt_dir, cfg.run.keep_checkpoints)
 
     val = None
     if cfg.val.anno and dist.is_main:

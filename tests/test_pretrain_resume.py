@@ -133,3 +133,18 @@ def test_a_failing_step_shuts_the_data_workers_down(tmp_path, monkeypatch, synth
         main(["--config", SMOKE, "--out", str(_run_dir(tmp_path, "fail", synth_folder)), *COMMON, "engine.kind=torch"])
     # While the traceback (and so the training frame) is still alive, as it is when Python prints it and exits:
     assert failure.traceback and not [p for p in multiprocessing.active_children() if p.is_alive()]
+
+
+def test_resume_applies_keep_checkpoints(tmp_path, monkeypatch, synth_folder):
+    """A resume with nothing left to train still prunes to run.keep_checkpoints (a kill can fall between a save
+    and its prune)."""
+    _single_process_env(monkeypatch)
+    from pretrain.run import main
+
+    run = _run_dir(tmp_path, "keep", synth_folder)
+    args = ["--config", SMOKE, "--out", str(run), *COMMON, "engine.kind=torch"]
+    assert main(args)["step"] == 8
+    ckpts = lambda: sorted(p.name for p in (run / "checkpoints").glob("step_*"))  # noqa: E731
+    assert ckpts() == ["step_00000003", "step_00000006", "step_00000008"]
+    assert main([*args, "run.keep_checkpoints=1", "--resume", "auto"])["step"] == 8
+    assert ckpts() == ["step_00000008"]
