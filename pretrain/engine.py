@@ -16,6 +16,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from retrieval.data import fsync_dir, fsync_tree
+
 log = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parents[1]
 LATEST = "latest"  # file in the checkpoint folder naming the newest complete checkpoint (DeepSpeed's convention)
@@ -327,13 +329,13 @@ class Engine:
                               "micro": self._micro, "client_state": client_state}, tmp / "state.pt")
             barrier()
             if self.dist.is_main:
-                _fsync_tree(tmp)  # (DeepSpeed's own small files; the tensors were synced as written)
+                fsync_tree(tmp)  # (DeepSpeed's own small files; the tensors were synced as written)
                 _failpoint("ckpt_before_rename")
                 if final.exists():  # the same step again, by a run resumed from an older checkpoint
                     shutil.rmtree(ckpt_dir / (tag + OLD), ignore_errors=True)
                     final.rename(ckpt_dir / (tag + OLD))
                 tmp.rename(final)
-                _fsync_dir(ckpt_dir)
+                fsync_dir(ckpt_dir)
                 _failpoint("ckpt_before_latest")
                 _write_latest(ckpt_dir, tag)
                 shutil.rmtree(ckpt_dir / (tag + OLD), ignore_errors=True)
@@ -520,22 +522,6 @@ def _sync_deepspeed_writes(ds) -> None:
             state_dict, Path(path), _use_new_zipfile_serialization=engine.zipfile_serialization)
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_tree(root: Path) -> None:
-    for folder, _, files in os.walk(root):
-        for name in files:
-            with open(os.path.join(folder, name), "rb") as f:
-                os.fsync(f.fileno())
-        _fsync_dir(Path(folder))
-
-
 def _write_latest(ckpt_dir: Path, tag: str) -> None:
     tmp = ckpt_dir / (LATEST + TMP)
     with open(tmp, "w") as f:
@@ -543,7 +529,7 @@ def _write_latest(ckpt_dir: Path, tag: str) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, ckpt_dir / LATEST)
-    _fsync_dir(ckpt_dir)
+    fsync_dir(ckpt_dir)
 
 
 def _save_error(e: OSError, ckpt_dir: Path, tag: str) -> OSError:

@@ -13,7 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import from_dict, load_yaml, save_yaml, to_dict
-from .data import sha256_file
+from .data import fsync_dir, fsync_tree, sha256_file
 from .text import TextConfig, create_text_tower
 from .tokenizer import check_compatible, load_tokenizer
 from .videomamba import VideoMamba, VideoMambaConfig, video_encoder_config
@@ -199,17 +199,22 @@ def save_model(model: VideoTextModel, path: str | Path, dtype: torch.dtype | Non
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    text = dataclasses.replace(model.config.text, init_checkpoint=None, tokenizer_path=_TOKENIZER_DIR)
-    if text.kind == "hf":
-        export_hf_files(model.config.text, tmp / _HF_DIR)
-        text = dataclasses.replace(text, hf_folder=_HF_DIR)
-    video = dataclasses.replace(model.config.video, init_checkpoint=None)
-    cfg = dataclasses.replace(model.config, text=text, video=video)
-    model.tokenizer.save(tmp / _TOKENIZER_DIR)
-    state = {k: v.detach().to(dtype or v.dtype).contiguous().cpu() for k, v in model.state_dict().items()}
-    save_file(state, str(tmp / "model.safetensors"))
-    save_yaml({"format_version": FORMAT_VERSION, "model": to_dict(cfg),
-               "text_source": text_tower_source(model.config.text)}, tmp / "config.yaml")
+    try:
+        text = dataclasses.replace(model.config.text, init_checkpoint=None, tokenizer_path=_TOKENIZER_DIR)
+        if text.kind == "hf":
+            export_hf_files(model.config.text, tmp / _HF_DIR)
+            text = dataclasses.replace(text, hf_folder=_HF_DIR)
+        video = dataclasses.replace(model.config.video, init_checkpoint=None)
+        cfg = dataclasses.replace(model.config, text=text, video=video)
+        model.tokenizer.save(tmp / _TOKENIZER_DIR)
+        state = {k: v.detach().to(dtype or v.dtype).contiguous().cpu() for k, v in model.state_dict().items()}
+        save_file(state, str(tmp / "model.safetensors"))
+        save_yaml({"format_version": FORMAT_VERSION, "model": to_dict(cfg),
+                   "text_source": text_tower_source(model.config.text)}, tmp / "config.yaml")
+        fsync_tree(tmp)  # durable before it takes the final name (a power loss must not leave empty files there)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # a full disk leaves no half-written folder behind
+        raise
     if path.exists():  # swap in the new folder; the old one is removed only after the rename
         old = path.with_name(path.name + ".old")
         if old.exists():
@@ -219,6 +224,7 @@ def save_model(model: VideoTextModel, path: str | Path, dtype: torch.dtype | Non
         shutil.rmtree(old)
     else:
         tmp.rename(path)
+    fsync_dir(path.parent)
     return path
 
 
