@@ -158,8 +158,10 @@ def _time_reversed(sample: dict, raw: dict, spec: StreamSpec, epoch: int, source
                    caption_index: int) -> dict | None:
     """A hard negative for temporal order: the same clip backwards with its reverse caption (same phrasing
     when the lists align), under its own video id so the forward caption counts it as a negative."""
+    if spec.reverse_pairs <= 0:
+        return None
     backwards = reverse_captions(raw)
-    if not backwards or spec.reverse_pairs <= 0:
+    if not backwards:
         return None
     rng = _np_rng(spec.seed, epoch, sample["key"], source, "reverse")
     if rng.random() >= spec.reverse_pairs:

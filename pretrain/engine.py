@@ -351,13 +351,8 @@ class Engine:
 
     def load(self, ckpt_dir: Path, tag: str) -> dict:
         """Restore weights, optimizer (and loss scaler) state; returns the client state saved with them.
-
-        Rank 0 also finishes deleting what a killed save or prune had renamed to TAG.old (a run resumed at its
-        last step saves no more checkpoints, so prune_checkpoints would not get to it)."""
+        (What a killed save or prune left, TAG.tmp / TAG.old, is swept by prune_checkpoints, which a resume runs.)"""
         ckpt_dir = Path(ckpt_dir)
-        if self.dist.is_main:
-            for trash in ckpt_dir.glob("step_*" + OLD):
-                shutil.rmtree(trash, ignore_errors=True)
         if self.ds is not None:
             saved_world = _deepspeed_dp_world_size(ckpt_dir / tag)
             if saved_world not in (None, self.dist.world_size) and self.opt["zero_stage"] > 0:

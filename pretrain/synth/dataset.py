@@ -1,6 +1,7 @@
 """Generate one split of the synthetic world: plan, caption, render + encode (optionally in parallel), annotate."""
 from __future__ import annotations
 
+import copy
 import os
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -32,12 +33,11 @@ def annotate(items, split: str, paraphrase: str, fps: float) -> list[dict]:
         extra = {}
         if split == "train":
             k = TRAIN_CAPTIONS[0] + int(rng.integers(TRAIN_CAPTIONS[1] - TRAIN_CAPTIONS[0] + 1))
+            same_phrasing = copy.deepcopy(rng)  # the reverse captions draw the same phrasings
             text = captions(spec.attributes, rng, k, paraphrase)
             backwards = trainable_reversal(spec.attributes)
-            if backwards is not None:  # a fresh generator from the same seed: the same phrasing, reversed events
-                rng = np.random.default_rng(list(item.caption_seed))
-                rng.integers(TRAIN_CAPTIONS[1] - TRAIN_CAPTIONS[0] + 1)
-                extra["reverse_caption"] = captions(backwards, rng, k, paraphrase)
+            if backwards is not None:
+                extra["reverse_caption"] = captions(backwards, same_phrasing, k, paraphrase)
         else:
             text = caption(spec.attributes, rng, paraphrase)
         records.append({"video": f"{spec.id}.mp4", "caption": text, **extra, "duration": spec.frames / fps,
