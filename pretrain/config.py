@@ -112,6 +112,7 @@ class RunConfig:
     ckpt_every: int = 0            # optimizer steps between checkpoints (0 = only at the end)
     keep_checkpoints: int = 2      # resumable checkpoints kept on disk (older ones deleted by rank 0)
     export_dtype: str = "fp32"     # weights dtype of RUN/model (fp32 | bf16 | fp16)
+    export_reference_pretrained: bool = False  # hf towers: RUN/model references the untouched pretrained tensors
     progress: bool = True          # tqdm bar on rank 0
     init_model: str | None = None  # start from this model folder's weights (config must match)
 
@@ -166,6 +167,8 @@ class TrainConfig:
             raise ConfigError("set run.epochs > 0 or run.max_steps > 0")
         if self.run.export_dtype not in ("fp32", "bf16", "fp16"):
             raise ConfigError(f"run.export_dtype must be fp32, bf16 or fp16, got {self.run.export_dtype!r}")
+        if self.run.export_reference_pretrained and self.model.text.kind != "hf":
+            raise ConfigError("run.export_reference_pretrained is for Hugging Face text towers (model.text.kind: hf)")
         self.model.validate()
         return self
 

@@ -402,7 +402,7 @@ class Engine:
             out[name] = value.reshape(()) if f"model.{name}" in self.scalar_params else value
         return out
 
-    def export(self, path: Path, dtype: torch.dtype | None = None) -> Path | None:
+    def export(self, path: Path, dtype: torch.dtype | None = None, reference_pretrained: bool = False) -> Path | None:
         """RUN/model via retrieval.save_model from the fp32 master weights; collective, rank 0 writes."""
         from retrieval.model import save_model
 
@@ -421,7 +421,7 @@ class Engine:
                 if b.is_floating_point():
                     b.data = b.data.float()
             _failpoint("export_start")
-            save_model(model, path, dtype=dtype)  # written to RUN/model.tmp, then renamed
+            save_model(model, path, dtype=dtype, reference_pretrained=reference_pretrained)  # RUN/model.tmp, renamed
             _failpoint("export_saved")
         finally:
             for n, p in params.items():

@@ -185,11 +185,15 @@ def create_model(config: ModelConfig | dict | str | Path | None = None, **overri
     return model
 
 
-def save_model(model: VideoTextModel, path: str | Path, dtype: torch.dtype | None = None) -> Path:
+def save_model(model: VideoTextModel, path: str | Path, dtype: torch.dtype | None = None,
+               reference_pretrained: bool = False) -> Path:
     """Write `path/` = config.yaml + model.safetensors + tokenizer/ (+ text_model/ for HF towers), atomically.
 
     Everything needed to rebuild is inside the folder (no network, no original HF folder): the HF
     tower's config and tokenizer files are copied and the config points at them relatively.
+    `reference_pretrained=True` (HF towers) leaves out the tower tensors still equal to its source's and
+    records a checksummed reference to them instead (see retrieval.pretrained_ref): a much smaller folder
+    that then needs that source (e.g. the installed package) to load.
     """
     from safetensors.torch import save_file
     from .text import export_hf_files, text_tower_source
@@ -208,9 +212,13 @@ def save_model(model: VideoTextModel, path: str | Path, dtype: torch.dtype | Non
         cfg = dataclasses.replace(model.config, text=text, video=video)
         model.tokenizer.save(tmp / _TOKENIZER_DIR)
         state = {k: v.detach().to(dtype or v.dtype).contiguous().cpu() for k, v in model.state_dict().items()}
+        meta = {"format_version": FORMAT_VERSION, "model": to_dict(cfg), "text_source": text_tower_source(model.config.text)}
+        if reference_pretrained:
+            from .pretrained_ref import split_pretrained
+
+            state, meta["pretrained_ref"] = split_pretrained(model, state, model.config.text.hf_folder)
         save_file(state, str(tmp / "model.safetensors"))
-        save_yaml({"format_version": FORMAT_VERSION, "model": to_dict(cfg),
-                   "text_source": text_tower_source(model.config.text)}, tmp / "config.yaml")
+        save_yaml(meta, tmp / "config.yaml")
         fsync_tree(tmp)  # durable before it takes the final name (a power loss must not leave empty files there)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)  # a full disk leaves no half-written folder behind
@@ -246,7 +254,11 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> VideoTex
     cfg = dataclasses.replace(cfg, text=text)
     tokenizer = load_tokenizer(path / _TOKENIZER_DIR)
     model = VideoTextModel(cfg, tokenizer=tokenizer, pretrained=False)
-    state = {k: v.float() for k, v in load_file(str(weights)).items()}
-    model.load_state_dict(state, strict=True)
+    state = dict(load_file(str(weights)))
+    if "pretrained_ref" in data:
+        from .pretrained_ref import load_pretrained
+
+        state.update(load_pretrained(data["pretrained_ref"]))
+    model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
     model._model_id = sha256_file(weights)[:16]
     return model.to(device).eval()
