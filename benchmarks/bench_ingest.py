@@ -120,12 +120,13 @@ def run_device(device: torch.device, model_dir: Path, lib: Path, files: list[str
     listing = work / "list.txt"  # a list file lets the CPU run take a subset of the library
     listing.write_text("\n".join(files) + "\n")
     cfg = ingest.IngestConfig(batch_size=B, workers=args.workers, device=str(device), progress=False)
-    walls = []
+    walls, phases = [], []
     for i in range(args.build_repeats or (2 if device.type == "cuda" and not q else 1)):  # fresh index each time
         t0 = time.perf_counter()
         report = ingest.build(str(listing), work / f"index{i}", model=model,
                               model_path=str(model_dir), config=cfg, video_root=str(lib))
         walls.append(time.perf_counter() - t0)
+        phases.append(report.phases)
         if report.failures or report.segments != dec_segments:
             raise RuntimeError(f"build wrote {report.segments} segments (decode-only saw {dec_segments}); "
                                f"failures: {report.failures[:5]}")
@@ -134,7 +135,7 @@ def run_device(device: torch.device, model_dir: Path, lib: Path, files: list[str
     return {"device": device_name(device), "device_type": device.type, "scan_backend": resolve_backend(device),
             "causal_conv1d_kernel": causal_conv1d_available() and device.type == "cuda", "files": len(files),
             "segments": report.segments, "batch": B, "workers": args.workers,
-            "build_wall_s": wall, "build_walls_s": walls,
+            "build_wall_s": wall, "build_walls_s": walls, "build_phases_s": phases,
             "end_to_end_seg_s": e2e, "pure_encoder_seg_s": B / pure, "ratio": e2e * pure / B,
             "embedder_host_batch_seg_s": B / host if host else None,
             "pure_encoder_bf16_seg_s": B / bf16 if bf16 else None,
@@ -194,7 +195,8 @@ def main(argv=None) -> dict:
             dev = torch.device(d)
             subset = files if dev.type == "cuda" or q else files[:args.cpu_videos or 128]
             rows.append(run_device(dev, model_dir, lib, subset, work / f"run{k}", args, q))
-            print(f"  {d}: {rows[-1]['end_to_end_seg_s']:.1f} seg/s end to end", file=sys.stderr)
+            phases = ", ".join(f"{k} {v:.2f} s" for k, v in rows[-1]["build_phases_s"][-1].items())
+            print(f"  {d}: {rows[-1]['end_to_end_seg_s']:.1f} seg/s end to end (last build: {phases})", file=sys.stderr)
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)

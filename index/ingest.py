@@ -57,6 +57,7 @@ class IngestReport:
     segments: int = 0
     failures: list[tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0
+    phases: dict[str, float] = field(default_factory=dict)  # wall seconds of plan (walk + checks), encode, commit
     rank: int = 0
     world: int = 1
     commit: CommitResult | None = None
@@ -104,13 +105,18 @@ def _ingest(videos, index_dir, model, model_path, cfg, video_root, rank, world, 
             found = discover(videos, video_root, exclude=(str(index_dir),))
             tasks, failures = _plan(store, index_dir, found, rank, world, report)
             report.found = len(found.files)
+            t_encode = time.time()
+            report.phases["plan"] = t_encode - t0
             _encode(index_dir, model, settings, cfg, tasks, failures if rank == 0 else [], rank, world, report)
+            report.phases["encode"] = time.time() - t_encode
         finally:
             store.close()
     if rank == 0:
         if world > 1:
             _wait_for_parts(index_dir, world, t0, cfg.merge_timeout)
+        t_commit = time.time()
         report.commit = merge(index_dir)
+        report.phases["commit"] = time.time() - t_commit
     report.seconds = time.time() - t0
     return report
 
