@@ -30,7 +30,7 @@ def _hf_prefix(model: nn.Module) -> str:
     for name, module in model.named_modules():
         if isinstance(module, PreTrainedModel):
             return name + "."
-    raise ValueError("reference_pretrained needs a Hugging Face text tower (text.kind 'hf')")
+    raise ValueError("no Hugging Face model inside this text tower")
 
 
 def split_pretrained(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> tuple[dict, dict]:
@@ -41,6 +41,8 @@ def split_pretrained(model: nn.Module, state: dict[str, torch.Tensor], source: s
     """
     from safetensors import safe_open
 
+    if model.config.text.kind != "hf":
+        raise ValueError("reference_pretrained needs a Hugging Face text tower (text.kind 'hf')")
     prefix = _hf_prefix(model)
     folder = resolve_hf_folder(source)
     weights = folder / WEIGHTS_FILE
