@@ -88,6 +88,21 @@ def barrier() -> None:
         dist.barrier()
 
 
+def all_true(flag: bool, device) -> bool:
+    """True on every rank when it is true on all of them (a collective: every rank must call it)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return flag
+    t = torch.tensor([1 if flag else 0], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return bool(t.item())
+
+
+class PeerSaveError(RuntimeError):
+    """Another rank failed its part of a checkpoint save; its own log says why."""
+
+
 def resolve_engine_kind(kind: str) -> str:
     if kind != "auto":
         return kind
@@ -310,16 +325,19 @@ class Engine:
         The checkpoint is written to TAG.tmp, flushed to disk, renamed to TAG, and only then named in `latest`,
         so a kill or a full disk at any moment leaves the previous checkpoint complete and the one `--resume auto`
         picks. A failed write removes TAG.tmp and raises OSError naming the file, the disk's free space and the
-        checkpoint that is still there.
+        checkpoint that is still there; the other ranks raise PeerSaveError rather than wait for it.
         """
         ckpt_dir = Path(ckpt_dir)
         tmp, final = ckpt_dir / (tag + TMP), ckpt_dir / tag
-        try:
-            if self.dist.is_main:
+        main = self.dist.is_main
+
+        def prepare():
+            if main:
                 ckpt_dir.mkdir(parents=True, exist_ok=True)
                 if tmp.exists():  # left by a killed run
                     shutil.rmtree(tmp)
-            barrier()
+
+        def write():
             if self.ds is not None:
                 self.ds.save_checkpoint(str(ckpt_dir), tag=tmp.name, client_state=client_state, save_latest=False)
             else:
@@ -327,8 +345,9 @@ class Engine:
                 _write_torch({"module": self.module.state_dict(), "optimizer": self.optimizer.state_dict(),
                               "scaler": self.scaler.state_dict() if self.scaler is not None else None,
                               "micro": self._micro, "client_state": client_state}, tmp / "state.pt")
-            barrier()
-            if self.dist.is_main:
+
+        def publish():
+            if main:
                 fsync_tree(tmp)  # (DeepSpeed's own small files; the tensors were synced as written)
                 _failpoint("ckpt_before_rename")
                 if final.exists():  # the same step again, by a run resumed from an older checkpoint
@@ -339,15 +358,28 @@ class Engine:
                 _failpoint("ckpt_before_latest")
                 _write_latest(ckpt_dir, tag)
                 shutil.rmtree(ckpt_dir / (tag + OLD), ignore_errors=True)
-        except OSError as e:  # a full disk, a read-only or vanished folder: say which, keep what was there
-            error = _save_error(e, ckpt_dir, tag)
-            log.error("%s", error)
+
+        # Every stage ends with all ranks agreeing it went well everywhere (in place of a barrier): a rank that
+        # fails, e.g. rank 0 on a full disk, makes the others fail too instead of leaving them waiting forever.
+        error = None
+        for stage in (prepare, write, publish):
+            if error is None:
+                try:
+                    stage()
+                except BaseException as e:  # noqa: BLE001 - re-raised below, after the other ranks know
+                    error = e
+            if not all_true(error is None, self.dist.device) and error is None:
+                error = PeerSaveError(f"checkpoint {tag} was not saved: another rank failed to write its part "
+                                      "(its log says why); the previous checkpoint is still there")
+        if error is None:
+            return
+        if main:
             shutil.rmtree(tmp, ignore_errors=True)  # gives the partial write's space back
-            raise error from e
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        barrier()
+        if isinstance(error, OSError):  # a full disk, a read-only or vanished folder: say which, keep what was there
+            reported = _save_error(error, ckpt_dir, tag)
+            log.error("%s", reported)
+            raise reported from error
+        raise error
 
     def load(self, ckpt_dir: Path, tag: str) -> dict:
         """Restore weights, optimizer (and loss scaler) state; returns the client state saved with them.

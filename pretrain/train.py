@@ -22,7 +22,7 @@ from retrieval.losses import alignment_loss, mlm_loss, mlm_mask_tokens, total_lo
 from retrieval.masking import create_mask_generator, gather_visible
 
 from .config import TrainConfig
-from .engine import DistInfo, Engine, barrier, latest_checkpoint, lr_at, prune_checkpoints
+from .engine import DistInfo, Engine, all_true, barrier, latest_checkpoint, lr_at, prune_checkpoints
 
 log = logging.getLogger(__name__)
 CKPT_DIR = "checkpoints"
@@ -309,17 +309,7 @@ def stop_requests(signals=(signal.SIGTERM, signal.SIGUSR1)):
 
 def _all_max(flag: bool, device) -> bool:
     """True on every rank when it is true on any (one rank's stop signal stops all at the same step)."""
-    return not _all_min(not flag, device)
-
-
-def _all_min(flag: bool, device) -> bool:
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return flag
-    t = torch.tensor([1 if flag else 0], device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MIN)
-    return bool(t.item())
+    return not all_true(not flag, device)
 
 
 def _all_sum(value: float, device) -> float:
@@ -478,7 +468,7 @@ def train(cfg: TrainConfig, run_dir: Path, dist: DistInfo, engine_kind: str, res
                     break
                 t0 = time.perf_counter()
                 micro = [next(batches, None) for _ in range(cfg.engine.grad_accum)]
-                if not _all_min(all(b is not None for b in micro), dist.device):
+                if not all_true(all(b is not None for b in micro), dist.device):
                     break  # some rank ran out of data: the epoch ends everywhere
                 t_data = time.perf_counter() - t0
                 lr = lr_at(step, base_lr, min_lr, warmup, total_steps)

@@ -72,3 +72,42 @@ def test_two_process_vtc_matches_single_process(tmp_path):
     for name, g in one.items():
         torch.testing.assert_close(two["grads"][name], g, rtol=1e-4, atol=1e-6, msg=name)
     assert one["model.temp"].abs().sum() > 0 and one["model.vision_proj.weight"].abs().sum() > 0
+
+
+def _save_rank_main(rank: int, world: int, port: int, ckpt_dir: str, out: str) -> None:
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    from pretrain.engine import Engine, init_distributed
+
+    dist = init_distributed("deepspeed")
+    cfg, wrapper, *_ = _setup()
+    engine = Engine(wrapper, cfg, dist, "deepspeed")
+    try:
+        engine.save(Path(ckpt_dir), "step_00000001", {"step": 1})
+        outcome = "saved"
+    except Exception as e:  # noqa: BLE001 - the test reads which error each rank got
+        outcome = type(e).__name__
+    Path(out, f"rank{rank}.txt").write_text(outcome)
+
+
+def test_a_save_that_fails_on_rank_0_fails_every_rank_instead_of_hanging(tmp_path):
+    """Rank 0 alone publishes a checkpoint; when that fails (here `latest` is a folder, so it cannot be written),
+    rank 1 must not wait for it forever at the next collective."""
+    import time
+
+    import torch.multiprocessing as mp
+
+    ckpt = tmp_path / "ckpt"
+    (ckpt / "latest").mkdir(parents=True)
+    ctx = mp.start_processes(_save_rank_main, args=(2, _free_port(), str(ckpt), str(tmp_path)), nprocs=2,
+                             join=False, start_method="spawn")
+    deadline = time.monotonic() + 240
+    while not ctx.join(timeout=5):
+        if time.monotonic() > deadline:
+            for p in ctx.processes:
+                p.kill()
+            pytest.fail("a rank is still waiting after rank 0's checkpoint write failed")
+    assert (tmp_path / "rank0.txt").read_text() == "IsADirectoryError"  # the OSError, with file and disk named
+    assert (tmp_path / "rank1.txt").read_text() == "PeerSaveError"
+    assert not (ckpt / "step_00000001.tmp").exists()
