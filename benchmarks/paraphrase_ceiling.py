@@ -55,9 +55,14 @@ def main(argv=None) -> dict:
     result = {f"R@{k}": 100.0 * (rank < k).float().mean().item() for k in (1, 5, 10)}
     result.update(queries=len(unseen), targets=len(videos), encoder=args.encoder,
                   paraphrase_pair_cosine=sims[torch.arange(len(unseen)), target].mean().item())
+    return report(result, args.json)
+
+
+def report(result: dict, path: str | None) -> dict:
+    """Print the result as JSON and write it to `path` when given."""
     print(json.dumps(result, indent=1))
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
+    if path:
+        with open(path, "w", encoding="utf-8") as f:
             json.dump(result, f, indent=1)
     return result
 

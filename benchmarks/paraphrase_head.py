@@ -65,7 +65,7 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.manual_seed(0)
-    from paraphrase_ceiling import sentence_embeddings
+    from paraphrase_ceiling import report, sentence_embeddings
 
     from retrieval import load_model
     from retrieval.tokenizer import resolve_hf_folder
@@ -104,11 +104,7 @@ def main(argv=None) -> dict:
               "seconds": time.time() - t0}
     for key in ("demo_tower_R@1", "frozen_head_R@1"):
         result[f"ratio_{key}"] = rows["unseen"][key] / max(rows["template"][key], 1e-9)
-    print(json.dumps(result, indent=1))
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(result, f, indent=1)
-    return result
+    return report(result, args.json)
 
 
 if __name__ == "__main__":
