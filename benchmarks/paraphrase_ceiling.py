@@ -41,6 +41,7 @@ def main(argv=None) -> dict:
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from retrieval.metrics import retrieval_metrics
     from retrieval.tokenizer import resolve_hf_folder
 
     template = {a["video"]: a["caption"] for a in json.load(open(args.template, encoding="utf-8"))}
@@ -51,8 +52,8 @@ def main(argv=None) -> dict:
     u = sentence_embeddings(folder, [c for _, c in unseen])
     target = torch.tensor([videos.index(v) for v, _ in unseen])
     sims = u @ t.T
-    rank = (sims > sims[torch.arange(len(unseen)), target][:, None]).sum(1)  # pessimistic ties
-    result = {f"R@{k}": 100.0 * (rank < k).float().mean().item() for k in (1, 5, 10)}
+    m = retrieval_metrics(sims, target.tolist())  # pessimistic ties
+    result = {f"R@{k}": m[f"R{k}"] for k in (1, 5, 10)}
     result.update(queries=len(unseen), targets=len(videos), encoder=args.encoder,
                   paraphrase_pair_cosine=sims[torch.arange(len(unseen)), target].mean().item())
     return report(result, args.json)

@@ -23,12 +23,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
-def r_at(text: torch.Tensor, video: torch.Tensor, k: int) -> float:
-    sims = text @ video.T
-    rank = (sims > sims.diag()[:, None]).sum(1)  # pessimistic ties; caption i belongs to video i
-    return 100.0 * (rank < k).float().mean().item()
-
-
 def train_captions(videos: int) -> list[str]:
     from pretrain.synth.dataset import annotate
     from pretrain.synth.world import plan
@@ -68,6 +62,7 @@ def main(argv=None) -> dict:
     from paraphrase_ceiling import report, sentence_embeddings
 
     from retrieval import load_model
+    from retrieval.metrics import retrieval_metrics
     from retrieval.tokenizer import resolve_hf_folder
 
     t0 = time.time()
@@ -96,10 +91,9 @@ def main(argv=None) -> dict:
     with torch.no_grad():
         rows = {}
         for name, texts in (("template", test_template), ("unseen", test_unseen)):
-            tower = model.encode_text(texts)
-            frozen = F.normalize(head(sentence_embeddings(encoder, texts)), dim=-1)
-            rows[name] = {"demo_tower_R@1": r_at(tower, video, 1), "frozen_head_R@1": r_at(frozen, video, 1),
-                          "frozen_head_R@5": r_at(frozen, video, 5)}
+            tower = retrieval_metrics(model.encode_text(texts) @ video.T)  # caption i belongs to video i
+            frozen = retrieval_metrics(F.normalize(head(sentence_embeddings(encoder, texts)), dim=-1) @ video.T)
+            rows[name] = {"demo_tower_R@1": tower["R1"], "frozen_head_R@1": frozen["R1"], "frozen_head_R@5": frozen["R5"]}
     result = {"train_captions": len(caps), "epochs": args.epochs, "last_loss": loss.item(), **rows,
               "seconds": time.time() - t0}
     for key in ("demo_tower_R@1", "frozen_head_R@1"):

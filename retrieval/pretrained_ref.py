@@ -83,4 +83,3 @@ def load_pretrained(ref: dict) -> dict[str, torch.Tensor]:
     dtype = getattr(torch, ref["dtype"])
     with safe_open(str(weights), framework="pt") as f:
         return {ref["prefix"] + k: f.get_tensor(k).to(dtype) for k in ref["keys"]}
-
