@@ -1,0 +1,240 @@
+"""Triton kernels of the bidirectional selective scan (imported lazily: see retrieval/kernels/__init__.py).
+
+Layout is time-major with channels contiguous, the layout in_proj's GEMM writes, so no transposes:
+u, dt (2, B, L, D); B, C (2, B, L, N), any strides; z (B, L, D) shared by both directions;
+A (2, D, N); D, bias (2, D); y (B, L, 2, D). Direction 0 scans t = 0 .. L-1, direction 1 scans
+t = L-1 .. 0 on the same inputs, so no flipped copies exist anywhere.
+
+One program owns (channel block, batch, direction) and walks the sequence chunk by chunk in its
+scan order with the state (BD, N) in registers: inside a chunk the recurrence h_t = a_t h_{t-1} + b_t
+is a `tl.associative_scan` over (a, b) pairs of a (BT, BD, N) tile, loaded once with coalesced
+(BT, BD) reads, and the carried state enters as h_t = h_loc_t + (prod a) h_in. Each exp is computed
+once, as exp2 with log2(e) folded into A. The backward walks the chunks the other way, recomputing
+each chunk's states from the chunk-entry states the forward saved (fp32, (2, B, n_chunks, D, N)).
+"""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def _combine(a1, b1, a2, b2):
+    # (a1, b1) is the part already scanned; as a map h -> a h + b, apply it first.
+    return a1 * a2, a2 * b1 + b2
+
+
+@triton.jit
+def _softplus(x):
+    # log(1 + e^x) without overflow; below e^-|x| ~ 1e-7 the log term rounds to 0, an absolute error < 1e-7.
+    return tl.maximum(x, 0.0) + tl.log(1.0 + tl.exp(-tl.abs(x)))
+
+
+@triton.jit
+def _delta(dt_ptr, t, offs_d, mask, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+    """softplus(dt + bias) as asked, (BT, BD) fp32, 0 where masked (those steps then change nothing)."""
+    d = tl.load(dt_ptr, mask=mask, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        d = d + bias[None, :]
+    if SOFTPLUS:
+        d = _softplus(d)
+    return tl.where(mask, d, 0.0)
+
+
+@triton.jit
+def _fwd_direction(u_ptr, dt_ptr, B_ptr, C_ptr, z_ptr, y_ptr, h_ptr, A2, Dv, bias,
+                   offs_d, mask_d, L, n_chunks,
+                   s_u_t, s_dt_t, s_B_t, s_B_n, s_C_t, s_C_n, s_z_t, s_y_t, s_h_c,
+                   REVERSE: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
+                   SOFTPLUS: tl.constexpr, SAVE: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr,
+                   NP: tl.constexpr, N: tl.constexpr):
+    offs_t = tl.arange(0, BT)
+    offs_n = tl.arange(0, NP)
+    mask_n = offs_n < N
+    h = tl.zeros([BD, NP], dtype=tl.float32)
+    LAST: tl.constexpr = 0 if REVERSE else BT - 1
+    for i in range(n_chunks):
+        c = n_chunks - 1 - i if REVERSE else i
+        if SAVE:  # state entering chunk c in this direction's order, for the backward
+            tl.store(h_ptr + c * s_h_c + offs_d[:, None] * N + offs_n[None, :], h,
+                     mask=mask_d[:, None] & mask_n[None, :])
+        t = c * BT + offs_t
+        mask_t = t < L
+        m2 = mask_t[:, None] & mask_d[None, :]
+        u = tl.load(u_ptr + t[:, None] * s_u_t + offs_d[None, :], mask=m2, other=0.0).to(tl.float32)
+        delta = _delta(dt_ptr + t[:, None] * s_dt_t + offs_d[None, :], t, offs_d, m2, bias, HAS_BIAS, SOFTPLUS)
+        mtn = mask_t[:, None] & mask_n[None, :]
+        Bv = tl.load(B_ptr + t[:, None] * s_B_t + offs_n[None, :] * s_B_n, mask=mtn, other=0.0).to(tl.float32)
+        Cv = tl.load(C_ptr + t[:, None] * s_C_t + offs_n[None, :] * s_C_n, mask=mtn, other=0.0).to(tl.float32)
+        a = tl.exp2(delta[:, :, None] * A2[None, :, :])  # (BT, BD, NP)
+        bx = (delta * u)[:, :, None] * Bv[:, None, :]
+        acum, hloc = tl.associative_scan((a, bx), 0, _combine, reverse=REVERSE)
+        hs = hloc + acum * h[None, :, :]
+        y = tl.sum(hs * Cv[:, None, :], axis=2)  # (BT, BD)
+        if HAS_D:
+            y = y + Dv[None, :] * u
+        if HAS_Z:
+            z = tl.load(z_ptr + t[:, None] * s_z_t + offs_d[None, :], mask=m2, other=0.0).to(tl.float32)
+            y = y * z * tl.sigmoid(z)
+        tl.store(y_ptr + t[:, None] * s_y_t + offs_d[None, :], y.to(y_ptr.dtype.element_ty), mask=m2)
+        h = tl.sum(tl.where(offs_t[:, None, None] == LAST, hs, 0.0), axis=0)
+
+
+@triton.jit
+def bimamba_fwd_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, z_ptr, y_ptr, h_ptr,
+                       L, Dm, n_chunks,
+                       s_u_k, s_u_b, s_u_t, s_dt_k, s_dt_b, s_dt_t,
+                       s_B_k, s_B_b, s_B_t, s_B_n, s_C_k, s_C_b, s_C_t, s_C_n,
+                       s_z_b, s_z_t, s_y_b, s_y_t, s_y_k, s_h_k, s_h_b, s_h_c,
+                       HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
+                       SOFTPLUS: tl.constexpr, SAVE: tl.constexpr,
+                       BT: tl.constexpr, BD: tl.constexpr, NP: tl.constexpr, N: tl.constexpr):
+    pid_d, b, k = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    offs_d = pid_d * BD + tl.arange(0, BD)
+    mask_d = offs_d < Dm
+    offs_n = tl.arange(0, NP)
+    A2 = tl.load(A_ptr + k * Dm * N + offs_d[:, None] * N + offs_n[None, :],
+                 mask=mask_d[:, None] & (offs_n[None, :] < N), other=0.0) * LOG2E
+    Dv = tl.load(D_ptr + k * Dm + offs_d, mask=mask_d, other=0.0) if HAS_D else None
+    bias = tl.load(bias_ptr + k * Dm + offs_d, mask=mask_d, other=0.0) if HAS_BIAS else None
+    u_ptr += k * s_u_k + b * s_u_b
+    dt_ptr += k * s_dt_k + b * s_dt_b
+    B_ptr += k * s_B_k + b * s_B_b
+    C_ptr += k * s_C_k + b * s_C_b
+    z_ptr += b * s_z_b
+    y_ptr += b * s_y_b + k * s_y_k
+    h_ptr += k * s_h_k + b * s_h_b
+    args = (u_ptr, dt_ptr, B_ptr, C_ptr, z_ptr, y_ptr, h_ptr, A2, Dv, bias, offs_d, mask_d, L, n_chunks,
+            s_u_t, s_dt_t, s_B_t, s_B_n, s_C_t, s_C_n, s_z_t, s_y_t, s_h_c)
+    if k == 0:
+        _fwd_direction(*args, False, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, SAVE, BT, BD, NP, N)
+    else:
+        _fwd_direction(*args, True, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, SAVE, BT, BD, NP, N)
+
+
+@triton.jit
+def _bwd_direction(u_ptr, dt_ptr, B_ptr, C_ptr, z_ptr, g_ptr, h_ptr,
+                   gu_ptr, gdt_ptr, gB_ptr, gC_ptr, gz_ptr, gA_ptr, gD_ptr, gbias_ptr,
+                   A, A2, Dv, bias, offs_d, mask_d, L, n_chunks,
+                   s_u_t, s_dt_t, s_B_t, s_B_n, s_C_t, s_C_n, s_z_t, s_g_t, s_h_c, s_gx_t, s_gbc_t, s_gz_t,
+                   REVERSE: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
+                   SOFTPLUS: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr, NP: tl.constexpr,
+                   N: tl.constexpr):
+    offs_t = tl.arange(0, BT)
+    offs_n = tl.arange(0, NP)
+    mask_n = offs_n < N
+    mask_dn = mask_d[:, None] & mask_n[None, :]
+    FIRST: tl.constexpr = BT - 1 if REVERSE else 0  # the chunk's first step in scan order
+    STEP: tl.constexpr = -1 if REVERSE else 1  # the next step in scan order is t + STEP
+    G = tl.zeros([BD, NP], dtype=tl.float32)  # dL/dh of the step after the chunk, in scan order
+    gA = tl.zeros([BD, NP], dtype=tl.float32)
+    gD = tl.zeros([BD], dtype=tl.float32)
+    gbias = tl.zeros([BD], dtype=tl.float32)
+    for i in range(n_chunks):
+        c = i if REVERSE else n_chunks - 1 - i  # chunks against the scan order
+        t = c * BT + offs_t
+        mask_t = t < L
+        m2 = mask_t[:, None] & mask_d[None, :]
+        mtn = mask_t[:, None] & mask_n[None, :]
+        u = tl.load(u_ptr + t[:, None] * s_u_t + offs_d[None, :], mask=m2, other=0.0).to(tl.float32)
+        dt_raw = tl.load(dt_ptr + t[:, None] * s_dt_t + offs_d[None, :], mask=m2, other=0.0).to(tl.float32)
+        pre = dt_raw + bias[None, :] if HAS_BIAS else dt_raw
+        delta = tl.where(m2, _softplus(pre) if SOFTPLUS else pre, 0.0)
+        Bv = tl.load(B_ptr + t[:, None] * s_B_t + offs_n[None, :] * s_B_n, mask=mtn, other=0.0).to(tl.float32)
+        Cv = tl.load(C_ptr + t[:, None] * s_C_t + offs_n[None, :] * s_C_n, mask=mtn, other=0.0).to(tl.float32)
+        g = tl.load(g_ptr + t[:, None] * s_g_t + offs_d[None, :], mask=m2, other=0.0).to(tl.float32)
+        # Recompute this chunk's states from the saved entry state.
+        a = tl.exp2(delta[:, :, None] * A2[None, :, :])  # (BT, BD, NP)
+        x = delta * u
+        bx = x[:, :, None] * Bv[:, None, :]
+        acum, hloc = tl.associative_scan((a, bx), 0, _combine, reverse=REVERSE)
+        h_in = tl.load(h_ptr + c * s_h_c + offs_d[:, None] * N + offs_n[None, :], mask=mask_dn, other=0.0)
+        hs = hloc + acum * h_in[None, :, :]
+        if HAS_Z:
+            z = tl.load(z_ptr + t[:, None] * s_z_t + offs_d[None, :], mask=m2, other=0.0).to(tl.float32)
+            sz = tl.sigmoid(z)
+            y = tl.sum(hs * Cv[:, None, :], axis=2)
+            if HAS_D:
+                y = y + Dv[None, :] * u
+            gz = g * y * sz * (1.0 + z * (1.0 - sz))
+            tl.store(gz_ptr + t[:, None] * s_gz_t + offs_d[None, :], gz, mask=m2)
+            g = g * z * sz  # dL/dy before the gate
+        # Adjoint gh_t = C_t g_t + a_{t+STEP} gh_{t+STEP}, against the scan order, entering with G.
+        ts = t + STEP
+        ms = (ts >= 0) & (ts < L)
+        ms2 = ms[:, None] & mask_d[None, :]
+        d_next = _delta(dt_ptr + ts[:, None] * s_dt_t + offs_d[None, :], ts, offs_d, ms2, bias, HAS_BIAS, SOFTPLUS)
+        a_next = tl.exp2(d_next[:, :, None] * A2[None, :, :])
+        w = g[:, :, None] * Cv[:, None, :]
+        gcum, ghloc = tl.associative_scan((a_next, w), 0, _combine, reverse=not REVERSE)
+        gh = ghloc + gcum * G[None, :, :]
+        G = tl.sum(tl.where(offs_t[:, None, None] == FIRST, gh, 0.0), axis=0)
+        # Gradients of this chunk's inputs.
+        gC = tl.sum(g[:, :, None] * hs, axis=1)  # (BT, NP): this channel block's share
+        gB = tl.sum(gh * x[:, :, None], axis=1)
+        tl.atomic_add(gC_ptr + t[:, None] * s_gbc_t + offs_n[None, :], gC, mask=mtn)
+        tl.atomic_add(gB_ptr + t[:, None] * s_gbc_t + offs_n[None, :], gB, mask=mtn)
+        gx = tl.sum(gh * Bv[:, None, :], axis=2)  # (BT, BD)
+        gq = gh * (hs - bx)  # dL/d(log a_t) = gh_t a_t h_prev
+        gA += tl.sum(gq * delta[:, :, None], axis=0)
+        gdelta = tl.sum(gq * A[None, :, :], axis=2) + gx * u
+        gu = gx * delta
+        if HAS_D:
+            gu += Dv[None, :] * g
+            gD += tl.sum(g * u, axis=0)
+        if SOFTPLUS:
+            gdelta = gdelta * tl.sigmoid(pre)
+        gdelta = tl.where(m2, gdelta, 0.0)
+        gbias += tl.sum(gdelta, axis=0)
+        tl.store(gu_ptr + t[:, None] * s_gx_t + offs_d[None, :], gu, mask=m2)
+        tl.store(gdt_ptr + t[:, None] * s_gx_t + offs_d[None, :], gdelta, mask=m2)
+    tl.atomic_add(gA_ptr + offs_d[:, None] * N + offs_n[None, :], gA, mask=mask_dn)
+    if HAS_D:
+        tl.atomic_add(gD_ptr + offs_d, gD, mask=mask_d)
+    if HAS_BIAS:
+        tl.atomic_add(gbias_ptr + offs_d, gbias, mask=mask_d)
+
+
+@triton.jit
+def bimamba_bwd_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, z_ptr, g_ptr, h_ptr,
+                       gu_ptr, gdt_ptr, gB_ptr, gC_ptr, gz_ptr, gA_ptr, gD_ptr, gbias_ptr,
+                       L, Dm, n_chunks,
+                       s_u_k, s_u_b, s_u_t, s_dt_k, s_dt_b, s_dt_t,
+                       s_B_k, s_B_b, s_B_t, s_B_n, s_C_k, s_C_b, s_C_t, s_C_n,
+                       s_z_b, s_z_t, s_g_b, s_g_t, s_g_k, s_h_k, s_h_b, s_h_c,
+                       s_gx_k, s_gx_b, s_gx_t, s_gbc_k, s_gbc_b, s_gbc_t, s_gz_k, s_gz_b, s_gz_t,
+                       HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
+                       SOFTPLUS: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr, NP: tl.constexpr,
+                       N: tl.constexpr):
+    pid_d, b, k = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    offs_d = pid_d * BD + tl.arange(0, BD)
+    mask_d = offs_d < Dm
+    offs_n = tl.arange(0, NP)
+    A = tl.load(A_ptr + k * Dm * N + offs_d[:, None] * N + offs_n[None, :],
+                mask=mask_d[:, None] & (offs_n[None, :] < N), other=0.0)
+    Dv = tl.load(D_ptr + k * Dm + offs_d, mask=mask_d, other=0.0) if HAS_D else None
+    bias = tl.load(bias_ptr + k * Dm + offs_d, mask=mask_d, other=0.0) if HAS_BIAS else None
+    u_ptr += k * s_u_k + b * s_u_b
+    dt_ptr += k * s_dt_k + b * s_dt_b
+    B_ptr += k * s_B_k + b * s_B_b
+    C_ptr += k * s_C_k + b * s_C_b
+    z_ptr += b * s_z_b
+    g_ptr += b * s_g_b + k * s_g_k
+    h_ptr += k * s_h_k + b * s_h_b
+    gu_ptr += k * s_gx_k + b * s_gx_b
+    gdt_ptr += k * s_gx_k + b * s_gx_b
+    gB_ptr += k * s_gbc_k + b * s_gbc_b
+    gC_ptr += k * s_gbc_k + b * s_gbc_b
+    gz_ptr += k * s_gz_k + b * s_gz_b
+    gA_ptr += k * Dm * N
+    gD_ptr += k * Dm
+    gbias_ptr += k * Dm
+    args = (u_ptr, dt_ptr, B_ptr, C_ptr, z_ptr, g_ptr, h_ptr, gu_ptr, gdt_ptr, gB_ptr, gC_ptr, gz_ptr,
+            gA_ptr, gD_ptr, gbias_ptr, A, A * LOG2E, Dv, bias, offs_d, mask_d, L, n_chunks,
+            s_u_t, s_dt_t, s_B_t, s_B_n, s_C_t, s_C_n, s_z_t, s_g_t, s_h_c, s_gx_t, s_gbc_t, s_gz_t)
+    if k == 0:
+        _bwd_direction(*args, False, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, BT, BD, NP, N)
+    else:
+        _bwd_direction(*args, True, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, BT, BD, NP, N)

@@ -1,0 +1,157 @@
+"""Bidirectional selective scan of one VideoMamba block in one launch (Triton), and its float64 reference.
+
+Both directions of a "bimamba v2" block scan the same time-major activations: direction 0 from the
+first token to the last, direction 1 from the last to the first, each with its own dt, B, C, A, D
+and dt bias, both gated by the same z. The result keeps the directions apart, y (B, L, 2, D), so
+out_proj takes them as one (B*L, 2D) matrix against [W, W] instead of an add and a flip.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..selective_scan import selective_scan_ref
+from .support import triton_unavailable_reason
+
+__all__ = ["bimamba_scan_fn", "bimamba_scan_ref", "BLOCK_SIZES"]
+
+# Chunk length (shared: the backward reads the states the forward saved at chunk starts), and
+# (channels per program, warps) of the forward and the backward kernel.
+BLOCK_SIZES = {"chunk": 32, "fwd": (16, 4), "bwd": (16, 4)}
+
+
+def _check(u, delta, A, B, C, D, z, delta_bias) -> None:
+    if u.dim() != 4 or u.shape[0] != 2:
+        raise ValueError(f"bimamba_scan: u has shape {tuple(u.shape)}, expected (2, batch, seqlen, dim)")
+    _, b, L, d = u.shape
+    if L == 0:
+        raise ValueError("bimamba_scan: seqlen must be >= 1")
+    if delta.shape != u.shape:
+        raise ValueError(f"bimamba_scan: delta has shape {tuple(delta.shape)}, expected {tuple(u.shape)} like u")
+    if A.dim() != 3 or A.shape[:2] != (2, d):
+        raise ValueError(f"bimamba_scan: A has shape {tuple(A.shape)}, expected (2, {d}, d_state)")
+    n = A.shape[2]
+    for name, t in (("B", B), ("C", C)):
+        if t.shape != (2, b, L, n):
+            raise ValueError(f"bimamba_scan: {name} has shape {tuple(t.shape)}, expected {(2, b, L, n)}")
+    for name, t in (("D", D), ("delta_bias", delta_bias)):
+        if t is not None and t.shape != (2, d):
+            raise ValueError(f"bimamba_scan: {name} has shape {tuple(t.shape)}, expected (2, {d})")
+    if z is not None and z.shape != (b, L, d):
+        raise ValueError(f"bimamba_scan: z has shape {tuple(z.shape)}, expected {(b, L, d)}")
+
+
+def bimamba_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=True):
+    """The sequential definition: two `selective_scan_ref` calls, the second on the time-reversed inputs.
+
+    u, delta: (2, B, L, D); A: (2, D, N); B, C: (2, B, L, N); D, delta_bias: (2, D); z: (B, L, D)
+    -> y (B, L, 2, D) in u's dtype; y[:, :, k] = direction k's scan, + D u, times silu(z).
+    """
+    _check(u, delta, A, B, C, D, z, delta_bias)
+    outs = []
+    for k in range(2):
+        flip = (lambda t: t.flip(-1)) if k == 1 else (lambda t: t)
+        cm = lambda t: flip(t[k].transpose(1, 2))  # (B, L, X) -> (B, X, L) in scan order  # noqa: E731
+        y = selective_scan_ref(cm(u), cm(delta), A[k], cm(B), cm(C), None if D is None else D[k],
+                               None if z is None else flip(z.transpose(1, 2)),
+                               None if delta_bias is None else delta_bias[k], delta_softplus)
+        outs.append(flip(y).transpose(1, 2))  # (B, L, D)
+    return torch.stack(outs, dim=2)
+
+
+def _inner(t: torch.Tensor) -> torch.Tensor:
+    """The kernels index channels with unit stride."""
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+class _BiMambaScan(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus):
+        from . import _bimamba_triton as k
+        u, delta = _inner(u), _inner(delta)
+        z = None if z is None else _inner(z)
+        A = A.float().contiguous()
+        D = None if D is None else D.float().contiguous()
+        delta_bias = None if delta_bias is None else delta_bias.float().contiguous()
+        _, bsz, L, dim = u.shape
+        n = A.shape[2]
+        BT, (BD, warps) = BLOCK_SIZES["chunk"], BLOCK_SIZES["fwd"]
+        n_chunks = triton_cdiv(L, BT)
+        save = any(ctx.needs_input_grad)
+        y = u.new_empty(bsz, L, 2, dim)
+        h = u.new_empty((2, bsz, n_chunks, dim, n) if save else (1,), dtype=torch.float32)
+        dummy = A  # stands in for absent optional tensors (never read)
+        zz = z if z is not None else u[0]
+        grid = (triton_cdiv(dim, BD), bsz, 2)
+        k.bimamba_fwd_kernel[grid](
+            u, delta, A, B, C, D if D is not None else dummy, delta_bias if delta_bias is not None else dummy,
+            zz, y, h, L, dim, n_chunks,
+            u.stride(0), u.stride(1), u.stride(2), delta.stride(0), delta.stride(1), delta.stride(2),
+            B.stride(0), B.stride(1), B.stride(2), B.stride(3), C.stride(0), C.stride(1), C.stride(2), C.stride(3),
+            zz.stride(0), zz.stride(1), y.stride(0), y.stride(1), y.stride(2),
+            h.stride(0) if save else 0, h.stride(1) if save else 0, h.stride(2) if save else 0,
+            HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
+            SOFTPLUS=bool(delta_softplus), SAVE=save, BT=BT, BD=BD, NP=next_pow2(n), N=n, num_warps=warps)
+        if save:
+            ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, h)
+            ctx.delta_softplus, ctx.chunk = bool(delta_softplus), BT
+        return y
+
+    @staticmethod
+    def backward(ctx, gy):
+        from . import _bimamba_triton as k
+        u, delta, A, B, C, D, z, delta_bias, h = ctx.saved_tensors
+        gy = _inner(gy)
+        _, bsz, L, dim = u.shape
+        n = A.shape[2]
+        BT, (BD, warps) = ctx.chunk, BLOCK_SIZES["bwd"]
+        n_chunks = h.shape[2]
+        f32 = dict(dtype=torch.float32, device=u.device)
+        gu = torch.empty_like(u)
+        gdt = torch.empty_like(delta)
+        gB = torch.zeros(2, bsz, L, n, **f32)
+        gC = torch.zeros(2, bsz, L, n, **f32)
+        gz = torch.empty(2, bsz, L, dim, **f32) if z is not None else gB
+        gA = torch.zeros(2, dim, n, **f32)
+        gD = torch.zeros(2, dim, **f32)
+        gbias = torch.zeros(2, dim, **f32)
+        dummy = A
+        zz = z if z is not None else u[0]
+        grid = (triton_cdiv(dim, BD), bsz, 2)
+        k.bimamba_bwd_kernel[grid](
+            u, delta, A, B, C, D if D is not None else dummy, delta_bias if delta_bias is not None else dummy,
+            zz, gy, h, gu, gdt, gB, gC, gz, gA, gD, gbias, L, dim, n_chunks,
+            u.stride(0), u.stride(1), u.stride(2), delta.stride(0), delta.stride(1), delta.stride(2),
+            B.stride(0), B.stride(1), B.stride(2), B.stride(3), C.stride(0), C.stride(1), C.stride(2), C.stride(3),
+            zz.stride(0), zz.stride(1), gy.stride(0), gy.stride(1), gy.stride(2),
+            h.stride(0), h.stride(1), h.stride(2),
+            gu.stride(0), gu.stride(1), gu.stride(2), gB.stride(0), gB.stride(1), gB.stride(2),
+            gz.stride(0), gz.stride(1), gz.stride(2),
+            HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
+            SOFTPLUS=ctx.delta_softplus, BT=BT, BD=BD, NP=next_pow2(n), N=n, num_warps=warps)
+        dt_in = ctx.saved_tensors[1]
+        return (gu, gdt.to(dt_in.dtype), gA, gB.to(B.dtype), gC.to(C.dtype),
+                gD if D is not None else None,
+                gz.sum(0).to(z.dtype) if z is not None else None,
+                gbias if delta_bias is not None else None, None)
+
+
+def triton_cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def next_pow2(n: int) -> int:
+    return 1 << max(0, (n - 1).bit_length())
+
+
+def bimamba_scan_fn(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=True):
+    """Both directions of a bidirectional selective scan in one Triton launch, forward and backward.
+
+    u, delta: (2, B, L, D); A: (2, D, N) real; B, C: (2, B, L, N); D, delta_bias: (2, D); z: (B, L, D)
+    -> y (B, L, 2, D) in u's dtype. Direction 0: h_t = exp(delta_t A) h_{t-1} + delta_t B_t u_t;
+    direction 1 runs from t = L-1 down; y_t = (C_t . h_t + D u_t) * silu(z_t). State and math in fp32.
+    """
+    _check(u, delta, A, B, C, D, z, delta_bias)
+    reason = triton_unavailable_reason(u.device)
+    if reason is not None:
+        raise RuntimeError(f"bimamba_scan_fn: {reason}")
+    return _BiMambaScan.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
