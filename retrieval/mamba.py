@@ -1,7 +1,9 @@
 """RMSNorm, the bidirectional Mamba mixer of VideoMamba ("bimamba v2") and the residual Block."""
 from __future__ import annotations
 
+import functools
 import math
+import os
 
 import torch
 import torch.nn as nn
@@ -126,13 +128,42 @@ class BiMambaMixer(nn.Module):
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden: (B, L, d_model) -> (B, L, d_model)."""
-        if resolve_backend(hidden) == "cuda":  # mamba-ssm's kernels want channel-major (B, D, L)
+        backend = resolve_backend(hidden)
+        if backend == "triton":
+            return self._forward_triton(hidden)
+        if backend == "cuda":  # mamba-ssm's kernels want channel-major (B, D, L)
             return self._forward_channel_major(hidden)
         xz = self.in_proj(hidden)  # (B, L, 2*d_inner)
         x, z = xz.chunk(2, dim=-1)
         out = self._scan_time_major(x, z, "")
         out_b = self._scan_time_major(x.flip(1), z.flip(1), "_b")
         return self.out_proj(out + out_b.flip(1))
+
+    def _stacked(self, name: str, name_b: str | None = None) -> torch.Tensor:
+        """A parameter of both directions stacked on a new leading axis: (2, ...)."""
+        return torch.stack([getattr(self, name), getattr(self, name_b or f"{name}_b")])
+
+    def _forward_triton(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Both directions at once, time-major throughout: 2 convs in one kernel, 2 scans in one kernel,
+        batched projections, and out_proj reading both directions as one (B*L, 2 d_inner) matrix."""
+        from .kernels import biconv1d_fn, bimamba_scan_fn
+        bsz, L, _ = hidden.shape
+        R, N, Di = self.dt_rank, self.d_state, self.d_inner
+        xz = self.in_proj(hidden)  # (B, L, 2 Di)
+        x, z = xz[..., :Di], xz[..., Di:]  # views, no copies
+        conv_w = torch.stack([self.conv1d.weight[:, 0], self.conv1d_b.weight[:, 0]])  # (2, Di, W)
+        u = biconv1d_fn(x, conv_w, torch.stack([self.conv1d.bias, self.conv1d_b.bias]))  # (2, B, L, Di)
+        x_w = torch.stack([self.x_proj.weight, self.x_proj_b.weight])  # (2, R + 2N, Di)
+        x_dbl = torch.bmm(u.view(2, bsz * L, Di), x_w.transpose(1, 2))  # (2, B*L, R + 2N)
+        dt_w = torch.stack([self.dt_proj.weight, self.dt_proj_b.weight])  # (2, Di, R)
+        dt = torch.bmm(x_dbl[..., :R], dt_w.transpose(1, 2)).view(2, bsz, L, Di)  # bias goes in the scan
+        Bm = x_dbl[..., R:R + N].view(2, bsz, L, N)
+        Cm = x_dbl[..., R + N:].view(2, bsz, L, N)
+        A = -torch.exp(torch.stack([self.A_log, self.A_b_log]).float())  # (2, Di, N)
+        y = bimamba_scan_fn(u, dt, A, Bm, Cm, self._stacked("D").float(), z,
+                            torch.stack([self.dt_proj.bias, self.dt_proj_b.bias]).float())  # (B, L, 2, Di)
+        w = self.out_proj.weight
+        return F.linear(y.view(bsz, L, 2 * Di), torch.cat([w, w], dim=1), self.out_proj.bias)
 
     def _forward_channel_major(self, hidden: torch.Tensor) -> torch.Tensor:
         xz = rearrange(self.in_proj(hidden), "b l d -> b d l")  # (B, 2*d_inner, L)
@@ -153,7 +184,38 @@ class Block(nn.Module):
         self.drop_path = DropPath(drop_path)
 
     def forward(self, hidden: torch.Tensor, residual: torch.Tensor | None):
-        residual = hidden if residual is None else residual + self.drop_path(hidden)
-        residual = residual.float()
-        hidden = self.mixer(self.norm(residual.to(self.norm.weight.dtype)))
-        return hidden, residual
+        if self.drop_path.p == 0.0 or not self.training:
+            hidden, residual = add_rms_norm(hidden, residual, self.norm)
+        else:
+            residual = hidden if residual is None else residual + self.drop_path(hidden)
+            residual = residual.float()
+            hidden = self.norm(residual.to(self.norm.weight.dtype))
+        return self.mixer(hidden), residual
+
+
+def add_rms_norm(hidden: torch.Tensor, residual: torch.Tensor | None, norm: RMSNorm):
+    """(norm(residual + hidden), residual + hidden in fp32); one fused kernel where mamba-ssm provides it.
+
+    The fused kernel returns the normed tensor in hidden's dtype (bf16 under autocast), so the next
+    GEMM reads it without a cast; the unfused path is the reference (and the CPU path).
+    """
+    if hidden.is_cuda and fused_add_norm_enabled():
+        from mamba_ssm.ops.triton.layer_norm import rms_norm_fn
+        return rms_norm_fn(hidden, norm.weight, None, residual=residual, prenorm=True, residual_in_fp32=True,
+                           eps=norm.eps)
+    residual = (hidden if residual is None else residual + hidden).float()
+    return norm(residual.to(norm.weight.dtype)), residual
+
+
+@functools.lru_cache(maxsize=None)
+def _fused_add_norm_importable() -> bool:
+    try:
+        from mamba_ssm.ops.triton.layer_norm import rms_norm_fn  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+def fused_add_norm_enabled() -> bool:
+    """mamba-ssm's fused residual add + RMSNorm imports, and $VMR_FUSED_NORM is not 0 (the A/B switch)."""
+    return os.environ.get("VMR_FUSED_NORM", "1") != "0" and _fused_add_norm_importable()

@@ -1,4 +1,4 @@
-"""Selective-scan backends (cuda | torch | ref) for Mamba, the causal depthwise conv, and the one backend switch."""
+"""Selective-scan backends (triton | cuda | torch | ref) for Mamba, the causal depthwise conv, and the one backend switch."""
 from __future__ import annotations
 
 import functools
@@ -16,7 +16,7 @@ __all__ = [
     "cuda_kernels_available", "resolve_backend", "selective_scan_fn", "selective_scan_ref",
 ]
 
-BACKENDS = ("auto", "cuda", "torch", "ref")
+BACKENDS = ("auto", "triton", "cuda", "torch", "ref")
 ENV_VAR = "VMR_SCAN_BACKEND"
 _INSTALL_HINT = "install the CUDA kernels with `pip install .[cuda]` on a CUDA host"
 
@@ -49,9 +49,15 @@ def causal_conv1d_available() -> bool:
     return _causal_conv1d_available()
 
 
+def _triton_reason(device: torch.device) -> str | None:
+    from .kernels.support import triton_unavailable_reason
+    return triton_unavailable_reason(device)
+
+
 def available_backends() -> list[str]:
-    """Backends that can run in this environment, fastest first (`cuda` needs CUDA tensors too)."""
-    return (["cuda"] if cuda_kernels_available() else []) + ["torch", "ref"]
+    """Backends that can run in this environment, fastest first (`triton` and `cuda` need CUDA tensors too)."""
+    triton = ["triton"] if _triton_reason(torch.device("cuda")) is None else []
+    return triton + (["cuda"] if cuda_kernels_available() else []) + ["torch", "ref"]
 
 
 def _device_of(tensor_or_device) -> torch.device:
@@ -72,7 +78,17 @@ def _requested(backend: str | None) -> str:
 def _resolve(device: torch.device, backend: str | None, kernels_ok: bool, what: str) -> str:
     name = _requested(backend)
     if name == "auto":
-        return "cuda" if kernels_ok and device.type == "cuda" else "torch"
+        if device.type != "cuda":
+            return "torch"
+        # Our Triton block kernels beat mamba-ssm's scan on an H200 (BENCHMARKS.md, section 9).
+        if _triton_reason(device) is None:
+            return "triton"
+        return "cuda" if kernels_ok else "torch"
+    if name == "triton":
+        reason = _triton_reason(device)
+        if reason is not None:
+            raise RuntimeError(f"backend 'triton': {reason} (or set {ENV_VAR}=torch)")
+        return name
     if name == "cuda":
         if not kernels_ok:
             raise RuntimeError(f"backend 'cuda' needs {what}, which is not importable here; {_INSTALL_HINT}, "
@@ -84,10 +100,12 @@ def _resolve(device: torch.device, backend: str | None, kernels_ok: bool, what: 
 
 
 def resolve_backend(tensor_or_device, backend: str | None = None) -> str:
-    """The selective-scan backend ("cuda", "torch" or "ref") for tensors on this device.
+    """The selective-scan backend ("triton", "cuda", "torch" or "ref") for tensors on this device.
 
-    `backend` overrides $VMR_SCAN_BACKEND, which overrides "auto" (cuda when mamba-ssm imports and the
-    tensors are on CUDA, else torch). An explicit backend that cannot run raises RuntimeError.
+    `backend` overrides $VMR_SCAN_BACKEND, which overrides "auto" (on CUDA tensors: triton when Triton
+    imports, else cuda when mamba-ssm imports; elsewhere torch). An explicit backend that cannot run
+    raises RuntimeError. `triton` is a whole-block path (retrieval.kernels); single scans it is asked
+    for run on the `cuda` kernels where they import, else on `torch`.
     """
     return _resolve(_device_of(tensor_or_device), backend, cuda_kernels_available(), "mamba-ssm")
 
@@ -136,6 +154,8 @@ def selective_scan_fn(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_
     """
     _check_scan_inputs(u, delta, A, B, C, D, z, delta_bias)
     name = resolve_backend(u, backend)
+    if name == "triton":  # the Triton kernel scans whole bidirectional blocks (BiMambaMixer), not one direction
+        name = "cuda" if cuda_kernels_available() else "torch"
     if name == "cuda":
         from mamba_ssm.ops.selective_scan_interface import selective_scan_fn as cuda_scan
         # The kernel only takes fp32 weights (A, D, delta_bias); activations may be bf16/fp16.

@@ -9,7 +9,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from .mamba import Block, DropPath, RMSNorm
+from .mamba import Block, DropPath, RMSNorm, add_rms_norm
 
 
 @dataclass
@@ -196,6 +196,8 @@ class VideoMamba(nn.Module):
                 hidden, residual = checkpoint(layer, hidden, residual, use_reentrant=False)
             else:
                 hidden, residual = layer(hidden, residual)
+        if self.drop_path.p == 0.0 or not self.training:
+            return add_rms_norm(hidden, residual, self.norm_f)[0]
         residual = residual + self.drop_path(hidden)
         return self.norm_f(residual.to(self.norm_f.weight.dtype))
 
