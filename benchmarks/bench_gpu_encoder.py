@@ -1,9 +1,15 @@
-"""GPU inference benchmark: VideoMamba-Ti vs a TimeSformer-Ti-style joint space-time ViT (materialised / SDPA attention)."""
+"""GPU inference benchmark: VideoMamba-Ti (per scan path) vs a TimeSformer-Ti-style joint space-time ViT (materialised / SDPA attention).
+
+VideoMamba variants, all measured in the same process: `cuda_unfused` (mamba-ssm scans, PyTorch residual
+add + RMSNorm: the path before the Triton work), `cuda` (mamba-ssm scans + fused add/norm) and `triton`
+(our block kernels + fused add/norm). `--profile` prints each variant's per-kernel share of GPU time.
+"""
 from __future__ import annotations
 
 import argparse
 import json
 import math
+import os
 import statistics
 
 import torch
@@ -83,52 +89,94 @@ def measure(model, frames, batch, repeats=10, warmup=3):
     return {"videos_per_s": batch / t, "mem_per_video_mb": peak / batch / 2**20, "batch": batch}
 
 
+VARIANTS = {  # name: (VMR_SCAN_BACKEND, VMR_FUSED_NORM)
+    "cuda_unfused": ("cuda", "0"),
+    "cuda": ("cuda", "1"),
+    "triton": ("triton", "1"),
+}
+
+
+def use_variant(name: str) -> None:
+    os.environ["VMR_SCAN_BACKEND"], os.environ["VMR_FUSED_NORM"] = VARIANTS[name]
+
+
+def profile_shares(model, frames: int, batch: int, top: int = 12) -> list[dict]:
+    """Per-kernel share of the GPU time of one bf16 forward: name, share, launches, ms."""
+    from torch.profiler import ProfilerActivity, profile
+    x = torch.randn(batch, 3, frames, 224, 224, device="cuda")
+    with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16):
+        model(x)
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            model(x)
+            torch.cuda.synchronize()
+    events = [e for e in prof.key_averages() if e.device_type.name == "CUDA" and e.self_device_time_total > 0]
+    total = sum(e.self_device_time_total for e in events)
+    events.sort(key=lambda e: -e.self_device_time_total)
+    return [{"kernel": e.key[:90], "share": e.self_device_time_total / total, "launches": e.count,
+             "ms": e.self_device_time_total / 1e3} for e in events[:top]] + [{"kernel": "TOTAL", "share": 1.0,
+             "launches": sum(e.count for e in events), "ms": total / 1e3}]
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--frames", type=int, nargs="+", default=[8, 16, 32, 64])
     p.add_argument("--videos-per-batch-frames", type=int, default=512,
                    help="batch = this / frames (same batch for every model at a frame count)")
-    p.add_argument("--backend", default="cuda", help="VideoMamba scan backend")
+    p.add_argument("--variants", default="cuda_unfused,cuda,triton", help=f"VideoMamba paths, from {list(VARIANTS)}")
+    p.add_argument("--no-materialised", action="store_true", help="skip the materialised-attention ViT")
+    p.add_argument("--profile", type=int, metavar="FRAMES", help="also profile each variant's forward at FRAMES")
     p.add_argument("--json", help="write results here")
     args = p.parse_args(argv)
-    import os
-    os.environ["VMR_SCAN_BACKEND"] = args.backend
-    rows = []
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    rows, profiles = [], {}
     for T in args.frames:
         B = max(1, args.videos_per_batch_frames // T)
-        models = {
-            "videomamba_tiny": lambda: create_video_encoder("videomamba_tiny", num_frames=T),
-            "vit_ti_materialised": lambda: SpaceTimeViT(T, fused=False),
-            "vit_ti_sdpa": lambda: SpaceTimeViT(T, fused=True),
-        }
+        models = {f"videomamba_tiny_{v}": (lambda: create_video_encoder("videomamba_tiny", num_frames=T), v)
+                  for v in variants}
+        if not args.no_materialised:
+            models["vit_ti_materialised"] = (lambda: SpaceTimeViT(T, fused=False), None)
+        models["vit_ti_sdpa"] = (lambda: SpaceTimeViT(T, fused=True), None)
         res = {}
-        for name, make in models.items():
+        for name, (make, variant) in models.items():
+            if variant:
+                use_variant(variant)
+            torch.manual_seed(0)
             m = make().cuda().eval()
             try:
                 res[name] = measure(m, T, B)
+                if variant and T == args.profile:
+                    profiles[variant] = profile_shares(m, T, B)
             except torch.OutOfMemoryError:
                 res[name] = {"videos_per_s": float("nan"), "mem_per_video_mb": float("nan"), "batch": B}
             del m
             torch.cuda.empty_cache()
-        rows.append({"frames": T, **{f"{k}": v for k, v in res.items()}})
-        vm, mat, sd = res["videomamba_tiny"], res["vit_ti_materialised"], res["vit_ti_sdpa"]
-        print(f"T={T:3d} B={B:3d} | VideoMamba-Ti {vm['videos_per_s']:8.1f} v/s {vm['mem_per_video_mb']:8.1f} MB/v"
-              f" | ViT-Ti mat {mat['videos_per_s']:8.1f} v/s {mat['mem_per_video_mb']:8.1f} MB/v"
-              f" | ViT-Ti SDPA {sd['videos_per_s']:8.1f} v/s {sd['mem_per_video_mb']:8.1f} MB/v"
-              f" | speed x{vm['videos_per_s'] / mat['videos_per_s']:.2f} (mat) x{vm['videos_per_s'] / sd['videos_per_s']:.2f} (sdpa)"
-              f" | mem 1/{mat['mem_per_video_mb'] / vm['mem_per_video_mb']:.1f} (mat)", flush=True)
-    print("\n| frames | batch | VideoMamba-Ti v/s | MB/video | ViT-Ti materialised v/s | MB/video | ViT-Ti SDPA v/s | MB/video | speed vs mat | speed vs SDPA | memory vs mat |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+        rows.append({"frames": T, **res})
+        sd = res["vit_ti_sdpa"]
+        print(f"T={T:3d} B={B:3d} | " + " | ".join(
+            f"{k} {v['videos_per_s']:.1f} v/s {v['mem_per_video_mb']:.1f} MB/v x{v['videos_per_s'] / sd['videos_per_s']:.2f} sdpa"
+            for k, v in res.items()), flush=True)
+    base = f"videomamba_tiny_{variants[0]}"
+    names = [k for k in rows[0] if k != "frames"]
+    print("\n| frames | batch | " + " | ".join(f"{n} v/s (MB/video)" for n in names)
+          + f" | " + " | ".join(f"{n} vs SDPA" for n in names if n.startswith("videomamba"))
+          + f" | " + " | ".join(f"{n} vs {variants[0]}" for n in names if n.startswith("videomamba") and n != base) + " |")
+    print("|" + "---|" * (2 + len(names) + 2 * sum(n.startswith("videomamba") for n in names) - 1))
     for r in rows:
-        vm, mat, sd = r["videomamba_tiny"], r["vit_ti_materialised"], r["vit_ti_sdpa"]
-        print(f"| {r['frames']} | {vm['batch']} | {vm['videos_per_s']:.1f} | {vm['mem_per_video_mb']:.1f} | "
-              f"{mat['videos_per_s']:.1f} | {mat['mem_per_video_mb']:.1f} | {sd['videos_per_s']:.1f} | {sd['mem_per_video_mb']:.1f} | "
-              f"{vm['videos_per_s'] / mat['videos_per_s']:.2f}x | {vm['videos_per_s'] / sd['videos_per_s']:.2f}x | "
-              f"1/{mat['mem_per_video_mb'] / vm['mem_per_video_mb']:.1f} |")
+        sd, b0 = r["vit_ti_sdpa"]["videos_per_s"], r[base]["videos_per_s"]
+        print(f"| {r['frames']} | {r[base]['batch']} | "
+              + " | ".join(f"{r[n]['videos_per_s']:.1f} ({r[n]['mem_per_video_mb']:.1f})" for n in names) + " | "
+              + " | ".join(f"{r[n]['videos_per_s'] / sd:.2f}x" for n in names if n.startswith("videomamba")) + " | "
+              + " | ".join(f"{r[n]['videos_per_s'] / b0:.2f}x" for n in names if n.startswith("videomamba") and n != base)
+              + " |")
+    for variant, shares in profiles.items():
+        print(f"\nprofile, {variant}, {args.profile} frames:\n| kernel | share | launches | ms |\n|---|---|---|---|")
+        for e in shares:
+            print(f"| `{e['kernel']}` | {e['share']:.1%} | {e['launches']} | {e['ms']:.2f} |")
     print(f"\ndevice: {torch.cuda.get_device_name()}, torch {torch.__version__}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"device": torch.cuda.get_device_name(), "rows": rows}, f, indent=1)
+            json.dump({"device": torch.cuda.get_device_name(), "rows": rows, "profiles": profiles}, f, indent=1)
 
 
 if __name__ == "__main__":

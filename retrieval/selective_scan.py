@@ -56,7 +56,7 @@ def _triton_reason(device: torch.device) -> str | None:
 
 def available_backends() -> list[str]:
     """Backends that can run in this environment, fastest first (`triton` and `cuda` need CUDA tensors too)."""
-    triton = ["triton"] if _triton_reason(torch.device("cuda")) is None else []
+    triton = ["triton"] if torch.cuda.is_available() and _triton_reason(torch.device("cuda")) is None else []
     return triton + (["cuda"] if cuda_kernels_available() else []) + ["torch", "ref"]
 
 

@@ -14,9 +14,9 @@ from .support import triton_unavailable_reason
 
 __all__ = ["bimamba_scan_fn", "bimamba_scan_ref", "BLOCK_SIZES"]
 
-# Chunk length (shared: the backward reads the states the forward saved at chunk starts), and
-# (channels per program, warps) of the forward and the backward kernel.
-BLOCK_SIZES = {"chunk": 32, "fwd": (16, 4), "bwd": (16, 4)}
+# (chunk length, channels per program, warps): "infer" for a forward without grad; "train" for a
+# forward that saves chunk-entry states and "bwd" for the backward that reads them (same chunk length).
+BLOCK_SIZES = {"infer": (32, 16, 8), "train": (16, 16, 8), "bwd": (16, 16, 8)}
 
 
 def _check(u, delta, A, B, C, D, z, delta_bias) -> None:
@@ -74,9 +74,9 @@ class _BiMambaScan(torch.autograd.Function):
         delta_bias = None if delta_bias is None else delta_bias.float().contiguous()
         _, bsz, L, dim = u.shape
         n = A.shape[2]
-        BT, (BD, warps) = BLOCK_SIZES["chunk"], BLOCK_SIZES["fwd"]
-        n_chunks = triton_cdiv(L, BT)
         save = any(ctx.needs_input_grad)
+        BT, BD, warps = BLOCK_SIZES["train" if save else "infer"]
+        n_chunks = triton_cdiv(L, BT)
         y = u.new_empty(bsz, L, 2, dim)
         h = u.new_empty((2, bsz, n_chunks, dim, n) if save else (1,), dtype=torch.float32)
         dummy = A  # stands in for absent optional tensors (never read)
@@ -103,7 +103,9 @@ class _BiMambaScan(torch.autograd.Function):
         gy = _inner(gy)
         _, bsz, L, dim = u.shape
         n = A.shape[2]
-        BT, (BD, warps) = ctx.chunk, BLOCK_SIZES["bwd"]
+        BT, BD, warps = BLOCK_SIZES["bwd"]
+        if BT != ctx.chunk:
+            raise RuntimeError(f"BLOCK_SIZES: the backward chunk ({BT}) must be the training forward's ({ctx.chunk})")
         n_chunks = h.shape[2]
         f32 = dict(dtype=torch.float32, device=u.device)
         gu = torch.empty_like(u)

@@ -1,0 +1,160 @@
+"""GPU timing of the bidirectional scan alone at VideoMamba-Ti shapes: our Triton kernel vs two mamba-ssm calls.
+
+Both sides get the same inputs in their native layouts (ours time-major (2, B, L, D), mamba-ssm
+channel-major (B, D, L) with the second direction already flipped, so its flips are not counted).
+Prints a Markdown table and a roofline line (achieved bytes/s and exp/s against the card's limits).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+
+import torch
+
+from retrieval.kernels import bimamba_scan
+from retrieval.kernels.bimamba_scan import bimamba_scan_fn
+
+# H200 SXM: HBM3e bandwidth; exp2 on the SFUs: 16 per SM per clock x 132 SMs x 1.98 GHz boost.
+PEAK_BYTES_S = 4.8e12
+PEAK_EXP_S = 16 * 132 * 1.98e9
+
+
+def timed(fn, repeats: int, warmup: int = 3) -> float:
+    """Median seconds of fn() on the GPU (CUDA events)."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        fn()
+        e.record()
+        torch.cuda.synchronize()
+        times.append(s.elapsed_time(e) / 1e3)
+    return statistics.median(times)
+
+
+def make_inputs(batch: int, seqlen: int, dim: int, dstate: int, dtype, seed: int = 0):
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    r = lambda *s, scale=1.0: (torch.randn(*s, device="cuda", generator=g) * scale)  # noqa: E731
+    A = -torch.exp(r(2, dim, dstate, scale=0.5)) * torch.arange(1, dstate + 1, device="cuda")
+    xdbl = r(2, batch * seqlen, 2 * dstate + 12).to(dtype)  # B, C as strided views, as in the model
+    return dict(u=r(2, batch, seqlen, dim).to(dtype), delta=r(2, batch, seqlen, dim, scale=0.5).to(dtype), A=A,
+                B=xdbl[..., 12:12 + dstate].view(2, batch, seqlen, dstate),
+                C=xdbl[..., 12 + dstate:].view(2, batch, seqlen, dstate),
+                D=r(2, dim), z=r(batch, seqlen, dim).to(dtype), delta_bias=r(2, dim, scale=0.5) - 4.0)
+
+
+def channel_major(inp):
+    """mamba-ssm's layout for each direction: (B, D, L) contiguous, direction 1 pre-flipped."""
+    out = []
+    for k in range(2):
+        f = (lambda t: t.flip(1)) if k == 1 else (lambda t: t)
+        cm = lambda t: f(t).transpose(1, 2).contiguous()  # noqa: E731
+        out.append(dict(u=cm(inp["u"][k]), delta=cm(inp["delta"][k]), A=inp["A"][k].contiguous(),
+                        B=cm(inp["B"][k]), C=cm(inp["C"][k]), D=inp["D"][k].contiguous(), z=cm(inp["z"]),
+                        delta_bias=inp["delta_bias"][k].contiguous()))
+    return out
+
+
+def run_ours(inp, backward: bool):
+    leaves = {k: v.detach().requires_grad_(backward) for k, v in inp.items()}
+    y = bimamba_scan_fn(**leaves)
+    if backward:
+        y.backward(torch.ones_like(y))
+    return y
+
+
+def run_mamba(dirs, backward: bool):
+    from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
+    ys = []
+    for d in dirs:
+        leaves = {k: v.detach().requires_grad_(backward) for k, v in d.items()}
+        y = selective_scan_fn(leaves["u"], leaves["delta"], leaves["A"], leaves["B"], leaves["C"], leaves["D"],
+                              leaves["z"], leaves["delta_bias"], delta_softplus=True)
+        if backward:
+            y.backward(torch.ones_like(y))
+        ys.append(y)
+    return ys
+
+
+def traffic_bytes(batch, seqlen, dim, dstate, elem=2) -> float:
+    """Least HBM traffic of one forward: read u, dt (both directions), z, B, C; write y (both)."""
+    per_token = (2 * 2 * dim + dim + 2 * 2 * dstate + 2 * dim) * elem
+    return batch * seqlen * per_token
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--seqlen", type=int, default=12545, help="1 + 64 frames x 196 patches")
+    p.add_argument("--dim", type=int, default=384)
+    p.add_argument("--dstate", type=int, default=16)
+    p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--sweep", action="store_true", help="time block-size configs first and keep the fastest")
+    p.add_argument("--json", help="write results here")
+    args = p.parse_args(argv)
+    dt = torch.bfloat16
+    inp = make_inputs(args.batch, args.seqlen, args.dim, args.dstate, dt)
+    res = {"device": torch.cuda.get_device_name(), "shape": vars(args), "sweep": []}
+    if args.sweep:  # inference forward and training forward + backward configs, each fastest kept
+        rows = []
+        for chunk in (16, 32, 64):
+            for bd, w in ((8, 4), (16, 4), (16, 8), (32, 8)):
+                bimamba_scan.BLOCK_SIZES["infer"] = (chunk, bd, w)
+                with torch.no_grad():
+                    rows.append({"infer": (chunk, bd, w), "fwd_ms": timed(lambda: run_ours(inp, False), 5, 1) * 1e3})
+                print(rows[-1], flush=True)
+        best_infer = min(rows, key=lambda r: r["fwd_ms"])
+        train_rows = []
+        for chunk in (16, 32):
+            for fbd, fw in ((16, 8), (8, 4)):
+                for bbd, bw in ((8, 4), (8, 8), (16, 8)):
+                    bimamba_scan.BLOCK_SIZES.update(train=(chunk, fbd, fw), bwd=(chunk, bbd, bw))
+                    train_rows.append({"train": (chunk, fbd, fw), "bwd": (chunk, bbd, bw),
+                                       "fwdbwd_ms": timed(lambda: run_ours(inp, True), 3, 1) * 1e3})
+                    print(train_rows[-1], flush=True)
+        best_train = min(train_rows, key=lambda r: r["fwdbwd_ms"])
+        bimamba_scan.BLOCK_SIZES.update(infer=best_infer["infer"], train=best_train["train"], bwd=best_train["bwd"])
+        res["sweep"] = rows + train_rows
+    res["blocks"] = dict(bimamba_scan.BLOCK_SIZES)
+    # parity with mamba-ssm on these inputs (bf16 in, fp32 state on both sides)
+    dirs = channel_major(inp)
+    with torch.no_grad():
+        ours = run_ours(inp, False).float()
+        ref = run_mamba(dirs, False)
+    ref = torch.stack([ref[0].transpose(1, 2), ref[1].flip(-1).transpose(1, 2)], dim=2).float()
+    res["max_rel_err_vs_mamba"] = ((ours - ref).abs().max() / ref.abs().max()).item()
+    t = {}
+    with torch.no_grad():
+        t["ours_fwd"] = timed(lambda: run_ours(inp, False), args.repeats)
+        t["mamba_fwd"] = timed(lambda: run_mamba(dirs, False), args.repeats)
+    t["ours_fwdbwd"] = timed(lambda: run_ours(inp, True), args.repeats)
+    t["mamba_fwdbwd"] = timed(lambda: run_mamba(dirs, True), args.repeats)
+    res["ms"] = {k: v * 1e3 for k, v in t.items()}
+    res["speedup_fwd"] = t["mamba_fwd"] / t["ours_fwd"]
+    res["speedup_fwdbwd"] = t["mamba_fwdbwd"] / t["ours_fwdbwd"]
+    nbytes = traffic_bytes(args.batch, args.seqlen, args.dim, args.dstate)
+    nexp = 2 * args.batch * args.seqlen * args.dim * args.dstate
+    res["roofline_fwd"] = {"bytes": nbytes, "exps": nexp, "bytes_per_s": nbytes / t["ours_fwd"],
+                           "exp_per_s": nexp / t["ours_fwd"], "frac_peak_bw": nbytes / t["ours_fwd"] / PEAK_BYTES_S,
+                           "frac_peak_exp": nexp / t["ours_fwd"] / PEAK_EXP_S,
+                           "floor_ms": max(nbytes / PEAK_BYTES_S, nexp / PEAK_EXP_S) * 1e3}
+    ms = res["ms"]
+    print(f"\n{res['device']}, batch {args.batch}, L {args.seqlen}, d_inner {args.dim}, d_state {args.dstate}, bf16; "
+          f"blocks {res['blocks']}; max rel. err vs mamba-ssm {res['max_rel_err_vs_mamba']:.1e}\n")
+    print("| pass | mamba-ssm, 2 calls (ms) | Triton bimamba, 1 call (ms) | speed-up |\n|---|---|---|---|")
+    print(f"| forward | {ms['mamba_fwd']:.3f} | {ms['ours_fwd']:.3f} | {res['speedup_fwd']:.2f}x |")
+    print(f"| forward + backward | {ms['mamba_fwdbwd']:.3f} | {ms['ours_fwdbwd']:.3f} | {res['speedup_fwdbwd']:.2f}x |")
+    r = res["roofline_fwd"]
+    print(f"\nroofline (forward): {r['bytes_per_s'] / 1e12:.2f} TB/s = {r['frac_peak_bw']:.0%} of {PEAK_BYTES_S / 1e12:.1f} "
+          f"TB/s; {r['exp_per_s'] / 1e12:.2f} Texp/s = {r['frac_peak_exp']:.0%} of {PEAK_EXP_S / 1e12:.2f} Texp/s; "
+          f"floor {r['floor_ms']:.3f} ms")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(res, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

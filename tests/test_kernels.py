@@ -1,0 +1,201 @@
+"""Triton kernels (retrieval/kernels) against their float64 references: outputs and every gradient.
+
+On CPU they run under Triton's interpreter at small shapes; on a GPU (marked `cuda`) the whole
+encoder on the `triton` backend is compared with the `torch` backend at real shapes.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from retrieval.kernels import bimamba_scan, biconv1d_fn, biconv1d_ref, bimamba_scan_fn, bimamba_scan_ref
+from retrieval.kernels.support import _triton_import_error
+
+TOL = 2e-5  # fp32 kernel vs float64 reference, max |a - b| / max |b|
+
+needs_interpreter = pytest.mark.skipif(
+    torch.cuda.is_available() or _triton_import_error() is not None,
+    reason="CPU-only check under Triton's interpreter (needs triton importable; GPU hosts run the cuda tests)")
+
+
+@pytest.fixture
+def interpreter(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.double(), b.double()
+    scale = b.abs().max().item()
+    diff = (a - b).abs().max().item()
+    return diff / scale if scale > 0 else diff
+
+
+def scan_inputs(batch, seqlen, dim, dstate, seed, use_D=True, use_z=True, use_bias=True):
+    g = torch.Generator().manual_seed(seed)
+    r = lambda *s, scale=1.0: torch.randn(*s, generator=g) * scale  # noqa: E731
+    A = -torch.exp(r(2, dim, dstate, scale=0.5))
+    return dict(u=r(2, batch, seqlen, dim), delta=r(2, batch, seqlen, dim, scale=0.7), A=A,
+                B=r(2, batch, seqlen, dstate), C=r(2, batch, seqlen, dstate),
+                D=r(2, dim) if use_D else None, z=r(batch, seqlen, dim) if use_z else None,
+                delta_bias=r(2, dim, scale=0.5) if use_bias else None)
+
+
+def value_and_grads(fn, inputs, dtype, grad_out, **kw):
+    leaves = {k: None if v is None else v.to(dtype).requires_grad_(True) for k, v in inputs.items()}
+    y = fn(**leaves, **kw)
+    names = [k for k, v in leaves.items() if v is not None]
+    grads = torch.autograd.grad((y * grad_out.to(dtype)).sum(), [leaves[k] for k in names])
+    return y.detach(), dict(zip(names, grads))
+
+
+def assert_scan_parity(inputs, softplus=True, seed=0):
+    _, batch, seqlen, dim = inputs["u"].shape
+    grad_out = torch.randn(batch, seqlen, 2, dim, generator=torch.Generator().manual_seed(seed + 1),
+                           dtype=torch.float64)
+    y64, g64 = value_and_grads(bimamba_scan_ref, inputs, torch.float64, grad_out, delta_softplus=softplus)
+    y, g = value_and_grads(bimamba_scan_fn, inputs, torch.float32, grad_out, delta_softplus=softplus)
+    assert y.dtype == torch.float32 and y.shape == y64.shape
+    assert rel_err(y, y64) < TOL, f"output: {rel_err(y, y64):.2e}"
+    for name in g64:
+        assert g[name].shape == g64[name].shape, name
+        assert rel_err(g[name], g64[name]) < TOL, f"d{name}: {rel_err(g[name], g64[name]):.2e}"
+
+
+# Chunk length 16 here, so L = 17 and 129 cross chunk boundaries and 16 / 32 end exactly on one.
+SMALL_BLOCKS = {"infer": (16, 16, 4), "train": (16, 16, 4), "bwd": (16, 16, 4)}
+
+
+@pytest.fixture
+def small_blocks(monkeypatch):
+    monkeypatch.setattr(bimamba_scan, "BLOCK_SIZES", dict(SMALL_BLOCKS))
+
+
+@needs_interpreter
+@pytest.mark.parametrize("seqlen", [1, 16, 17, 32, 129])
+def test_bimamba_scan_matches_reference(interpreter, small_blocks, seqlen):
+    # dim 20: one full 16-channel block and a masked tail.
+    assert_scan_parity(scan_inputs(2, seqlen, 20, 4, seed=seqlen))
+
+
+@needs_interpreter
+@pytest.mark.parametrize("use_D,use_z,use_bias,softplus", [
+    (False, True, True, True), (True, False, True, True), (True, True, False, True), (True, True, True, False),
+    (False, False, False, False),
+])
+def test_bimamba_scan_optional_parts(interpreter, small_blocks, use_D, use_z, use_bias, softplus):
+    assert_scan_parity(scan_inputs(1, 19, 16, 4, seed=3, use_D=use_D, use_z=use_z, use_bias=use_bias),
+                       softplus=softplus)
+
+
+@needs_interpreter
+def test_bimamba_scan_odd_state_size_and_strided_inputs(interpreter, small_blocks):
+    # d_state 3 pads to a 4-wide tile; B and C as strided views of one projection, as the mixer passes them.
+    inp = scan_inputs(2, 23, 8, 3, seed=5)
+    xdbl = torch.randn(2, 2 * 23, 2 + 6, generator=torch.Generator().manual_seed(9))
+    inp["B"], inp["C"] = xdbl[..., 2:5].view(2, 2, 23, 3), xdbl[..., 5:].view(2, 2, 23, 3)
+    assert_scan_parity(inp)
+
+
+@needs_interpreter
+def test_inference_forward_saves_nothing_and_matches(interpreter, small_blocks):
+    inp = scan_inputs(2, 40, 16, 4, seed=7)
+    with torch.no_grad():
+        y = bimamba_scan_fn(**inp)
+    y64 = bimamba_scan_ref(**{k: None if v is None else v.double() for k, v in inp.items()})
+    assert rel_err(y, y64) < TOL
+
+
+@needs_interpreter
+@pytest.mark.parametrize("seqlen", [1, 3, 70])
+def test_biconv_matches_reference(interpreter, seqlen):
+    g = torch.Generator().manual_seed(seqlen)
+    x = torch.randn(2, seqlen, 40, generator=g)[..., :36]  # a strided (row stride 40) view like in_proj's half
+    w, b = torch.randn(2, 36, 4, generator=g), torch.randn(2, 36, generator=g)
+    grad_out = torch.randn(2, 2, seqlen, 36, generator=g, dtype=torch.float64)
+
+    def run(fn, dtype):
+        leaves = [t.to(dtype).requires_grad_(True) for t in (x, w, b)]
+        out = fn(*leaves)
+        return out.detach(), torch.autograd.grad((out * grad_out.to(dtype)).sum(), leaves)
+
+    o, grads = run(biconv1d_fn, torch.float32)
+    o64, grads64 = run(biconv1d_ref, torch.float64)
+    assert rel_err(o, o64) < TOL
+    for name, a, r in zip(("x", "weight", "bias"), grads, grads64):
+        assert rel_err(a, r) < TOL, name
+
+
+@needs_interpreter
+def test_mixer_triton_backend_matches_torch_backend(interpreter, small_blocks, monkeypatch):
+    """The whole block path (in_proj -> both convs -> batched projections -> scan -> out_proj), fwd + bwd."""
+    from retrieval.mamba import BiMambaMixer
+    torch.manual_seed(0)
+    mixer = BiMambaMixer(16, d_state=4)
+    with torch.no_grad():
+        for p in mixer.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    x = torch.randn(2, 21, 16)
+    results = {}
+    for backend in ("torch", "triton"):
+        monkeypatch.setenv("VMR_SCAN_BACKEND", backend)
+        xx = x.clone().requires_grad_(True)
+        y = mixer(xx)
+        grads = torch.autograd.grad(y.square().sum(), [xx, *mixer.parameters()])
+        results[backend] = (y.detach(), grads)
+    (y_t, g_t), (y_k, g_k) = results["torch"], results["triton"]
+    assert rel_err(y_k, y_t) < 1e-5
+    for (name, _), a, b in zip([("x", None), *mixer.named_parameters()], g_k, g_t):
+        assert rel_err(a, b) < 1e-5, name
+
+
+def test_triton_without_gpu_says_what_to_do(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    inp = scan_inputs(1, 4, 8, 4, seed=0)
+    with pytest.raises(RuntimeError, match="need CUDA tensors.*backend='torch'"):
+        bimamba_scan_fn(**inp)
+    from retrieval.selective_scan import resolve_backend
+    with pytest.raises(RuntimeError, match="backend 'triton'.*VMR_SCAN_BACKEND=torch"):
+        resolve_backend(torch.device("cpu"), "triton")
+
+
+def test_triton_missing_says_what_to_install(monkeypatch):
+    from retrieval.kernels import support
+    monkeypatch.setattr(support, "_triton_import_error", lambda: "ModuleNotFoundError: No module named 'triton'")
+    assert "pip install triton" in support.triton_unavailable_reason(torch.device("cuda"))
+
+
+def test_scan_shape_errors_name_the_input():
+    inp = scan_inputs(1, 4, 8, 4, seed=0)
+    inp["B"] = inp["B"][:, :, :3]
+    with pytest.raises(ValueError, match="B has shape"):
+        bimamba_scan_fn(**inp)
+
+
+# ---------------------------------------------------------------------------------------------
+# GPU: the whole encoder, triton vs torch backend, at real shapes
+# ---------------------------------------------------------------------------------------------
+
+
+def _encoder_grads(backend, dtype, monkeypatch, frames=8):
+    from retrieval import create_video_encoder
+    monkeypatch.setenv("VMR_SCAN_BACKEND", backend)
+    torch.manual_seed(0)
+    enc = create_video_encoder("videomamba_tiny", num_frames=frames).cuda().train()
+    x = torch.randn(2, 3, frames, 224, 224, device="cuda", generator=torch.Generator("cuda").manual_seed(1))
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+        out = enc.forward_features(x)
+    loss = out.float().square().mean()
+    loss.backward()
+    grads = {n: p.grad.float().clone() for n, p in enc.named_parameters() if p.grad is not None}
+    return out.float().detach(), grads
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-3), (torch.bfloat16, 2e-2)])
+def test_encoder_triton_matches_torch_on_gpu(monkeypatch, dtype, tol):
+    out_t, g_t = _encoder_grads("torch", dtype, monkeypatch)
+    out_k, g_k = _encoder_grads("triton", dtype, monkeypatch)
+    assert rel_err(out_k, out_t) < tol
+    worst = max(g_t, key=lambda n: rel_err(g_k[n], g_t[n]))
+    assert rel_err(g_k[worst], g_t[worst]) < tol, f"{worst}: {rel_err(g_k[worst], g_t[worst]):.2e}"
