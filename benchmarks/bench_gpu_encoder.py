@@ -126,8 +126,13 @@ def main(argv=None):
     p.add_argument("--variants", default="cuda_unfused,cuda,triton", help=f"VideoMamba paths, from {list(VARIANTS)}")
     p.add_argument("--no-materialised", action="store_true", help="skip the materialised-attention ViT")
     p.add_argument("--profile", type=int, metavar="FRAMES", help="also profile each variant's forward at FRAMES")
+    p.add_argument("--load-blocks", help="Triton block sizes from bench_scan_gpu.py --save-blocks")
     p.add_argument("--json", help="write results here")
     args = p.parse_args(argv)
+    if args.load_blocks:
+        from retrieval.kernels import bimamba_scan
+        with open(args.load_blocks) as f:
+            bimamba_scan.BLOCK_SIZES.update({k: tuple(v) for k, v in json.load(f).items()})
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     rows, profiles = [], {}
     for T in args.frames:

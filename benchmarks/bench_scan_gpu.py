@@ -102,17 +102,17 @@ def main(argv=None):
     res = {"device": torch.cuda.get_device_name(), "shape": vars(args), "sweep": []}
     if args.sweep:  # inference forward and training forward + backward configs, each fastest kept
         rows = []
-        for chunk in (16, 32, 64):
-            for bd, w in ((8, 4), (16, 8), (32, 8)):
+        for chunk in (8, 16, 32):
+            for bd, w in ((8, 1), (16, 1), (8, 2), (16, 2), (8, 4), (32, 4)):
                 bimamba_scan.BLOCK_SIZES["infer"] = (chunk, bd, w)
                 with torch.no_grad():
                     rows.append({"infer": (chunk, bd, w), "fwd_ms": timed(lambda: run_ours(inp, False), 5, 1) * 1e3})
                 print(rows[-1], flush=True)
         best_infer = min(rows, key=lambda r: r["fwd_ms"])
         train_rows = []
-        for chunk in (16, 32):
-            for fbd, fw in ((16, 8),):
-                for bbd, bw in ((8, 4), (16, 8)):
+        for chunk in (8, 16):
+            for fbd, fw in ((8, 2),):
+                for bbd, bw in ((8, 1), (8, 2), (8, 4)):
                     bimamba_scan.BLOCK_SIZES.update(train=(chunk, fbd, fw), bwd=(chunk, bbd, bw))
                     train_rows.append({"train": (chunk, fbd, fw), "bwd": (chunk, bbd, bw),
                                        "fwdbwd_ms": timed(lambda: run_ours(inp, True), 3, 1) * 1e3})

@@ -184,8 +184,9 @@ def _encoder_grads(backend, dtype, monkeypatch, frames=8):
     x = torch.randn(2, 3, frames, 224, 224, device="cuda", generator=torch.Generator("cuda").manual_seed(1))
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
         out = enc.forward_features(x)
-    loss = out.float().square().mean()
-    loss.backward()
+    # A fixed random projection, not a square: gradients of similar size everywhere, no cancellation.
+    w = torch.randn(out.shape, device="cuda", generator=torch.Generator("cuda").manual_seed(2))
+    (out.float() * w).sum().backward()
     grads = {n: p.grad.float().clone() for n, p in enc.named_parameters() if p.grad is not None}
     return out.float().detach(), grads
 
