@@ -311,8 +311,8 @@ def test_env_override_and_argument_precedence(no_env):
     no_env.setenv(ss.ENV_VAR, "fast")
     with pytest.raises(ValueError, match=r"\$VMR_SCAN_BACKEND='fast'"):
         resolve_backend("cpu")
-    with pytest.raises(ValueError, match="unknown selective-scan backend backend='triton'"):
-        resolve_backend("cpu", "triton")
+    with pytest.raises(ValueError, match="unknown selective-scan backend backend='flash'"):
+        resolve_backend("cpu", "flash")
 
 
 def test_env_override_reaches_selective_scan_fn(no_env):
@@ -341,6 +341,18 @@ def test_cuda_kernels_need_cuda_tensors(no_env):
     with pytest.raises(RuntimeError, match="needs CUDA tensors, got device cpu"):
         resolve_backend(torch.zeros(1), "cuda")
     assert resolve_backend("cuda:0") == "cuda"
+
+
+def test_auto_on_cuda_triton_for_inference_mamba_ssm_for_training(no_env):
+    no_env.setattr(ss, "_triton_reason", lambda device: None)
+    no_env.setattr(ss, "cuda_kernels_available", lambda: True)
+    assert resolve_backend("cuda:0") == "cuda"  # grad enabled: mamba-ssm's backward is the faster one
+    with torch.no_grad():
+        assert resolve_backend("cuda:0") == "triton"
+    no_env.setattr(ss, "cuda_kernels_available", lambda: False)
+    assert resolve_backend("cuda:0") == "triton"  # no mamba-ssm: Triton beats the PyTorch scan
+    no_env.setattr(ss, "_triton_reason", lambda device: "Triton is not importable")
+    assert resolve_backend("cuda:0") == "torch"
 
 
 def test_cuda_kernels_available_is_cached():

@@ -16,7 +16,9 @@ __all__ = ["bimamba_scan_fn", "bimamba_scan_ref", "BLOCK_SIZES"]
 
 # (chunk length, channels per program, warps): "infer" for a forward without grad; "train" for a
 # forward that saves chunk-entry states and "bwd" for the backward that reads them (same chunk length).
-BLOCK_SIZES = {"infer": (32, 16, 8), "train": (16, 16, 8), "bwd": (16, 16, 8)}
+# Picked on an H200 by `benchmarks/bench_scan_gpu.py --sweep` at VideoMamba-Ti shapes (BENCHMARKS.md, section 9):
+# small tiles win, because the chunk loop is latency-bound and more programs hide more of it.
+BLOCK_SIZES = {"infer": (16, 8, 4), "train": (8, 8, 2), "bwd": (8, 8, 2)}
 
 
 def _check(u, delta, A, B, C, D, z, delta_bias) -> None:
