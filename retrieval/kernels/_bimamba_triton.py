@@ -33,7 +33,7 @@ def _softplus(x):
 
 
 @triton.jit
-def _delta(dt_ptr, t, offs_d, mask, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+def _delta(dt_ptr, mask, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
     """softplus(dt + bias) as asked, (BT, BD) fp32, 0 where masked (those steps then change nothing)."""
     d = tl.load(dt_ptr, mask=mask, other=0.0).to(tl.float32)
     if HAS_BIAS:
@@ -64,7 +64,7 @@ def _fwd_direction(u_ptr, dt_ptr, B_ptr, C_ptr, z_ptr, y_ptr, h_ptr, A2, Dv, bia
         mask_t = t < L
         m2 = mask_t[:, None] & mask_d[None, :]
         u = tl.load(u_ptr + t[:, None] * s_u_t + offs_d[None, :], mask=m2, other=0.0).to(tl.float32)
-        delta = _delta(dt_ptr + t[:, None] * s_dt_t + offs_d[None, :], t, offs_d, m2, bias, HAS_BIAS, SOFTPLUS)
+        delta = _delta(dt_ptr + t[:, None] * s_dt_t + offs_d[None, :], m2, bias, HAS_BIAS, SOFTPLUS)
         mtn = mask_t[:, None] & mask_n[None, :]
         Bv = tl.load(B_ptr + t[:, None] * s_B_t + offs_n[None, :] * s_B_n, mask=mtn, other=0.0).to(tl.float32)
         Cv = tl.load(C_ptr + t[:, None] * s_C_t + offs_n[None, :] * s_C_n, mask=mtn, other=0.0).to(tl.float32)
@@ -165,7 +165,7 @@ def _bwd_direction(u_ptr, dt_ptr, B_ptr, C_ptr, z_ptr, g_ptr, h_ptr,
         ts = t + STEP
         ms = (ts >= 0) & (ts < L)
         ms2 = ms[:, None] & mask_d[None, :]
-        d_next = _delta(dt_ptr + ts[:, None] * s_dt_t + offs_d[None, :], ts, offs_d, ms2, bias, HAS_BIAS, SOFTPLUS)
+        d_next = _delta(dt_ptr + ts[:, None] * s_dt_t + offs_d[None, :], ms2, bias, HAS_BIAS, SOFTPLUS)
         a_next = tl.exp2(d_next[:, :, None] * A2[None, :, :])
         w = g[:, :, None] * Cv[:, None, :]
         gcum, ghloc = tl.associative_scan((a_next, w), 0, _combine, reverse=not REVERSE)
