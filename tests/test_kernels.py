@@ -78,6 +78,16 @@ def test_bimamba_scan_matches_reference(interpreter, small_blocks, seqlen):
 
 
 @needs_interpreter
+@pytest.mark.parametrize("min_chunks,seqlen", [(1, 40), (2, 100), (10**9, 100)], ids=["seg-per-chunk", "uneven", "no-split"])
+def test_bimamba_scan_sequence_split(interpreter, small_blocks, monkeypatch, min_chunks, seqlen):
+    # Segments chained through their summaries (both directions), an uneven last segment, and no split at all.
+    monkeypatch.setattr(bimamba_scan, "SPLIT", {"programs": 10**6, "min_chunks": min_chunks})
+    inp = scan_inputs(1, seqlen, 8, 4, seed=11)
+    assert bimamba_scan.split_sequence(-(-seqlen // 16), 2)[0] == (1 if min_chunks > 10 else -(-seqlen // 16) // min_chunks)
+    assert_scan_parity(inp)
+
+
+@needs_interpreter
 @pytest.mark.parametrize("use_D,use_z,use_bias,softplus", [
     (False, True, True, True), (True, False, True, True), (True, True, False, True), (True, True, True, False),
     (False, False, False, False),

@@ -19,6 +19,9 @@ __all__ = ["bimamba_scan_fn", "bimamba_scan_ref", "BLOCK_SIZES"]
 # Picked on an H200 by `benchmarks/bench_scan_gpu.py --sweep` at VideoMamba-Ti shapes (BENCHMARKS.md, section 9):
 # small tiles win, because the chunk loop is latency-bound and more programs hide more of it.
 BLOCK_SIZES = {"infer": (16, 8, 4), "train": (8, 8, 2), "bwd": (8, 8, 2)}
+# When (channel blocks x batch x 2) programs are too few to hide the chunk loop's latency, the forward
+# splits the sequence into segments (a summary pass, then the output pass chaining the segments).
+SPLIT = {"programs": 8192, "min_chunks": 4}
 
 
 def _check(u, delta, A, B, C, D, z, delta_bias) -> None:
@@ -81,18 +84,24 @@ class _BiMambaScan(torch.autograd.Function):
         n_chunks = triton_cdiv(L, BT)
         y = u.new_empty(bsz, L, 2, dim)
         h = u.new_empty((2, bsz, n_chunks, dim, n) if save else (1,), dtype=torch.float32)
+        n_dblk = triton_cdiv(dim, BD)
+        n_seg, seg_chunks = split_sequence(n_chunks, n_dblk * bsz * 2)
+        E = u.new_empty((2, bsz, n_seg, dim, n) if n_seg > 1 else (1,), dtype=torch.float32)
+        S = u.new_empty((2, bsz, n_seg, dim) if n_seg > 1 else (1,), dtype=torch.float32)
         dummy = A  # stands in for absent optional tensors (never read)
         zz = z if z is not None else u[0]
-        grid = (triton_cdiv(dim, BD), bsz, 2)
-        k.bimamba_fwd_kernel[grid](
-            u, delta, A, B, C, D if D is not None else dummy, delta_bias if delta_bias is not None else dummy,
-            zz, y, h, L, dim, n_chunks,
-            u.stride(0), u.stride(1), u.stride(2), delta.stride(0), delta.stride(1), delta.stride(2),
-            B.stride(0), B.stride(1), B.stride(2), B.stride(3), C.stride(0), C.stride(1), C.stride(2), C.stride(3),
-            zz.stride(0), zz.stride(1), y.stride(0), y.stride(1), y.stride(2),
-            h.stride(0) if save else 0, h.stride(1) if save else 0, h.stride(2) if save else 0,
-            HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
-            SOFTPLUS=bool(delta_softplus), SAVE=save, BT=BT, BD=BD, NP=next_pow2(n), N=n, num_warps=warps)
+        grid = (n_dblk, bsz * n_seg, 2)
+        args = (u, delta, A, B, C, D if D is not None else dummy, delta_bias if delta_bias is not None else dummy,
+                zz, y, h, E, S, L, dim, n_chunks, n_seg, seg_chunks,
+                u.stride(0), u.stride(1), u.stride(2), delta.stride(0), delta.stride(1), delta.stride(2),
+                B.stride(0), B.stride(1), B.stride(2), B.stride(3), C.stride(0), C.stride(1), C.stride(2),
+                C.stride(3), zz.stride(0), zz.stride(1), y.stride(0), y.stride(1), y.stride(2),
+                h.stride(0) if save else 0, h.stride(1) if save else 0, h.stride(2) if save else 0)
+        flags = dict(HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
+                     SOFTPLUS=bool(delta_softplus), BT=BT, BD=BD, NP=next_pow2(n), N=n, num_warps=warps)
+        if n_seg > 1:  # segment summaries first; the output launch chains them
+            k.bimamba_fwd_kernel[grid](*args, SUMMARY=True, SAVE=False, **flags)
+        k.bimamba_fwd_kernel[grid](*args, SUMMARY=False, SAVE=save, **flags)
         if save:
             ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, h)
             ctx.delta_softplus, ctx.chunk = bool(delta_softplus), BT
@@ -137,6 +146,15 @@ class _BiMambaScan(torch.autograd.Function):
                 gD if D is not None else None,
                 gz.sum(0).to(z.dtype) if z is not None else None,
                 gbias if delta_bias is not None else None, None)
+
+
+def split_sequence(n_chunks: int, programs: int) -> tuple[int, int]:
+    """(segments, chunks per segment): split the sequence until about SPLIT["programs"] programs run,
+    keeping each segment at least SPLIT["min_chunks"] chunks (a split costs a second pass over the inputs)."""
+    want = triton_cdiv(SPLIT["programs"], programs)
+    n_seg = max(1, min(want, n_chunks // SPLIT["min_chunks"]))
+    seg_chunks = triton_cdiv(n_chunks, n_seg)
+    return triton_cdiv(n_chunks, seg_chunks), seg_chunks
 
 
 def triton_cdiv(a: int, b: int) -> int:
