@@ -141,9 +141,67 @@ def bimamba_fwd_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, z_pt
 
 
 @triton.jit
+def _adjoint_inflow(E_ptr, S_ptr, A2, offs_d, mask_d, Dm, seg, n_seg,
+                    REVERSE: tl.constexpr, BD: tl.constexpr, NP: tl.constexpr, N: tl.constexpr):
+    """dL/dh entering segment seg from the segments after it in scan order, chained from their summaries."""
+    offs_n = tl.arange(0, NP)
+    mask_dn = mask_d[:, None] & (offs_n[None, :] < N)
+    G = tl.zeros([BD, NP], dtype=tl.float32)
+    n_after = seg if REVERSE else n_seg - 1 - seg
+    for j in range(n_after):
+        sp = j if REVERSE else n_seg - 1 - j  # the farthest segment first
+        E = tl.load(E_ptr + sp * Dm * N + offs_d[:, None] * N + offs_n[None, :], mask=mask_dn, other=0.0)
+        dsum = tl.load(S_ptr + sp * Dm + offs_d, mask=mask_d, other=0.0)
+        G = tl.exp2(dsum[:, None] * A2) * G + E
+    return G
+
+
+@triton.jit
+def _bwd_summary_direction(dt_ptr, C_ptr, z_ptr, g_ptr, E_ptr, S_ptr, A2, bias, offs_d, mask_d, L, Dm,
+                           n_chunks, seg, seg_chunks, s_dt_t, s_C_t, s_C_n, s_z_t, s_g_t,
+                           REVERSE: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
+                           SOFTPLUS: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr, NP: tl.constexpr,
+                           N: tl.constexpr):
+    """Segment summary of the adjoint: dL/dh at the segment's first step from a zero inflow, and the
+    exponent of its decay (sum of the next steps' delta); needs neither u, B nor the states."""
+    offs_t = tl.arange(0, BT)
+    offs_n = tl.arange(0, NP)
+    mask_n = offs_n < N
+    FIRST: tl.constexpr = BT - 1 if REVERSE else 0
+    STEP: tl.constexpr = -1 if REVERSE else 1
+    c0 = seg * seg_chunks
+    c1 = tl.minimum(c0 + seg_chunks, n_chunks)
+    G = tl.zeros([BD, NP], dtype=tl.float32)
+    dsum = tl.zeros([BD], dtype=tl.float32)
+    for i in range(c1 - c0):
+        c = c0 + i if REVERSE else c1 - 1 - i
+        t = c * BT + offs_t
+        mask_t = t < L
+        m2 = mask_t[:, None] & mask_d[None, :]
+        mtn = mask_t[:, None] & mask_n[None, :]
+        Cv = tl.load(C_ptr + t[:, None] * s_C_t + offs_n[None, :] * s_C_n, mask=mtn, other=0.0).to(tl.float32)
+        g = tl.load(g_ptr + t[:, None] * s_g_t + offs_d[None, :], mask=m2, other=0.0).to(tl.float32)
+        if HAS_Z:
+            z = tl.load(z_ptr + t[:, None] * s_z_t + offs_d[None, :], mask=m2, other=0.0).to(tl.float32)
+            g = g * z * tl.sigmoid(z)
+        ts = t + STEP
+        ms2 = ((ts >= 0) & (ts < L) & mask_t)[:, None] & mask_d[None, :]
+        d_next = _delta(dt_ptr + ts[:, None] * s_dt_t + offs_d[None, :], ms2, bias, HAS_BIAS, SOFTPLUS)
+        a_next = tl.exp2(d_next[:, :, None] * A2[None, :, :])
+        w = g[:, :, None] * Cv[:, None, :]
+        gcum, ghloc = tl.associative_scan((a_next, w), 0, _combine, reverse=not REVERSE)
+        gh = ghloc + gcum * G[None, :, :]
+        G = tl.sum(tl.where(offs_t[:, None, None] == FIRST, gh, 0.0), axis=0)
+        dsum += tl.sum(d_next, axis=0)
+    tl.store(E_ptr + seg * Dm * N + offs_d[:, None] * N + offs_n[None, :], G,
+             mask=mask_d[:, None] & mask_n[None, :])
+    tl.store(S_ptr + seg * Dm + offs_d, dsum, mask=mask_d)
+
+
+@triton.jit
 def _bwd_direction(u_ptr, dt_ptr, B_ptr, C_ptr, z_ptr, g_ptr, h_ptr,
-                   gu_ptr, gdt_ptr, gB_ptr, gC_ptr, gz_ptr, gA_ptr, gD_ptr, gbias_ptr,
-                   A, A2, Dv, bias, offs_d, mask_d, L, n_chunks,
+                   gu_ptr, gdt_ptr, gB_ptr, gC_ptr, gz_ptr, gA_ptr, gD_ptr, gbias_ptr, E_ptr, S_ptr,
+                   A, A2, Dv, bias, offs_d, mask_d, L, Dm, n_chunks, seg, n_seg, seg_chunks,
                    s_u_t, s_dt_t, s_B_t, s_B_n, s_C_t, s_C_n, s_z_t, s_g_t, s_h_c, s_gx_t, s_gbc_t, s_gz_t,
                    REVERSE: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
                    SOFTPLUS: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr, NP: tl.constexpr,
@@ -154,12 +212,15 @@ def _bwd_direction(u_ptr, dt_ptr, B_ptr, C_ptr, z_ptr, g_ptr, h_ptr,
     mask_dn = mask_d[:, None] & mask_n[None, :]
     FIRST: tl.constexpr = BT - 1 if REVERSE else 0  # the chunk's first step in scan order
     STEP: tl.constexpr = -1 if REVERSE else 1  # the next step in scan order is t + STEP
-    G = tl.zeros([BD, NP], dtype=tl.float32)  # dL/dh of the step after the chunk, in scan order
+    # dL/dh of the step after the chunk, in scan order
+    G = _adjoint_inflow(E_ptr, S_ptr, A2, offs_d, mask_d, Dm, seg, n_seg, REVERSE, BD, NP, N)
     gA = tl.zeros([BD, NP], dtype=tl.float32)
     gD = tl.zeros([BD], dtype=tl.float32)
     gbias = tl.zeros([BD], dtype=tl.float32)
-    for i in range(n_chunks):
-        c = i if REVERSE else n_chunks - 1 - i  # chunks against the scan order
+    c0 = seg * seg_chunks
+    c1 = tl.minimum(c0 + seg_chunks, n_chunks)
+    for i in range(c1 - c0):
+        c = c0 + i if REVERSE else c1 - 1 - i  # chunks against the scan order
         t = c * BT + offs_t
         mask_t = t < L
         m2 = mask_t[:, None] & mask_d[None, :]
@@ -225,21 +286,24 @@ def _bwd_direction(u_ptr, dt_ptr, B_ptr, C_ptr, z_ptr, g_ptr, h_ptr,
 
 @triton.jit
 def bimamba_bwd_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, z_ptr, g_ptr, h_ptr,
-                       gu_ptr, gdt_ptr, gB_ptr, gC_ptr, gz_ptr, gA_ptr, gD_ptr, gbias_ptr,
-                       L, Dm, n_chunks,
+                       gu_ptr, gdt_ptr, gB_ptr, gC_ptr, gz_ptr, gA_ptr, gD_ptr, gbias_ptr, E_ptr, S_ptr,
+                       L, Dm, n_chunks, n_seg, seg_chunks,
                        s_u_k, s_u_b, s_u_t, s_dt_k, s_dt_b, s_dt_t,
                        s_B_k, s_B_b, s_B_t, s_B_n, s_C_k, s_C_b, s_C_t, s_C_n,
                        s_z_b, s_z_t, s_g_b, s_g_t, s_g_k, s_h_k, s_h_b, s_h_c,
                        s_gx_k, s_gx_b, s_gx_t, s_gbc_k, s_gbc_b, s_gbc_t, s_gz_k, s_gz_b, s_gz_t,
-                       HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
+                       SUMMARY: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
                        SOFTPLUS: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr, NP: tl.constexpr,
                        N: tl.constexpr):
-    pid_d, b, k = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    """Grid and segments as in bimamba_fwd_kernel: a SUMMARY launch for the adjoint, then the gradients."""
+    pid_d, pid_bs, k = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    b, seg = pid_bs // n_seg, pid_bs % n_seg
     offs_d = pid_d * BD + tl.arange(0, BD)
     mask_d = offs_d < Dm
     offs_n = tl.arange(0, NP)
     A = tl.load(A_ptr + k * Dm * N + offs_d[:, None] * N + offs_n[None, :],
                 mask=mask_d[:, None] & (offs_n[None, :] < N), other=0.0)
+    A2 = A * LOG2E
     Dv = tl.load(D_ptr + k * Dm + offs_d, mask=mask_d, other=0.0) if HAS_D else None
     bias = tl.load(bias_ptr + k * Dm + offs_d, mask=mask_d, other=0.0) if HAS_BIAS else None
     u_ptr += k * s_u_k + b * s_u_b
@@ -257,10 +321,23 @@ def bimamba_bwd_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, z_pt
     gA_ptr += k * Dm * N
     gD_ptr += k * Dm
     gbias_ptr += k * Dm
-    args = (u_ptr, dt_ptr, B_ptr, C_ptr, z_ptr, g_ptr, h_ptr, gu_ptr, gdt_ptr, gB_ptr, gC_ptr, gz_ptr,
-            gA_ptr, gD_ptr, gbias_ptr, A, A * LOG2E, Dv, bias, offs_d, mask_d, L, n_chunks,
-            s_u_t, s_dt_t, s_B_t, s_B_n, s_C_t, s_C_n, s_z_t, s_g_t, s_h_c, s_gx_t, s_gbc_t, s_gz_t)
-    if k == 0:
-        _bwd_direction(*args, False, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, BT, BD, NP, N)
+    E_ptr += (k * tl.num_programs(1) + b * n_seg) * Dm * N
+    S_ptr += (k * tl.num_programs(1) + b * n_seg) * Dm
+    if SUMMARY:
+        if k == 0:
+            _bwd_summary_direction(dt_ptr, C_ptr, z_ptr, g_ptr, E_ptr, S_ptr, A2, bias, offs_d, mask_d, L, Dm,
+                                   n_chunks, seg, seg_chunks, s_dt_t, s_C_t, s_C_n, s_z_t, s_g_t,
+                                   False, HAS_Z, HAS_BIAS, SOFTPLUS, BT, BD, NP, N)
+        else:
+            _bwd_summary_direction(dt_ptr, C_ptr, z_ptr, g_ptr, E_ptr, S_ptr, A2, bias, offs_d, mask_d, L, Dm,
+                                   n_chunks, seg, seg_chunks, s_dt_t, s_C_t, s_C_n, s_z_t, s_g_t,
+                                   True, HAS_Z, HAS_BIAS, SOFTPLUS, BT, BD, NP, N)
     else:
-        _bwd_direction(*args, True, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, BT, BD, NP, N)
+        args = (u_ptr, dt_ptr, B_ptr, C_ptr, z_ptr, g_ptr, h_ptr, gu_ptr, gdt_ptr, gB_ptr, gC_ptr, gz_ptr,
+                gA_ptr, gD_ptr, gbias_ptr, E_ptr, S_ptr, A, A2, Dv, bias, offs_d, mask_d, L, Dm, n_chunks,
+                seg, n_seg, seg_chunks,
+                s_u_t, s_dt_t, s_B_t, s_B_n, s_C_t, s_C_n, s_z_t, s_g_t, s_h_c, s_gx_t, s_gbc_t, s_gz_t)
+        if k == 0:
+            _bwd_direction(*args, False, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, BT, BD, NP, N)
+        else:
+            _bwd_direction(*args, True, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, BT, BD, NP, N)

@@ -127,20 +127,26 @@ class _BiMambaScan(torch.autograd.Function):
         gA = torch.zeros(2, dim, n, **f32)
         gD = torch.zeros(2, dim, **f32)
         gbias = torch.zeros(2, dim, **f32)
+        n_dblk = triton_cdiv(dim, BD)
+        n_seg, seg_chunks = split_sequence(n_chunks, n_dblk * bsz * 2)
+        E = u.new_empty((2, bsz, n_seg, dim, n), dtype=torch.float32)
+        S = u.new_empty((2, bsz, n_seg, dim), dtype=torch.float32)
         dummy = A
         zz = z if z is not None else u[0]
-        grid = (triton_cdiv(dim, BD), bsz, 2)
-        k.bimamba_bwd_kernel[grid](
-            u, delta, A, B, C, D if D is not None else dummy, delta_bias if delta_bias is not None else dummy,
-            zz, gy, h, gu, gdt, gB, gC, gz, gA, gD, gbias, L, dim, n_chunks,
-            u.stride(0), u.stride(1), u.stride(2), delta.stride(0), delta.stride(1), delta.stride(2),
-            B.stride(0), B.stride(1), B.stride(2), B.stride(3), C.stride(0), C.stride(1), C.stride(2), C.stride(3),
-            zz.stride(0), zz.stride(1), gy.stride(0), gy.stride(1), gy.stride(2),
-            h.stride(0), h.stride(1), h.stride(2),
-            gu.stride(0), gu.stride(1), gu.stride(2), gB.stride(0), gB.stride(1), gB.stride(2),
-            gz.stride(0), gz.stride(1), gz.stride(2),
-            HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
-            SOFTPLUS=ctx.delta_softplus, BT=BT, BD=BD, NP=next_pow2(n), N=n, num_warps=warps)
+        grid = (n_dblk, bsz * n_seg, 2)
+        args = (u, delta, A, B, C, D if D is not None else dummy, delta_bias if delta_bias is not None else dummy,
+                zz, gy, h, gu, gdt, gB, gC, gz, gA, gD, gbias, E, S, L, dim, n_chunks, n_seg, seg_chunks,
+                u.stride(0), u.stride(1), u.stride(2), delta.stride(0), delta.stride(1), delta.stride(2),
+                B.stride(0), B.stride(1), B.stride(2), B.stride(3), C.stride(0), C.stride(1), C.stride(2),
+                C.stride(3), zz.stride(0), zz.stride(1), gy.stride(0), gy.stride(1), gy.stride(2),
+                h.stride(0), h.stride(1), h.stride(2),
+                gu.stride(0), gu.stride(1), gu.stride(2), gB.stride(0), gB.stride(1), gB.stride(2),
+                gz.stride(0), gz.stride(1), gz.stride(2))
+        flags = dict(HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
+                     SOFTPLUS=ctx.delta_softplus, BT=BT, BD=BD, NP=next_pow2(n), N=n, num_warps=warps)
+        if n_seg > 1:
+            k.bimamba_bwd_kernel[grid](*args, SUMMARY=True, **flags)
+        k.bimamba_bwd_kernel[grid](*args, SUMMARY=False, **flags)
         dt_in = ctx.saved_tensors[1]
         return (gu, gdt.to(dt_in.dtype), gA, gB.to(B.dtype), gC.to(C.dtype),
                 gD if D is not None else None,
