@@ -130,9 +130,9 @@ def main(argv=None):
     p.add_argument("--json", help="write results here")
     args = p.parse_args(argv)
     if args.load_blocks:
-        from retrieval.kernels import bimamba_scan
+        from bench_scan_gpu import load_blocks
         with open(args.load_blocks) as f:
-            bimamba_scan.BLOCK_SIZES.update({k: tuple(v) for k, v in json.load(f).items()})
+            load_blocks(json.load(f))
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     rows, profiles = [], {}
     for T in args.frames:

@@ -79,6 +79,12 @@ def run_mamba(dirs, backward: bool):
     return ys
 
 
+def load_blocks(saved: dict) -> None:
+    """Apply a --save-blocks file: block sizes and the split target."""
+    bimamba_scan.SPLIT["programs"] = saved.pop("split_programs", bimamba_scan.SPLIT["programs"])
+    bimamba_scan.BLOCK_SIZES.update({k: tuple(v) for k, v in saved.items()})
+
+
 def traffic_bytes(batch, seqlen, dim, dstate, elem=2) -> float:
     """Least HBM traffic of one forward: read u, dt (both directions), z, B, C; write y (both)."""
     per_token = (2 * 2 * dim + dim + 2 * 2 * dstate + 2 * dim) * elem
@@ -102,17 +108,20 @@ def main(argv=None):
     res = {"device": torch.cuda.get_device_name(), "shape": vars(args), "sweep": []}
     if args.sweep:  # inference forward and training forward + backward configs, each fastest kept
         rows = []
-        for chunk in (8, 16, 32):
-            for bd, w in ((8, 1), (16, 1), (8, 2), (16, 2), (8, 4), (32, 4)):
+        for programs in (4096, 16384):
+            bimamba_scan.SPLIT["programs"] = programs
+            for chunk, bd, w in ((16, 8, 4), (16, 16, 4), (16, 16, 8), (32, 8, 4), (32, 16, 8), (32, 32, 8)):
                 bimamba_scan.BLOCK_SIZES["infer"] = (chunk, bd, w)
                 with torch.no_grad():
-                    rows.append({"infer": (chunk, bd, w), "fwd_ms": timed(lambda: run_ours(inp, False), 5, 1) * 1e3})
+                    rows.append({"infer": (chunk, bd, w), "programs": programs,
+                                 "fwd_ms": timed(lambda: run_ours(inp, False), 5, 1) * 1e3})
                 print(rows[-1], flush=True)
         best_infer = min(rows, key=lambda r: r["fwd_ms"])
+        bimamba_scan.SPLIT["programs"] = best_infer["programs"]
         train_rows = []
         for chunk in (8, 16):
-            for fbd, fw in ((8, 2),):
-                for bbd, bw in ((8, 1), (8, 2), (8, 4)):
+            for fbd, fw in ((8, 2), (16, 4)):
+                for bbd, bw in ((8, 2), (8, 4)):
                     bimamba_scan.BLOCK_SIZES.update(train=(chunk, fbd, fw), bwd=(chunk, bbd, bw))
                     train_rows.append({"train": (chunk, fbd, fw), "bwd": (chunk, bbd, bw),
                                        "fwdbwd_ms": timed(lambda: run_ours(inp, True), 3, 1) * 1e3})
@@ -122,11 +131,11 @@ def main(argv=None):
         res["sweep"] = rows + train_rows
         if args.save_blocks:
             with open(args.save_blocks, "w") as f:
-                json.dump(bimamba_scan.BLOCK_SIZES, f)
+                json.dump({**bimamba_scan.BLOCK_SIZES, "split_programs": bimamba_scan.SPLIT["programs"]}, f)
     elif args.load_blocks:
         with open(args.load_blocks) as f:
-            bimamba_scan.BLOCK_SIZES.update({k: tuple(v) for k, v in json.load(f).items()})
-    res["blocks"] = dict(bimamba_scan.BLOCK_SIZES)
+            load_blocks(json.load(f))
+    res["blocks"] = {**bimamba_scan.BLOCK_SIZES, "split_programs": bimamba_scan.SPLIT["programs"]}
     # parity with mamba-ssm on these inputs (bf16 in, fp32 state on both sides)
     dirs = channel_major(inp)
     with torch.no_grad():
