@@ -12,7 +12,7 @@ import statistics
 
 import torch
 
-from retrieval.kernels import bimamba_scan
+from retrieval.kernels import bimamba_scan as bs
 from retrieval.kernels.bimamba_scan import bimamba_scan_fn
 
 # H200 SXM: HBM3e bandwidth; exp2 on the SFUs: 16 per SM per clock x 132 SMs x 1.98 GHz boost.
@@ -79,10 +79,21 @@ def run_mamba(dirs, backward: bool):
     return ys
 
 
+def settings() -> dict:
+    """The kernel settings a --save-blocks file holds."""
+    return {"FORWARD": bs.FORWARD, "SEQ": bs.SEQ, "SPLIT": bs.SPLIT, "BLOCK_SIZES": bs.BLOCK_SIZES}
+
+
 def load_blocks(saved: dict) -> None:
-    """Apply a --save-blocks file: block sizes and the split target."""
-    bimamba_scan.SPLIT["programs"] = saved.pop("split_programs", bimamba_scan.SPLIT["programs"])
-    bimamba_scan.BLOCK_SIZES.update({k: tuple(v) for k, v in saved.items()})
+    """Apply a --save-blocks file."""
+    bs.FORWARD = saved["FORWARD"]
+    for name in ("SEQ", "SPLIT", "BLOCK_SIZES"):
+        getattr(bs, name).update({k: tuple(v) if isinstance(v, list) else v for k, v in saved[name].items()})
+
+
+def timed_fwd(inp) -> float:
+    with torch.no_grad():
+        return timed(lambda: run_ours(inp, False), 5, 1) * 1e3
 
 
 def traffic_bytes(batch, seqlen, dim, dstate, elem=2) -> float:
@@ -106,36 +117,35 @@ def main(argv=None):
     dt = torch.bfloat16
     inp = make_inputs(args.batch, args.seqlen, args.dim, args.dstate, dt)
     res = {"device": torch.cuda.get_device_name(), "shape": vars(args), "sweep": []}
-    if args.sweep:  # inference forward and training forward + backward configs, each fastest kept
+    if args.sweep:  # forward kernels and their block sizes (inference), then training configs; fastest kept
         rows = []
-        for programs in (4096, 16384):
-            bimamba_scan.SPLIT["programs"] = programs
-            for chunk, bd, w in ((16, 8, 4), (16, 16, 4), (16, 16, 8), (32, 8, 4), (32, 16, 8), (32, 32, 8)):
-                bimamba_scan.BLOCK_SIZES["infer"] = (chunk, bd, w)
-                with torch.no_grad():
-                    rows.append({"infer": (chunk, bd, w), "programs": programs,
-                                 "fwd_ms": timed(lambda: run_ours(inp, False), 5, 1) * 1e3})
+        for block in ((16, 1), (32, 1), (64, 2), (128, 4)):
+            for programs in (4096, 16384):
+                bs.FORWARD, bs.SEQ["block"], bs.SEQ["programs"] = "seq", block, programs
+                rows.append({"forward": "seq", "block": block, "programs": programs,
+                             "fwd_ms": timed_fwd(inp)})
                 print(rows[-1], flush=True)
-        best_infer = min(rows, key=lambda r: r["fwd_ms"])
-        bimamba_scan.SPLIT["programs"] = best_infer["programs"]
+        bs.FORWARD, bs.SPLIT["programs"] = "tile", 0  # the chunked-scan forward, unsplit (its best before)
+        rows.append({"forward": "tile", "block": bs.BLOCK_SIZES["infer"], "programs": 0, "fwd_ms": timed_fwd(inp)})
+        print(rows[-1], flush=True)
+        best = min(rows, key=lambda r: r["fwd_ms"])
+        bs.FORWARD = best["forward"]
+        if best["forward"] == "seq":
+            bs.SEQ.update(block=best["block"], programs=best["programs"])
         train_rows = []
-        for chunk in (8, 16):
-            for fbd, fw in ((8, 2), (16, 4)):
-                for bbd, bw in ((8, 2), (8, 4)):
-                    bimamba_scan.BLOCK_SIZES.update(train=(chunk, fbd, fw), bwd=(chunk, bbd, bw))
-                    train_rows.append({"train": (chunk, fbd, fw), "bwd": (chunk, bbd, bw),
-                                       "fwdbwd_ms": timed(lambda: run_ours(inp, True), 3, 1) * 1e3})
-                    print(train_rows[-1], flush=True)
-        best_train = min(train_rows, key=lambda r: r["fwdbwd_ms"])
-        bimamba_scan.BLOCK_SIZES.update(infer=best_infer["infer"], train=best_train["train"], bwd=best_train["bwd"])
+        for programs in (0, 4096, 16384):  # how far the backward splits the sequence
+            bs.SPLIT["programs"] = programs
+            train_rows.append({"split_programs": programs, "fwdbwd_ms": timed(lambda: run_ours(inp, True), 3, 1) * 1e3})
+            print(train_rows[-1], flush=True)
+        bs.SPLIT["programs"] = min(train_rows, key=lambda r: r["fwdbwd_ms"])["split_programs"]
         res["sweep"] = rows + train_rows
         if args.save_blocks:
             with open(args.save_blocks, "w") as f:
-                json.dump({**bimamba_scan.BLOCK_SIZES, "split_programs": bimamba_scan.SPLIT["programs"]}, f)
+                json.dump(settings(), f)
     elif args.load_blocks:
         with open(args.load_blocks) as f:
             load_blocks(json.load(f))
-    res["blocks"] = {**bimamba_scan.BLOCK_SIZES, "split_programs": bimamba_scan.SPLIT["programs"]}
+    res["blocks"] = settings()
     # parity with mamba-ssm on these inputs (bf16 in, fp32 state on both sides)
     dirs = channel_major(inp)
     with torch.no_grad():

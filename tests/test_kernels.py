@@ -65,9 +65,12 @@ def assert_scan_parity(inputs, softplus=True, seed=0):
 SMALL_BLOCKS = {"infer": (16, 16, 4), "train": (16, 16, 4), "bwd": (16, 16, 4)}
 
 
-@pytest.fixture
-def small_blocks(monkeypatch):
+@pytest.fixture(params=["seq", "tile"])
+def small_blocks(monkeypatch, request):
+    """Both forward kernels, small segments for the step-by-step one (so L = 40+ is split)."""
     monkeypatch.setattr(bimamba_scan, "BLOCK_SIZES", dict(SMALL_BLOCKS))
+    monkeypatch.setattr(bimamba_scan, "FORWARD", request.param)
+    monkeypatch.setattr(bimamba_scan, "SEQ", {"block": (16, 1), "programs": 10**6, "min_len": 8})
 
 
 @needs_interpreter

@@ -68,8 +68,8 @@ def _fwd_direction(u_ptr, dt_ptr, B_ptr, C_ptr, z_ptr, y_ptr, h_ptr, E_ptr, S_pt
     dsum = tl.zeros([BD], dtype=tl.float32)
     for i in range(c1 - c0):
         c = c1 - 1 - i if REVERSE else c0 + i
-        if SAVE:  # state entering chunk c in this direction's order, for the backward
-            tl.store(h_ptr + c * s_h_c + offs_d[:, None] * N + offs_n[None, :], h, mask=mask_dn)
+        if SAVE:  # state entering chunk c in this direction's order, for the backward; (N, D) layout
+            tl.store(h_ptr + c * s_h_c + offs_n[None, :] * Dm + offs_d[:, None], h, mask=mask_dn)
         t = c * BT + offs_t
         mask_t = t < L
         m2 = mask_t[:, None] & mask_d[None, :]
@@ -237,7 +237,7 @@ def _bwd_direction(u_ptr, dt_ptr, B_ptr, C_ptr, z_ptr, g_ptr, h_ptr,
         x = delta * u
         bx = x[:, :, None] * Bv[:, None, :]
         acum, hloc = tl.associative_scan((a, bx), 0, _combine, reverse=REVERSE)
-        h_in = tl.load(h_ptr + c * s_h_c + offs_d[:, None] * N + offs_n[None, :], mask=mask_dn, other=0.0)
+        h_in = tl.load(h_ptr + c * s_h_c + offs_n[None, :] * Dm + offs_d[:, None], mask=mask_dn, other=0.0)
         hs = hloc + acum * h_in[None, :, :]
         if HAS_Z:
             z = tl.load(z_ptr + t[:, None] * s_z_t + offs_d[None, :], mask=m2, other=0.0).to(tl.float32)
@@ -341,3 +341,102 @@ def bimamba_bwd_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, z_pt
             _bwd_direction(*args, False, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, BT, BD, NP, N)
         else:
             _bwd_direction(*args, True, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, BT, BD, NP, N)
+
+
+@triton.jit
+def _fwd_seq_direction(u_ptr, dt_ptr, B_ptr, C_ptr, z_ptr, y_ptr, h_ptr, E_ptr, S_ptr, A2T, Dv, bias,
+                       offs_d, mask_d, L, Dm, seg, seg_len, n_seg,
+                       s_u_t, s_dt_t, s_B_t, s_B_n, s_C_t, s_C_n, s_z_t, s_y_t, s_h_c,
+                       REVERSE: tl.constexpr, SUMMARY: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
+                       HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, SAVE: tl.constexpr, BT: tl.constexpr,
+                       BD: tl.constexpr, NP: tl.constexpr, N: tl.constexpr):
+    offs_n = tl.arange(0, NP)
+    mask_n = offs_n < N
+    mask_nd = mask_n[:, None] & mask_d[None, :]
+    st_off = offs_n[:, None] * Dm + offs_d[None, :]  # (NP, BD) view of an (N, D) state: channels contiguous
+    t0 = seg * seg_len
+    t1 = tl.minimum(t0 + seg_len, L)
+    h = tl.zeros([NP, BD], dtype=tl.float32)
+    if not SUMMARY:  # enter with what the segments before this one (in scan order) leave behind
+        n_prev = n_seg - 1 - seg if REVERSE else seg
+        for j in range(n_prev):
+            sp = n_seg - 1 - j if REVERSE else j
+            E = tl.load(E_ptr + sp * Dm * N + st_off, mask=mask_nd, other=0.0)
+            ds = tl.load(S_ptr + sp * Dm + offs_d, mask=mask_d, other=0.0)
+            h = tl.exp2(ds[None, :] * A2T) * h + E
+    dsum = tl.zeros([BD], dtype=tl.float32)
+    for i in range(t1 - t0):
+        t = t1 - 1 - i if REVERSE else t0 + i
+        if SAVE:  # the state entering each BT-step chunk (scan order), which the backward starts from
+            if REVERSE:
+                if ((t + 1) % BT == 0) | (t == L - 1):
+                    tl.store(h_ptr + (t // BT) * s_h_c + st_off, h, mask=mask_nd)
+            else:
+                if t % BT == 0:
+                    tl.store(h_ptr + (t // BT) * s_h_c + st_off, h, mask=mask_nd)
+        u = tl.load(u_ptr + t * s_u_t + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+        d = tl.load(dt_ptr + t * s_dt_t + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+        if HAS_BIAS:
+            d = d + bias
+        if SOFTPLUS:
+            d = _softplus(d)
+        Bv = tl.load(B_ptr + t * s_B_t + offs_n * s_B_n, mask=mask_n, other=0.0).to(tl.float32)
+        h = tl.exp2(d[None, :] * A2T) * h + (d * u)[None, :] * Bv[:, None]  # (NP, BD)
+        if SUMMARY:
+            dsum += d
+        else:
+            Cv = tl.load(C_ptr + t * s_C_t + offs_n * s_C_n, mask=mask_n, other=0.0).to(tl.float32)
+            y = tl.sum(h * Cv[:, None], axis=0)  # (BD,): a thread's own states, no shuffles
+            if HAS_D:
+                y = y + Dv * u
+            if HAS_Z:
+                z = tl.load(z_ptr + t * s_z_t + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+                y = y * z * tl.sigmoid(z)
+            tl.store(y_ptr + t * s_y_t + offs_d, y.to(y_ptr.dtype.element_ty), mask=mask_d)
+    if SUMMARY:
+        tl.store(E_ptr + seg * Dm * N + st_off, h, mask=mask_nd)
+        tl.store(S_ptr + seg * Dm + offs_d, dsum, mask=mask_d)
+
+
+@triton.jit
+def bimamba_fwd_seq_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, z_ptr, y_ptr, h_ptr, E_ptr, S_ptr,
+                           L, Dm, seg_len, n_seg,
+                           s_u_k, s_u_b, s_u_t, s_dt_k, s_dt_b, s_dt_t,
+                           s_B_k, s_B_b, s_B_t, s_B_n, s_C_k, s_C_b, s_C_t, s_C_n,
+                           s_z_b, s_z_t, s_y_b, s_y_t, s_y_k, s_h_k, s_h_b, s_h_c,
+                           SUMMARY: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
+                           SOFTPLUS: tl.constexpr, SAVE: tl.constexpr,
+                           BT: tl.constexpr, BD: tl.constexpr, NP: tl.constexpr, N: tl.constexpr):
+    """The forward step by step: each thread owns one channel's N states in registers (mamba-ssm's
+    layout), so a step costs ~N exp2 + 2N FMAs per thread and no cross-thread traffic; the sequence
+    is split into segments (summary launch + output launch) so enough warps hide the loads' latency."""
+    pid_d, pid_bs, k = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    b, seg = pid_bs // n_seg, pid_bs % n_seg
+    offs_d = pid_d * BD + tl.arange(0, BD)
+    mask_d = offs_d < Dm
+    offs_n = tl.arange(0, NP)
+    # A arrives as (2, N, D): every 2-D access here runs along channels, which makes Triton lay the
+    # channels across lanes and keep each channel's N states inside one thread.
+    A2T = tl.load(A_ptr + k * Dm * N + offs_n[:, None] * Dm + offs_d[None, :],
+                  mask=(offs_n[:, None] < N) & mask_d[None, :], other=0.0) * LOG2E  # (NP, BD)
+    Dv = tl.load(D_ptr + k * Dm + offs_d, mask=mask_d, other=0.0) if HAS_D else None
+    bias = tl.load(bias_ptr + k * Dm + offs_d, mask=mask_d, other=0.0) if HAS_BIAS else None
+    u_ptr += k * s_u_k + b * s_u_b
+    dt_ptr += k * s_dt_k + b * s_dt_b
+    B_ptr += k * s_B_k + b * s_B_b
+    C_ptr += k * s_C_k + b * s_C_b
+    z_ptr += b * s_z_b
+    y_ptr += b * s_y_b + k * s_y_k
+    h_ptr += k * s_h_k + b * s_h_b
+    E_ptr += (k * tl.num_programs(1) + b * n_seg) * Dm * N
+    S_ptr += (k * tl.num_programs(1) + b * n_seg) * Dm
+    if k == 0:
+        _fwd_seq_direction(u_ptr, dt_ptr, B_ptr, C_ptr, z_ptr, y_ptr, h_ptr, E_ptr, S_ptr, A2T, Dv, bias,
+                           offs_d, mask_d, L, Dm, seg, seg_len, n_seg,
+                           s_u_t, s_dt_t, s_B_t, s_B_n, s_C_t, s_C_n, s_z_t, s_y_t, s_h_c,
+                           False, SUMMARY, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, SAVE, BT, BD, NP, N)
+    else:
+        _fwd_seq_direction(u_ptr, dt_ptr, B_ptr, C_ptr, z_ptr, y_ptr, h_ptr, E_ptr, S_ptr, A2T, Dv, bias,
+                           offs_d, mask_d, L, Dm, seg, seg_len, n_seg,
+                           s_u_t, s_dt_t, s_B_t, s_B_n, s_C_t, s_C_n, s_z_t, s_y_t, s_h_c,
+                           True, SUMMARY, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, SAVE, BT, BD, NP, N)

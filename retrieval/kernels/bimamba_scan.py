@@ -22,6 +22,11 @@ BLOCK_SIZES = {"infer": (16, 8, 4), "train": (8, 8, 2), "bwd": (8, 8, 2)}
 # When (channel blocks x batch x 2) programs are too few to hide the chunk loop's latency, the forward
 # splits the sequence into segments (a summary pass, then the output pass chaining the segments).
 SPLIT = {"programs": 8192, "min_chunks": 4}
+# The step-by-step forward (one thread per channel, its states in registers): (channels per program,
+# warps), the programs to aim for when splitting the sequence, and the shortest segment. FORWARD picks it
+# ("seq") or the chunked associative-scan forward ("tile").
+SEQ = {"block": (32, 1), "programs": 8192, "min_len": 64}
+FORWARD = "seq"
 
 
 def _check(u, delta, A, B, C, D, z, delta_bias) -> None:
@@ -83,25 +88,35 @@ class _BiMambaScan(torch.autograd.Function):
         BT, BD, warps = BLOCK_SIZES["train" if save else "infer"]
         n_chunks = triton_cdiv(L, BT)
         y = u.new_empty(bsz, L, 2, dim)
-        h = u.new_empty((2, bsz, n_chunks, dim, n) if save else (1,), dtype=torch.float32)
+        h = u.new_empty((2, bsz, n_chunks, n, dim) if save else (1,), dtype=torch.float32)  # chunk-entry states
+        seq = FORWARD == "seq"
+        if seq:
+            BD, warps = SEQ["block"]
         n_dblk = triton_cdiv(dim, BD)
-        n_seg, seg_chunks = split_sequence(n_chunks, n_dblk * bsz * 2)
+        if seq:
+            n_seg = max(1, min(triton_cdiv(SEQ["programs"], n_dblk * bsz * 2), L // SEQ["min_len"]))
+            seg = triton_cdiv(L, n_seg)  # steps per segment
+            n_seg = triton_cdiv(L, seg)
+        else:
+            n_seg, seg = split_sequence(n_chunks, n_dblk * bsz * 2)  # seg: chunks per segment
         E = u.new_empty((2, bsz, n_seg, dim, n) if n_seg > 1 else (1,), dtype=torch.float32)
         S = u.new_empty((2, bsz, n_seg, dim) if n_seg > 1 else (1,), dtype=torch.float32)
         dummy = A  # stands in for absent optional tensors (never read)
         zz = z if z is not None else u[0]
         grid = (n_dblk, bsz * n_seg, 2)
-        args = (u, delta, A, B, C, D if D is not None else dummy, delta_bias if delta_bias is not None else dummy,
-                zz, y, h, E, S, L, dim, n_chunks, n_seg, seg_chunks,
+        sizes = (L, dim, seg, n_seg) if seq else (L, dim, n_chunks, n_seg, seg)
+        args = (u, delta, A.transpose(1, 2).contiguous() if seq else A, B, C, D if D is not None else dummy, delta_bias if delta_bias is not None else dummy,
+                zz, y, h, E, S, *sizes,
                 u.stride(0), u.stride(1), u.stride(2), delta.stride(0), delta.stride(1), delta.stride(2),
                 B.stride(0), B.stride(1), B.stride(2), B.stride(3), C.stride(0), C.stride(1), C.stride(2),
                 C.stride(3), zz.stride(0), zz.stride(1), y.stride(0), y.stride(1), y.stride(2),
                 h.stride(0) if save else 0, h.stride(1) if save else 0, h.stride(2) if save else 0)
         flags = dict(HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
                      SOFTPLUS=bool(delta_softplus), BT=BT, BD=BD, NP=next_pow2(n), N=n, num_warps=warps)
+        kernel = k.bimamba_fwd_seq_kernel if seq else k.bimamba_fwd_kernel
         if n_seg > 1:  # segment summaries first; the output launch chains them
-            k.bimamba_fwd_kernel[grid](*args, SUMMARY=True, SAVE=False, **flags)
-        k.bimamba_fwd_kernel[grid](*args, SUMMARY=False, SAVE=save, **flags)
+            kernel[grid](*args, SUMMARY=True, SAVE=False, **flags)
+        kernel[grid](*args, SUMMARY=False, SAVE=save, **flags)
         if save:
             ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, h)
             ctx.delta_softplus, ctx.chunk = bool(delta_softplus), BT
