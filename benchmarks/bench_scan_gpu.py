@@ -119,21 +119,23 @@ def main(argv=None):
     res = {"device": torch.cuda.get_device_name(), "shape": vars(args), "sweep": []}
     if args.sweep:  # forward kernels and their block sizes (inference), then training configs; fastest kept
         rows = []
-        for block in ((16, 1), (32, 1), (64, 2), (128, 4)):
-            for programs in (4096, 16384):
-                bs.FORWARD, bs.SEQ["block"], bs.SEQ["programs"] = "seq", block, programs
-                rows.append({"forward": "seq", "block": block, "programs": programs,
-                             "fwd_ms": timed_fwd(inp)})
-                print(rows[-1], flush=True)
+        for prefetch in (False, True):
+            for block in ((32, 1), (64, 2)):
+                for programs in (8192, 16384, 32768):
+                    bs.FORWARD = "seq"
+                    bs.SEQ.update(block=block, programs=programs, prefetch=prefetch)
+                    rows.append({"forward": "seq", "block": block, "programs": programs, "prefetch": prefetch,
+                                 "fwd_ms": timed_fwd(inp)})
+                    print(rows[-1], flush=True)
         bs.FORWARD, bs.SPLIT["programs"] = "tile", 0  # the chunked-scan forward, unsplit (its best before)
         rows.append({"forward": "tile", "block": bs.BLOCK_SIZES["infer"], "programs": 0, "fwd_ms": timed_fwd(inp)})
         print(rows[-1], flush=True)
         best = min(rows, key=lambda r: r["fwd_ms"])
         bs.FORWARD = best["forward"]
         if best["forward"] == "seq":
-            bs.SEQ.update(block=best["block"], programs=best["programs"])
+            bs.SEQ.update(block=best["block"], programs=best["programs"], prefetch=best["prefetch"])
         train_rows = []
-        for programs in (0, 4096, 16384):  # how far the backward splits the sequence
+        for programs in (4096, 16384, 32768):  # how far the backward splits the sequence
             bs.SPLIT["programs"] = programs
             train_rows.append({"split_programs": programs, "fwdbwd_ms": timed(lambda: run_ours(inp, True), 3, 1) * 1e3})
             print(train_rows[-1], flush=True)

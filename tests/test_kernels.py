@@ -65,25 +65,43 @@ def assert_scan_parity(inputs, softplus=True, seed=0):
 SMALL_BLOCKS = {"infer": (16, 16, 4), "train": (16, 16, 4), "bwd": (16, 16, 4)}
 
 
-@pytest.fixture(params=["seq", "tile"])
-def small_blocks(monkeypatch, request):
-    """Both forward kernels, small segments for the step-by-step one (so L = 40+ is split)."""
+def use_forward(monkeypatch, forward: str) -> None:
+    """Pick a forward kernel: "seq", "seq-prefetch" or "tile"; small segments (L = 16+ is split)."""
     monkeypatch.setattr(bimamba_scan, "BLOCK_SIZES", dict(SMALL_BLOCKS))
-    monkeypatch.setattr(bimamba_scan, "FORWARD", request.param)
-    monkeypatch.setattr(bimamba_scan, "SEQ", {"block": (16, 1), "programs": 10**6, "min_len": 8})
+    monkeypatch.setattr(bimamba_scan, "FORWARD", forward.split("-")[0])
+    monkeypatch.setattr(bimamba_scan, "SEQ", {"block": (16, 1), "programs": 10**6, "min_len": 8,
+                                              "prefetch": forward.endswith("prefetch")})
+
+
+@pytest.fixture
+def small_blocks(monkeypatch):
+    use_forward(monkeypatch, "seq")
+
+
+FORWARDS = ["seq", "seq-prefetch", "tile"]
 
 
 @needs_interpreter
-@pytest.mark.parametrize("seqlen", [1, 16, 17, 32, 129])
-def test_bimamba_scan_matches_reference(interpreter, small_blocks, seqlen):
+@pytest.mark.parametrize("forward", FORWARDS)
+@pytest.mark.parametrize("seqlen", [1, 17, 129])
+def test_bimamba_scan_matches_reference(interpreter, monkeypatch, forward, seqlen):
     # dim 20: one full 16-channel block and a masked tail.
+    use_forward(monkeypatch, forward)
     assert_scan_parity(scan_inputs(2, seqlen, 20, 4, seed=seqlen))
 
 
 @needs_interpreter
+@pytest.mark.parametrize("seqlen", [16, 32])
+def test_bimamba_scan_whole_chunks(interpreter, small_blocks, seqlen):
+    assert_scan_parity(scan_inputs(1, seqlen, 16, 4, seed=seqlen))
+
+
+@needs_interpreter
 @pytest.mark.parametrize("min_chunks,seqlen", [(1, 40), (2, 100), (10**9, 100)], ids=["seg-per-chunk", "uneven", "no-split"])
-def test_bimamba_scan_sequence_split(interpreter, small_blocks, monkeypatch, min_chunks, seqlen):
-    # Segments chained through their summaries (both directions), an uneven last segment, and no split at all.
+def test_bimamba_scan_sequence_split(interpreter, monkeypatch, min_chunks, seqlen):
+    # Segments chained through their summaries (both directions), an uneven last segment, and no split at all;
+    # the chunked forward here (the step-by-step one splits in every test above), the backward in all.
+    use_forward(monkeypatch, "tile")
     monkeypatch.setattr(bimamba_scan, "SPLIT", {"programs": 10**6, "min_chunks": min_chunks})
     inp = scan_inputs(1, seqlen, 8, 4, seed=11)
     assert bimamba_scan.split_sequence(-(-seqlen // 16), 2)[0] == (1 if min_chunks > 10 else -(-seqlen // 16) // min_chunks)

@@ -344,12 +344,61 @@ def bimamba_bwd_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, z_pt
 
 
 @triton.jit
+def _step_inputs(u_ptr, dt_ptr, B_ptr, C_ptr, z_ptr, t, ok, offs_d, mask_d, offs_n, mask_n,
+                 s_u_t, s_dt_t, s_B_t, s_B_n, s_C_t, s_C_n, s_z_t, SUMMARY: tl.constexpr, HAS_Z: tl.constexpr):
+    """One step's u, raw dt (BD,), B, C (NP,) and z (BD,) in fp32; zeros where not ok (past the segment)."""
+    md = mask_d & ok
+    mn = mask_n & ok
+    u = tl.load(u_ptr + t * s_u_t + offs_d, mask=md, other=0.0).to(tl.float32)
+    d = tl.load(dt_ptr + t * s_dt_t + offs_d, mask=md, other=0.0).to(tl.float32)
+    Bv = tl.load(B_ptr + t * s_B_t + offs_n * s_B_n, mask=mn, other=0.0).to(tl.float32)
+    if SUMMARY:
+        Cv = Bv
+    else:
+        Cv = tl.load(C_ptr + t * s_C_t + offs_n * s_C_n, mask=mn, other=0.0).to(tl.float32)
+    if HAS_Z and not SUMMARY:
+        z = tl.load(z_ptr + t * s_z_t + offs_d, mask=md, other=0.0).to(tl.float32)
+    else:
+        z = u
+    return u, d, Bv, Cv, z
+
+
+@triton.jit
+def _seq_step(h, dsum, u, d, Bv, Cv, z, t, L, A2T, Dv, bias, y_ptr, h_ptr, offs_d, mask_d, st_off, mask_nd,
+              s_y_t, s_h_c, REVERSE: tl.constexpr, SUMMARY: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
+              HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, SAVE: tl.constexpr, BT: tl.constexpr):
+    """Step t of the recurrence on state h (NP, BD); stores y_t (or adds to dsum in a summary)."""
+    if SAVE:  # the state entering each BT-step chunk (scan order), which the backward starts from
+        if REVERSE:
+            if ((t + 1) % BT == 0) | (t == L - 1):
+                tl.store(h_ptr + (t // BT) * s_h_c + st_off, h, mask=mask_nd)
+        else:
+            if t % BT == 0:
+                tl.store(h_ptr + (t // BT) * s_h_c + st_off, h, mask=mask_nd)
+    if HAS_BIAS:
+        d = d + bias
+    if SOFTPLUS:
+        d = _softplus(d)
+    h = tl.exp2(d[None, :] * A2T) * h + (d * u)[None, :] * Bv[:, None]
+    if SUMMARY:
+        dsum += d
+    else:
+        y = tl.sum(h * Cv[:, None], axis=0)  # (BD,): a thread's own states, no shuffles
+        if HAS_D:
+            y = y + Dv * u
+        if HAS_Z:
+            y = y * z * tl.sigmoid(z)
+        tl.store(y_ptr + t * s_y_t + offs_d, y.to(y_ptr.dtype.element_ty), mask=mask_d)
+    return h, dsum
+
+
+@triton.jit
 def _fwd_seq_direction(u_ptr, dt_ptr, B_ptr, C_ptr, z_ptr, y_ptr, h_ptr, E_ptr, S_ptr, A2T, Dv, bias,
                        offs_d, mask_d, L, Dm, seg, seg_len, n_seg,
                        s_u_t, s_dt_t, s_B_t, s_B_n, s_C_t, s_C_n, s_z_t, s_y_t, s_h_c,
                        REVERSE: tl.constexpr, SUMMARY: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
-                       HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, SAVE: tl.constexpr, BT: tl.constexpr,
-                       BD: tl.constexpr, NP: tl.constexpr, N: tl.constexpr):
+                       HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, SAVE: tl.constexpr, PREFETCH: tl.constexpr,
+                       BT: tl.constexpr, BD: tl.constexpr, NP: tl.constexpr, N: tl.constexpr):
     offs_n = tl.arange(0, NP)
     mask_n = offs_n < N
     mask_nd = mask_n[:, None] & mask_d[None, :]
@@ -365,34 +414,27 @@ def _fwd_seq_direction(u_ptr, dt_ptr, B_ptr, C_ptr, z_ptr, y_ptr, h_ptr, E_ptr, 
             ds = tl.load(S_ptr + sp * Dm + offs_d, mask=mask_d, other=0.0)
             h = tl.exp2(ds[None, :] * A2T) * h + E
     dsum = tl.zeros([BD], dtype=tl.float32)
-    for i in range(t1 - t0):
-        t = t1 - 1 - i if REVERSE else t0 + i
-        if SAVE:  # the state entering each BT-step chunk (scan order), which the backward starts from
-            if REVERSE:
-                if ((t + 1) % BT == 0) | (t == L - 1):
-                    tl.store(h_ptr + (t // BT) * s_h_c + st_off, h, mask=mask_nd)
-            else:
-                if t % BT == 0:
-                    tl.store(h_ptr + (t // BT) * s_h_c + st_off, h, mask=mask_nd)
-        u = tl.load(u_ptr + t * s_u_t + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-        d = tl.load(dt_ptr + t * s_dt_t + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-        if HAS_BIAS:
-            d = d + bias
-        if SOFTPLUS:
-            d = _softplus(d)
-        Bv = tl.load(B_ptr + t * s_B_t + offs_n * s_B_n, mask=mask_n, other=0.0).to(tl.float32)
-        h = tl.exp2(d[None, :] * A2T) * h + (d * u)[None, :] * Bv[:, None]  # (NP, BD)
-        if SUMMARY:
-            dsum += d
-        else:
-            Cv = tl.load(C_ptr + t * s_C_t + offs_n * s_C_n, mask=mask_n, other=0.0).to(tl.float32)
-            y = tl.sum(h * Cv[:, None], axis=0)  # (BD,): a thread's own states, no shuffles
-            if HAS_D:
-                y = y + Dv * u
-            if HAS_Z:
-                z = tl.load(z_ptr + t * s_z_t + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-                y = y * z * tl.sigmoid(z)
-            tl.store(y_ptr + t * s_y_t + offs_d, y.to(y_ptr.dtype.element_ty), mask=mask_d)
+    if PREFETCH:  # software-pipelined by hand: step t+1's loads are issued before step t's arithmetic
+        t = t1 - 1 if REVERSE else t0
+        u, d, Bv, Cv, z = _step_inputs(u_ptr, dt_ptr, B_ptr, C_ptr, z_ptr, t, t0 < t1, offs_d, mask_d, offs_n,
+                                       mask_n, s_u_t, s_dt_t, s_B_t, s_B_n, s_C_t, s_C_n, s_z_t, SUMMARY, HAS_Z)
+        for i in range(t1 - t0):
+            t_next = t - 1 if REVERSE else t + 1
+            u_n, d_n, B_n, C_n, z_n = _step_inputs(u_ptr, dt_ptr, B_ptr, C_ptr, z_ptr, t_next, i + 1 < t1 - t0,
+                                                   offs_d, mask_d, offs_n, mask_n, s_u_t, s_dt_t, s_B_t, s_B_n,
+                                                   s_C_t, s_C_n, s_z_t, SUMMARY, HAS_Z)
+            h, dsum = _seq_step(h, dsum, u, d, Bv, Cv, z, t, L, A2T, Dv, bias, y_ptr, h_ptr, offs_d, mask_d,
+                                st_off, mask_nd, s_y_t, s_h_c, REVERSE, SUMMARY, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS,
+                                SAVE, BT)
+            u, d, Bv, Cv, z, t = u_n, d_n, B_n, C_n, z_n, t_next
+    else:
+        for i in range(t1 - t0):
+            t = t1 - 1 - i if REVERSE else t0 + i
+            u, d, Bv, Cv, z = _step_inputs(u_ptr, dt_ptr, B_ptr, C_ptr, z_ptr, t, True, offs_d, mask_d, offs_n,
+                                           mask_n, s_u_t, s_dt_t, s_B_t, s_B_n, s_C_t, s_C_n, s_z_t, SUMMARY, HAS_Z)
+            h, dsum = _seq_step(h, dsum, u, d, Bv, Cv, z, t, L, A2T, Dv, bias, y_ptr, h_ptr, offs_d, mask_d,
+                                st_off, mask_nd, s_y_t, s_h_c, REVERSE, SUMMARY, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS,
+                                SAVE, BT)
     if SUMMARY:
         tl.store(E_ptr + seg * Dm * N + st_off, h, mask=mask_nd)
         tl.store(S_ptr + seg * Dm + offs_d, dsum, mask=mask_d)
@@ -405,7 +447,7 @@ def bimamba_fwd_seq_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, 
                            s_B_k, s_B_b, s_B_t, s_B_n, s_C_k, s_C_b, s_C_t, s_C_n,
                            s_z_b, s_z_t, s_y_b, s_y_t, s_y_k, s_h_k, s_h_b, s_h_c,
                            SUMMARY: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
-                           SOFTPLUS: tl.constexpr, SAVE: tl.constexpr,
+                           SOFTPLUS: tl.constexpr, SAVE: tl.constexpr, PREFETCH: tl.constexpr,
                            BT: tl.constexpr, BD: tl.constexpr, NP: tl.constexpr, N: tl.constexpr):
     """The forward step by step: each thread owns one channel's N states in registers (mamba-ssm's
     layout), so a step costs ~N exp2 + 2N FMAs per thread and no cross-thread traffic; the sequence
@@ -434,9 +476,9 @@ def bimamba_fwd_seq_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, 
         _fwd_seq_direction(u_ptr, dt_ptr, B_ptr, C_ptr, z_ptr, y_ptr, h_ptr, E_ptr, S_ptr, A2T, Dv, bias,
                            offs_d, mask_d, L, Dm, seg, seg_len, n_seg,
                            s_u_t, s_dt_t, s_B_t, s_B_n, s_C_t, s_C_n, s_z_t, s_y_t, s_h_c,
-                           False, SUMMARY, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, SAVE, BT, BD, NP, N)
+                           False, SUMMARY, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, SAVE, PREFETCH, BT, BD, NP, N)
     else:
         _fwd_seq_direction(u_ptr, dt_ptr, B_ptr, C_ptr, z_ptr, y_ptr, h_ptr, E_ptr, S_ptr, A2T, Dv, bias,
                            offs_d, mask_d, L, Dm, seg, seg_len, n_seg,
                            s_u_t, s_dt_t, s_B_t, s_B_n, s_C_t, s_C_n, s_z_t, s_y_t, s_h_c,
-                           True, SUMMARY, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, SAVE, BT, BD, NP, N)
+                           True, SUMMARY, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, SAVE, PREFETCH, BT, BD, NP, N)

@@ -25,7 +25,7 @@ SPLIT = {"programs": 8192, "min_chunks": 4}
 # The step-by-step forward (one thread per channel, its states in registers): (channels per program,
 # warps), the programs to aim for when splitting the sequence, and the shortest segment. FORWARD picks it
 # ("seq") or the chunked associative-scan forward ("tile").
-SEQ = {"block": (32, 1), "programs": 8192, "min_len": 64}
+SEQ = {"block": (32, 1), "programs": 16384, "min_len": 64, "prefetch": False}
 FORWARD = "seq"
 
 
@@ -113,6 +113,8 @@ class _BiMambaScan(torch.autograd.Function):
                 h.stride(0) if save else 0, h.stride(1) if save else 0, h.stride(2) if save else 0)
         flags = dict(HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
                      SOFTPLUS=bool(delta_softplus), BT=BT, BD=BD, NP=next_pow2(n), N=n, num_warps=warps)
+        if seq:
+            flags["PREFETCH"] = bool(SEQ["prefetch"])
         kernel = k.bimamba_fwd_seq_kernel if seq else k.bimamba_fwd_kernel
         if n_seg > 1:  # segment summaries first; the output launch chains them
             kernel[grid](*args, SUMMARY=True, SAVE=False, **flags)
