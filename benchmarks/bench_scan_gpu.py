@@ -81,14 +81,12 @@ def run_mamba(dirs, backward: bool):
 
 def settings() -> dict:
     """The kernel settings a --save-blocks file holds."""
-    return {"FORWARD": bs.FORWARD, "SEQ": bs.SEQ, "SPLIT": bs.SPLIT, "BLOCK_SIZES": bs.BLOCK_SIZES}
+    return dict(bs.TUNING)
 
 
 def load_blocks(saved: dict) -> None:
     """Apply a --save-blocks file."""
-    bs.FORWARD = saved["FORWARD"]
-    for name in ("SEQ", "SPLIT", "BLOCK_SIZES"):
-        getattr(bs, name).update({k: tuple(v) if isinstance(v, list) else v for k, v in saved[name].items()})
+    bs.TUNING.update({k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()})
 
 
 def timed_fwd(inp) -> float:
@@ -117,29 +115,23 @@ def main(argv=None):
     dt = torch.bfloat16
     inp = make_inputs(args.batch, args.seqlen, args.dim, args.dstate, dt)
     res = {"device": torch.cuda.get_device_name(), "shape": vars(args), "sweep": []}
-    if args.sweep:  # forward kernels and their block sizes (inference), then training configs; fastest kept
+    if args.sweep:  # forward settings (inference), then the backward's split; the fastest of each kept
         rows = []
         for prefetch in (False, True):
             for block in ((32, 1), (64, 2)):
                 for programs in (8192, 16384, 32768):
-                    bs.FORWARD = "seq"
-                    bs.SEQ.update(block=block, programs=programs, prefetch=prefetch)
-                    rows.append({"forward": "seq", "block": block, "programs": programs, "prefetch": prefetch,
+                    bs.TUNING.update(fwd_block=block, fwd_programs=programs, fwd_prefetch=prefetch)
+                    rows.append({"fwd_block": block, "fwd_programs": programs, "fwd_prefetch": prefetch,
                                  "fwd_ms": timed_fwd(inp)})
                     print(rows[-1], flush=True)
-        bs.FORWARD, bs.SPLIT["programs"] = "tile", 0  # the chunked-scan forward, unsplit (its best before)
-        rows.append({"forward": "tile", "block": bs.BLOCK_SIZES["infer"], "programs": 0, "fwd_ms": timed_fwd(inp)})
-        print(rows[-1], flush=True)
         best = min(rows, key=lambda r: r["fwd_ms"])
-        bs.FORWARD = best["forward"]
-        if best["forward"] == "seq":
-            bs.SEQ.update(block=best["block"], programs=best["programs"], prefetch=best["prefetch"])
+        bs.TUNING.update({k: v for k, v in best.items() if k.startswith("fwd_") and k != "fwd_ms"})
         train_rows = []
-        for programs in (4096, 16384, 32768):  # how far the backward splits the sequence
-            bs.SPLIT["programs"] = programs
-            train_rows.append({"split_programs": programs, "fwdbwd_ms": timed(lambda: run_ours(inp, True), 3, 1) * 1e3})
+        for programs in (4096, 16384, 32768):
+            bs.TUNING["bwd_programs"] = programs
+            train_rows.append({"bwd_programs": programs, "fwdbwd_ms": timed(lambda: run_ours(inp, True), 3, 1) * 1e3})
             print(train_rows[-1], flush=True)
-        bs.SPLIT["programs"] = min(train_rows, key=lambda r: r["fwdbwd_ms"])["split_programs"]
+        bs.TUNING["bwd_programs"] = min(train_rows, key=lambda r: r["fwdbwd_ms"])["bwd_programs"]
         res["sweep"] = rows + train_rows
         if args.save_blocks:
             with open(args.save_blocks, "w") as f:

@@ -61,33 +61,25 @@ def assert_scan_parity(inputs, softplus=True, seed=0):
         assert rel_err(g[name], g64[name]) < TOL, f"d{name}: {rel_err(g[name], g64[name]):.2e}"
 
 
-# Chunk length 16 here, so L = 17 and 129 cross chunk boundaries and 16 / 32 end exactly on one.
-SMALL_BLOCKS = {"infer": (16, 16, 4), "train": (16, 16, 4), "bwd": (16, 16, 4)}
-
-
-def use_forward(monkeypatch, forward: str) -> None:
-    """Pick a forward kernel: "seq", "seq-prefetch" or "tile"; small segments (L = 16+ is split)."""
-    monkeypatch.setattr(bimamba_scan, "BLOCK_SIZES", dict(SMALL_BLOCKS))
-    monkeypatch.setattr(bimamba_scan, "FORWARD", forward.split("-")[0])
-    monkeypatch.setattr(bimamba_scan, "SEQ", {"block": (16, 1), "programs": 10**6, "min_len": 8,
-                                              "prefetch": forward.endswith("prefetch")})
+def small_tuning(monkeypatch, prefetch: bool = True, **overrides) -> None:
+    """Chunk length 16 and short segments, so the small shapes below cross chunk and segment boundaries."""
+    tuning = dict(bimamba_scan.TUNING, fwd_block=(16, 1), fwd_programs=10**6, fwd_min_len=8, fwd_prefetch=prefetch,
+                  chunk=16, bwd_block=(16, 4), bwd_programs=10**6, bwd_min_chunks=2)
+    monkeypatch.setattr(bimamba_scan, "TUNING", {**tuning, **overrides})
 
 
 @pytest.fixture
 def small_blocks(monkeypatch):
-    use_forward(monkeypatch, "seq")
-
-
-FORWARDS = ["seq", "seq-prefetch", "tile"]
+    small_tuning(monkeypatch)
 
 
 @needs_interpreter
-@pytest.mark.parametrize("forward", FORWARDS)
+@pytest.mark.parametrize("prefetch", [True, False], ids=["prefetch", "plain"])
 @pytest.mark.parametrize("seqlen", [1, 17, 129])
-def test_bimamba_scan_matches_reference(interpreter, monkeypatch, forward, seqlen):
-    # dim 20: one full 16-channel block and a masked tail.
-    use_forward(monkeypatch, forward)
-    assert_scan_parity(scan_inputs(2, seqlen, 20, 4, seed=seqlen))
+def test_bimamba_scan_matches_reference(interpreter, monkeypatch, prefetch, seqlen):
+    # dim 20: one full 16-channel block and a masked tail; L = 129 is 9 chunks in 4-5 segments.
+    small_tuning(monkeypatch, prefetch=prefetch)
+    assert_scan_parity(scan_inputs(2 if seqlen < 100 else 1, seqlen, 20, 4, seed=seqlen))
 
 
 @needs_interpreter
@@ -97,15 +89,14 @@ def test_bimamba_scan_whole_chunks(interpreter, small_blocks, seqlen):
 
 
 @needs_interpreter
-@pytest.mark.parametrize("min_chunks,seqlen", [(1, 40), (2, 100), (10**9, 100)], ids=["seg-per-chunk", "uneven", "no-split"])
-def test_bimamba_scan_sequence_split(interpreter, monkeypatch, min_chunks, seqlen):
-    # Segments chained through their summaries (both directions), an uneven last segment, and no split at all;
-    # the chunked forward here (the step-by-step one splits in every test above), the backward in all.
-    use_forward(monkeypatch, "tile")
-    monkeypatch.setattr(bimamba_scan, "SPLIT", {"programs": 10**6, "min_chunks": min_chunks})
-    inp = scan_inputs(1, seqlen, 8, 4, seed=11)
-    assert bimamba_scan.split_sequence(-(-seqlen // 16), 2)[0] == (1 if min_chunks > 10 else -(-seqlen // 16) // min_chunks)
-    assert_scan_parity(inp)
+@pytest.mark.parametrize("min_len,seqlen", [(1, 40), (30, 100), (10**9, 100)], ids=["seg-per-unit", "uneven", "no-split"])
+def test_bimamba_scan_sequence_split(interpreter, monkeypatch, min_len, seqlen):
+    # Segments chained through their summaries (both directions, forward and backward), an uneven last
+    # segment, and no split at all.
+    small_tuning(monkeypatch, fwd_min_len=min_len, bwd_min_chunks=max(1, min_len // 16))
+    n_seg, seg = bimamba_scan.split_sequence(seqlen, 2, 10**6, min_len)
+    assert (n_seg == 1) == (min_len > seqlen) and (n_seg - 1) * seg < seqlen <= n_seg * seg
+    assert_scan_parity(scan_inputs(1, seqlen, 8, 4, seed=11))
 
 
 @needs_interpreter

@@ -5,12 +5,17 @@ u, dt (2, B, L, D); B, C (2, B, L, N), any strides; z (B, L, D) shared by both d
 A (2, D, N); D, bias (2, D); y (B, L, 2, D). Direction 0 scans t = 0 .. L-1, direction 1 scans
 t = L-1 .. 0 on the same inputs, so no flipped copies exist anywhere.
 
-One program owns (channel block, batch, direction) and walks the sequence chunk by chunk in its
-scan order with the state (BD, N) in registers: inside a chunk the recurrence h_t = a_t h_{t-1} + b_t
-is a `tl.associative_scan` over (a, b) pairs of a (BT, BD, N) tile, loaded once with coalesced
-(BT, BD) reads, and the carried state enters as h_t = h_loc_t + (prod a) h_in. Each exp is computed
-once, as exp2 with log2(e) folded into A. The backward walks the chunks the other way, recomputing
-each chunk's states from the chunk-entry states the forward saved (fp32, (2, B, n_chunks, D, N)).
+Forward: each thread owns one channel and its N states in registers and steps through the sequence
+(mamba-ssm's layout: per step ~N exp2 and 2N FMAs per thread, no cross-thread traffic, the next step's
+loads issued before this step's arithmetic). The sequence is cut into segments so that enough warps
+run: a summary launch leaves each segment's end state from zero and its decay exponent, and the output
+launch starts each segment from the states its predecessors leave. exp is exp2 with log2(e) folded
+into A. The forward also saves the state entering every BT-step chunk (fp32, (2, B, n_chunks, N, D)).
+
+Backward: one program per (channel block, batch x segment, direction) walks its chunks against the
+scan order; inside a chunk the states are recomputed from the saved entry state and the adjoint
+dL/dh runs backwards, both as `tl.associative_scan`s over (a, b) pairs of a (BT, BD, N) tile; the
+adjoint entering each segment comes from a summary launch, as in the forward.
 """
 from __future__ import annotations
 
@@ -41,103 +46,6 @@ def _delta(dt_ptr, mask, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
     if SOFTPLUS:
         d = _softplus(d)
     return tl.where(mask, d, 0.0)
-
-
-@triton.jit
-def _fwd_direction(u_ptr, dt_ptr, B_ptr, C_ptr, z_ptr, y_ptr, h_ptr, E_ptr, S_ptr, A2, Dv, bias,
-                   offs_d, mask_d, L, Dm, n_chunks, seg, n_seg, seg_chunks,
-                   s_u_t, s_dt_t, s_B_t, s_B_n, s_C_t, s_C_n, s_z_t, s_y_t, s_h_c,
-                   REVERSE: tl.constexpr, SUMMARY: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
-                   HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, SAVE: tl.constexpr, BT: tl.constexpr,
-                   BD: tl.constexpr, NP: tl.constexpr, N: tl.constexpr):
-    offs_t = tl.arange(0, BT)
-    offs_n = tl.arange(0, NP)
-    mask_n = offs_n < N
-    mask_dn = mask_d[:, None] & mask_n[None, :]
-    LAST: tl.constexpr = 0 if REVERSE else BT - 1
-    c0 = seg * seg_chunks
-    c1 = tl.minimum(c0 + seg_chunks, n_chunks)
-    h = tl.zeros([BD, NP], dtype=tl.float32)
-    if not SUMMARY:  # enter with what the segments before this one (in scan order) leave behind
-        n_prev = n_seg - 1 - seg if REVERSE else seg
-        for j in range(n_prev):
-            sp = n_seg - 1 - j if REVERSE else j
-            E = tl.load(E_ptr + sp * Dm * N + offs_d[:, None] * N + offs_n[None, :], mask=mask_dn, other=0.0)
-            dsum = tl.load(S_ptr + sp * Dm + offs_d, mask=mask_d, other=0.0)
-            h = tl.exp2(dsum[:, None] * A2) * h + E
-    dsum = tl.zeros([BD], dtype=tl.float32)
-    for i in range(c1 - c0):
-        c = c1 - 1 - i if REVERSE else c0 + i
-        if SAVE:  # state entering chunk c in this direction's order, for the backward; (N, D) layout
-            tl.store(h_ptr + c * s_h_c + offs_n[None, :] * Dm + offs_d[:, None], h, mask=mask_dn)
-        t = c * BT + offs_t
-        mask_t = t < L
-        m2 = mask_t[:, None] & mask_d[None, :]
-        u = tl.load(u_ptr + t[:, None] * s_u_t + offs_d[None, :], mask=m2, other=0.0).to(tl.float32)
-        delta = _delta(dt_ptr + t[:, None] * s_dt_t + offs_d[None, :], m2, bias, HAS_BIAS, SOFTPLUS)
-        mtn = mask_t[:, None] & mask_n[None, :]
-        Bv = tl.load(B_ptr + t[:, None] * s_B_t + offs_n[None, :] * s_B_n, mask=mtn, other=0.0).to(tl.float32)
-        a = tl.exp2(delta[:, :, None] * A2[None, :, :])  # (BT, BD, NP)
-        bx = (delta * u)[:, :, None] * Bv[:, None, :]
-        acum, hloc = tl.associative_scan((a, bx), 0, _combine, reverse=REVERSE)
-        hs = hloc + acum * h[None, :, :]
-        if SUMMARY:
-            dsum += tl.sum(delta, axis=0)
-        else:
-            Cv = tl.load(C_ptr + t[:, None] * s_C_t + offs_n[None, :] * s_C_n, mask=mtn, other=0.0).to(tl.float32)
-            y = tl.sum(hs * Cv[:, None, :], axis=2)  # (BT, BD)
-            if HAS_D:
-                y = y + Dv[None, :] * u
-            if HAS_Z:
-                z = tl.load(z_ptr + t[:, None] * s_z_t + offs_d[None, :], mask=m2, other=0.0).to(tl.float32)
-                y = y * z * tl.sigmoid(z)
-            tl.store(y_ptr + t[:, None] * s_y_t + offs_d[None, :], y.to(y_ptr.dtype.element_ty), mask=m2)
-        h = tl.sum(tl.where(offs_t[:, None, None] == LAST, hs, 0.0), axis=0)
-    if SUMMARY:  # the segment's end state from a zero start, and its total decay exponent
-        tl.store(E_ptr + seg * Dm * N + offs_d[:, None] * N + offs_n[None, :], h, mask=mask_dn)
-        tl.store(S_ptr + seg * Dm + offs_d, dsum, mask=mask_d)
-
-
-@triton.jit
-def bimamba_fwd_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, z_ptr, y_ptr, h_ptr, E_ptr, S_ptr,
-                       L, Dm, n_chunks, n_seg, seg_chunks,
-                       s_u_k, s_u_b, s_u_t, s_dt_k, s_dt_b, s_dt_t,
-                       s_B_k, s_B_b, s_B_t, s_B_n, s_C_k, s_C_b, s_C_t, s_C_n,
-                       s_z_b, s_z_t, s_y_b, s_y_t, s_y_k, s_h_k, s_h_b, s_h_c,
-                       SUMMARY: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
-                       SOFTPLUS: tl.constexpr, SAVE: tl.constexpr,
-                       BT: tl.constexpr, BD: tl.constexpr, NP: tl.constexpr, N: tl.constexpr):
-    """One (channel block, batch x segment, direction) per program. With n_seg > 1 the sequence is split:
-    a SUMMARY launch leaves each segment's end state from zero E and decay exponent S (2, B, n_seg, ...),
-    then the output launch starts each segment from the states the earlier segments leave."""
-    pid_d, pid_bs, k = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    b, seg = pid_bs // n_seg, pid_bs % n_seg
-    offs_d = pid_d * BD + tl.arange(0, BD)
-    mask_d = offs_d < Dm
-    offs_n = tl.arange(0, NP)
-    A2 = tl.load(A_ptr + k * Dm * N + offs_d[:, None] * N + offs_n[None, :],
-                 mask=mask_d[:, None] & (offs_n[None, :] < N), other=0.0) * LOG2E
-    Dv = tl.load(D_ptr + k * Dm + offs_d, mask=mask_d, other=0.0) if HAS_D else None
-    bias = tl.load(bias_ptr + k * Dm + offs_d, mask=mask_d, other=0.0) if HAS_BIAS else None
-    u_ptr += k * s_u_k + b * s_u_b
-    dt_ptr += k * s_dt_k + b * s_dt_b
-    B_ptr += k * s_B_k + b * s_B_b
-    C_ptr += k * s_C_k + b * s_C_b
-    z_ptr += b * s_z_b
-    y_ptr += b * s_y_b + k * s_y_k
-    h_ptr += k * s_h_k + b * s_h_b
-    E_ptr += (k * tl.num_programs(1) + b * n_seg) * Dm * N
-    S_ptr += (k * tl.num_programs(1) + b * n_seg) * Dm
-    if k == 0:
-        _fwd_direction(u_ptr, dt_ptr, B_ptr, C_ptr, z_ptr, y_ptr, h_ptr, E_ptr, S_ptr, A2, Dv, bias,
-                       offs_d, mask_d, L, Dm, n_chunks, seg, n_seg, seg_chunks,
-                       s_u_t, s_dt_t, s_B_t, s_B_n, s_C_t, s_C_n, s_z_t, s_y_t, s_h_c,
-                       False, SUMMARY, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, SAVE, BT, BD, NP, N)
-    else:
-        _fwd_direction(u_ptr, dt_ptr, B_ptr, C_ptr, z_ptr, y_ptr, h_ptr, E_ptr, S_ptr, A2, Dv, bias,
-                       offs_d, mask_d, L, Dm, n_chunks, seg, n_seg, seg_chunks,
-                       s_u_t, s_dt_t, s_B_t, s_B_n, s_C_t, s_C_n, s_z_t, s_y_t, s_h_c,
-                       True, SUMMARY, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, SAVE, BT, BD, NP, N)
 
 
 @triton.jit
@@ -441,7 +349,7 @@ def _fwd_seq_direction(u_ptr, dt_ptr, B_ptr, C_ptr, z_ptr, y_ptr, h_ptr, E_ptr, 
 
 
 @triton.jit
-def bimamba_fwd_seq_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, z_ptr, y_ptr, h_ptr, E_ptr, S_ptr,
+def bimamba_fwd_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, z_ptr, y_ptr, h_ptr, E_ptr, S_ptr,
                            L, Dm, seg_len, n_seg,
                            s_u_k, s_u_b, s_u_t, s_dt_k, s_dt_b, s_dt_t,
                            s_B_k, s_B_b, s_B_t, s_B_n, s_C_k, s_C_b, s_C_t, s_C_n,

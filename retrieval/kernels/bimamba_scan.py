@@ -12,21 +12,20 @@ import torch
 from ..selective_scan import selective_scan_ref
 from .support import triton_unavailable_reason
 
-__all__ = ["bimamba_scan_fn", "bimamba_scan_ref", "BLOCK_SIZES"]
+__all__ = ["TUNING", "bimamba_scan_fn", "bimamba_scan_ref"]
 
-# (chunk length, channels per program, warps): "infer" for a forward without grad; "train" for a
-# forward that saves chunk-entry states and "bwd" for the backward that reads them (same chunk length).
-# Picked on an H200 by `benchmarks/bench_scan_gpu.py --sweep` at VideoMamba-Ti shapes (BENCHMARKS.md, section 9):
-# small tiles win, because the chunk loop is latency-bound and more programs hide more of it.
-BLOCK_SIZES = {"infer": (16, 8, 4), "train": (8, 8, 2), "bwd": (8, 8, 2)}
-# When (channel blocks x batch x 2) programs are too few to hide the chunk loop's latency, the forward
-# splits the sequence into segments (a summary pass, then the output pass chaining the segments).
-SPLIT = {"programs": 8192, "min_chunks": 4}
-# The step-by-step forward (one thread per channel, its states in registers): (channels per program,
-# warps), the programs to aim for when splitting the sequence, and the shortest segment. FORWARD picks it
-# ("seq") or the chunked associative-scan forward ("tile").
-SEQ = {"block": (32, 1), "programs": 16384, "min_len": 64, "prefetch": False}
-FORWARD = "seq"
+# Launch settings, picked on an H200 by `benchmarks/bench_scan_gpu.py --sweep` at VideoMamba-Ti shapes
+# (BENCHMARKS.md, section 9).
+TUNING = {
+    "fwd_block": (32, 1),  # forward: channels per program (a thread each), warps
+    "fwd_programs": 8192,  # cut the sequence into segments until about this many programs run,
+    "fwd_min_len": 64,  # keeping segments at least this many steps long
+    "fwd_prefetch": True,  # issue step t+1's loads before step t's arithmetic (1.6x on the H200)
+    "chunk": 8,  # backward chunk length; the forward saves the state entering each chunk
+    "bwd_block": (8, 2),  # backward: channels per program, warps
+    "bwd_programs": 16384,  # as fwd_programs, for the backward's segments
+    "bwd_min_chunks": 4,
+}
 
 
 def _check(u, delta, A, B, C, D, z, delta_bias) -> None:
@@ -85,40 +84,29 @@ class _BiMambaScan(torch.autograd.Function):
         _, bsz, L, dim = u.shape
         n = A.shape[2]
         save = any(ctx.needs_input_grad)
-        BT, BD, warps = BLOCK_SIZES["train" if save else "infer"]
+        BT, (BD, warps) = TUNING["chunk"], TUNING["fwd_block"]
         n_chunks = triton_cdiv(L, BT)
         y = u.new_empty(bsz, L, 2, dim)
         h = u.new_empty((2, bsz, n_chunks, n, dim) if save else (1,), dtype=torch.float32)  # chunk-entry states
-        seq = FORWARD == "seq"
-        if seq:
-            BD, warps = SEQ["block"]
         n_dblk = triton_cdiv(dim, BD)
-        if seq:
-            n_seg = max(1, min(triton_cdiv(SEQ["programs"], n_dblk * bsz * 2), L // SEQ["min_len"]))
-            seg = triton_cdiv(L, n_seg)  # steps per segment
-            n_seg = triton_cdiv(L, seg)
-        else:
-            n_seg, seg = split_sequence(n_chunks, n_dblk * bsz * 2)  # seg: chunks per segment
-        E = u.new_empty((2, bsz, n_seg, dim, n) if n_seg > 1 else (1,), dtype=torch.float32)
+        n_seg, seg_len = split_sequence(L, n_dblk * bsz * 2, TUNING["fwd_programs"], TUNING["fwd_min_len"])
+        E = u.new_empty((2, bsz, n_seg, n, dim) if n_seg > 1 else (1,), dtype=torch.float32)
         S = u.new_empty((2, bsz, n_seg, dim) if n_seg > 1 else (1,), dtype=torch.float32)
         dummy = A  # stands in for absent optional tensors (never read)
         zz = z if z is not None else u[0]
         grid = (n_dblk, bsz * n_seg, 2)
-        sizes = (L, dim, seg, n_seg) if seq else (L, dim, n_chunks, n_seg, seg)
-        args = (u, delta, A.transpose(1, 2).contiguous() if seq else A, B, C, D if D is not None else dummy, delta_bias if delta_bias is not None else dummy,
-                zz, y, h, E, S, *sizes,
+        args = (u, delta, A.transpose(1, 2).contiguous(), B, C, D if D is not None else dummy,
+                delta_bias if delta_bias is not None else dummy, zz, y, h, E, S, L, dim, seg_len, n_seg,
                 u.stride(0), u.stride(1), u.stride(2), delta.stride(0), delta.stride(1), delta.stride(2),
                 B.stride(0), B.stride(1), B.stride(2), B.stride(3), C.stride(0), C.stride(1), C.stride(2),
                 C.stride(3), zz.stride(0), zz.stride(1), y.stride(0), y.stride(1), y.stride(2),
                 h.stride(0) if save else 0, h.stride(1) if save else 0, h.stride(2) if save else 0)
         flags = dict(HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
-                     SOFTPLUS=bool(delta_softplus), BT=BT, BD=BD, NP=next_pow2(n), N=n, num_warps=warps)
-        if seq:
-            flags["PREFETCH"] = bool(SEQ["prefetch"])
-        kernel = k.bimamba_fwd_seq_kernel if seq else k.bimamba_fwd_kernel
+                     SOFTPLUS=bool(delta_softplus), PREFETCH=bool(TUNING["fwd_prefetch"]), BT=BT, BD=BD,
+                     NP=next_pow2(n), N=n, num_warps=warps)
         if n_seg > 1:  # segment summaries first; the output launch chains them
-            kernel[grid](*args, SUMMARY=True, SAVE=False, **flags)
-        kernel[grid](*args, SUMMARY=False, SAVE=save, **flags)
+            k.bimamba_fwd_kernel[grid](*args, SUMMARY=True, SAVE=False, **flags)
+        k.bimamba_fwd_kernel[grid](*args, SUMMARY=False, SAVE=save, **flags)
         if save:
             ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, h)
             ctx.delta_softplus, ctx.chunk = bool(delta_softplus), BT
@@ -131,9 +119,7 @@ class _BiMambaScan(torch.autograd.Function):
         gy = _inner(gy)
         _, bsz, L, dim = u.shape
         n = A.shape[2]
-        BT, BD, warps = BLOCK_SIZES["bwd"]
-        if BT != ctx.chunk:
-            raise RuntimeError(f"BLOCK_SIZES: the backward chunk ({BT}) must be the training forward's ({ctx.chunk})")
+        BT, (BD, warps) = ctx.chunk, TUNING["bwd_block"]
         n_chunks = h.shape[2]
         f32 = dict(dtype=torch.float32, device=u.device)
         gu = torch.empty_like(u)
@@ -145,7 +131,8 @@ class _BiMambaScan(torch.autograd.Function):
         gD = torch.zeros(2, dim, **f32)
         gbias = torch.zeros(2, dim, **f32)
         n_dblk = triton_cdiv(dim, BD)
-        n_seg, seg_chunks = split_sequence(n_chunks, n_dblk * bsz * 2)
+        n_seg, seg_chunks = split_sequence(n_chunks, n_dblk * bsz * 2, TUNING["bwd_programs"],
+                                           TUNING["bwd_min_chunks"])
         E = u.new_empty((2, bsz, n_seg, dim, n), dtype=torch.float32)
         S = u.new_empty((2, bsz, n_seg, dim), dtype=torch.float32)
         dummy = A
@@ -171,13 +158,13 @@ class _BiMambaScan(torch.autograd.Function):
                 gbias if delta_bias is not None else None, None)
 
 
-def split_sequence(n_chunks: int, programs: int) -> tuple[int, int]:
-    """(segments, chunks per segment): split the sequence until about SPLIT["programs"] programs run,
-    keeping each segment at least SPLIT["min_chunks"] chunks (a split costs a second pass over the inputs)."""
-    want = triton_cdiv(SPLIT["programs"], programs)
-    n_seg = max(1, min(want, n_chunks // SPLIT["min_chunks"]))
-    seg_chunks = triton_cdiv(n_chunks, n_seg)
-    return triton_cdiv(n_chunks, seg_chunks), seg_chunks
+def split_sequence(length: int, programs: int, target: int, min_len: int) -> tuple[int, int]:
+    """(segments, units per segment) for a sequence of `length` units (steps or chunks) when `programs`
+    programs would run unsplit: about `target` programs in all, segments at least `min_len` long
+    (a split costs a summary pass over part of the inputs)."""
+    n_seg = max(1, min(triton_cdiv(target, programs), length // max(1, min_len)))
+    seg = triton_cdiv(length, n_seg)
+    return triton_cdiv(length, seg), seg
 
 
 def triton_cdiv(a: int, b: int) -> int:
