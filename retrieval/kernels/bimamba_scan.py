@@ -126,7 +126,7 @@ class _BiMambaScan(torch.autograd.Function):
         gdt = torch.empty_like(delta)
         gB = torch.zeros(2, bsz, L, n, **f32)
         gC = torch.zeros(2, bsz, L, n, **f32)
-        gz = torch.empty(2, bsz, L, dim, **f32) if z is not None else gB
+        gz = torch.empty(2, bsz, L, dim, **f32) if z is not None else gB  # per direction, summed below
         gA = torch.zeros(2, dim, n, **f32)
         gD = torch.zeros(2, dim, **f32)
         gbias = torch.zeros(2, dim, **f32)
@@ -151,8 +151,7 @@ class _BiMambaScan(torch.autograd.Function):
         if n_seg > 1:
             k.bimamba_bwd_kernel[grid](*args, SUMMARY=True, **flags)
         k.bimamba_bwd_kernel[grid](*args, SUMMARY=False, **flags)
-        dt_in = ctx.saved_tensors[1]
-        return (gu, gdt.to(dt_in.dtype), gA, gB.to(B.dtype), gC.to(C.dtype),
+        return (gu, gdt, gA, gB.to(B.dtype), gC.to(C.dtype),
                 gD if D is not None else None,
                 gz.sum(0).to(z.dtype) if z is not None else None,
                 gbias if delta_bias is not None else None, None)
