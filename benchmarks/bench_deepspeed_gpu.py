@@ -177,11 +177,15 @@ for dt in (torch.float32, torch.bfloat16):
             torch.save(model.state_dict(), path)
         self.teacher_path = path
 
+    def steps_for(self, size: str) -> int:
+        """The first size gets --steps (loss curves); later ones --more-steps (throughput only)."""
+        return self.args.steps if size == self.args.sizes.split(",")[0] else self.args.more_steps
+
     def overrides(self, size: str) -> list[str]:
         a = self.args
         o = [f'data.sources=[{{urls: "{self.shard_urls}", name: synth}}]', f"data.batch_size={a.batch}",
              f"data.num_workers={a.loader_workers}", "data.flip=false", f"teacher.checkpoint={self.teacher_path}",
-             "val.anno=null", f"run.max_steps={a.steps}", "run.ckpt_every=0", "run.log_every=10",
+             "val.anno=null", f"run.max_steps={self.steps_for(size)}", "run.ckpt_every=0", "run.log_every=10",
              "run.progress=false", "run.seed=0"]
         if a.quick:
             o += QUICK_MODEL + ["data.shuffle_buffer=16"]
@@ -351,8 +355,8 @@ for dt in (torch.float32, torch.bfloat16):
         import numpy as np
 
         db = sqlite3.connect(index_dir / "index.sqlite")
-        rows = db.execute("SELECT path, start, shard, row FROM segment_rows JOIN segments USING (id) "
-                          "ORDER BY path, start").fetchall()
+        rows = db.execute("SELECT r.path, r.start, s.shard, s.row FROM segment_rows r JOIN segments s ON s.id = r.id "
+                          "ORDER BY r.path, r.start").fetchall()
         db.close()
         shards: dict = {}
         out = []
@@ -425,24 +429,29 @@ for dt in (torch.float32, torch.bfloat16):
         if not hasattr(self, "shard_urls") or not hasattr(self, "teacher_path"):
             self.report()
             raise SystemExit("no data or teacher: nothing to train")
-        per_step = 0.3 if not a.quick else 1.0  # first guess; replaced by the first run's measurement
+        per_step = 0.3 if not a.quick else 1.0  # first guesses; replaced by the first run's measurements
         overhead = 40.0
-        sizes = a.sizes.split(",")
-        reserve = 0.0  # what the resume + export checks need after the engine runs
-        for size in sizes:
-            for engine in a.engines.split(","):
-                if size == sizes[0]:
-                    reserve = (2 * overhead + a.steps * per_step + 90) if a.resume_engine else 0.0
-                need = overhead + a.steps * per_step + (reserve if size == sizes[0] else 0.0)
-                s = self.phase(f"train {size} {engine}", self.train, size, engine, need_s=need)
+        engines = a.engines.split(",")
+        for i, size in enumerate(a.sizes.split(",")):
+            checks_pending = i == 0 and a.resume_engine in engines
+            for engine in engines:
+                # until the preemption + export checks have run, keep time for them (they come right after
+                # the resume engine's own run, which is their reference)
+                reserve = (2 * overhead + a.steps * per_step + 90) if checks_pending else 0.0
+                n = self.steps_for(size)
+                s = self.phase(f"train {size} {engine}", self.train, size, engine,
+                               need_s=overhead + n * per_step * (1 if i == 0 else 1.5) + reserve)
                 if s and s.get("step_ms_mean"):
                     per_step = s["step_ms_mean"] / 1e3 * 1.1
-                    overhead = max(20.0, s["wall_s"] - a.steps * s["step_ms_mean"] / 1e3)
-            if size == sizes[0]:
-                if a.resume_engine and f"{size}_{a.resume_engine}" in self.results["runs"]:
-                    self.phase("preempt + resume", self.preempt_and_resume, size, a.resume_engine,
-                               need_s=2 * overhead + a.steps * per_step)
-                    self.phase("export check", self.export_check, need_s=60)
+                    overhead = max(20.0, s["wall_s"] - n * s["step_ms_mean"] / 1e3)
+                if checks_pending and engine == a.resume_engine:
+                    checks_pending = False
+                    if f"{size}_{engine}" in self.results["runs"]:
+                        self.phase("preempt + resume", self.preempt_and_resume, size, engine,
+                                   need_s=2 * overhead + a.steps * per_step)
+                        self.phase("export check", self.export_check, need_s=60)
+                    self.phase(f"flops {size}", self.flops, size, need_s=30)
+            if i > 0:
                 self.phase(f"flops {size}", self.flops, size, need_s=30)
         self.report()
 
@@ -453,26 +462,27 @@ def main(argv=None) -> None:
     p.add_argument("--work", default="/tmp/vmr_ds_bench", help="data, runs, indexes (large)")
     p.add_argument("--quick", action="store_true", help="CPU check of the script: tiny model and world, gloo")
     p.add_argument("--sizes", default="tiny", help="comma list of tiny,small (configs/pretrain/<size>_1gpu.yaml)")
-    p.add_argument("--engines", default="torch,zero0,zero1,zero2")
+    p.add_argument("--engines", default="torch,zero0,zero2,zero1", help="run in this order")
     p.add_argument("--resume-engine", default="zero2", help="engine of the preemption check ('' = none)")
-    p.add_argument("--steps", type=int, default=None, help="optimizer steps per run (default 150; --quick 12)")
+    p.add_argument("--steps", type=int, default=None, help="optimizer steps per run (default 120; --quick 12)")
+    p.add_argument("--more-steps", type=int, default=50, help="steps per run for the sizes after the first")
     p.add_argument("--kill-at", type=int, default=None, help="SIGTERM after this step (default steps/3)")
     p.add_argument("--skip-steps", type=int, default=None, help="warm-up steps left out of the timing (default 20)")
     p.add_argument("--batch", type=int, default=None, help="per-GPU batch (default 32; --quick 8)")
     p.add_argument("--videos", type=int, default=None, help="synthetic train videos (default 2048; --quick 64)")
-    p.add_argument("--val-videos", type=int, default=None, help="held-out videos for the export check (default 32)")
+    p.add_argument("--val-videos", type=int, default=None, help="held-out videos for the export check (default 24)")
     p.add_argument("--shard-size", type=int, default=None)
     p.add_argument("--loader-workers", type=int, default=None, help="DataLoader workers (default 10, the config's)")
     p.add_argument("--cpu-workers", type=int, default=os.cpu_count() or 2)
     p.add_argument("--budget-s", type=float, default=520.0, help="skip phases that would end later than this")
     a = p.parse_args(argv)
     q = a.quick
-    a.steps = a.steps or (12 if q else 150)
+    a.steps = a.steps or (12 if q else 120)
     a.kill_at = a.kill_at or max(2, a.steps // 3)
     a.skip_steps = a.skip_steps if a.skip_steps is not None else (2 if q else 20)
     a.batch = a.batch or (8 if q else 32)
     a.videos = a.videos or (64 if q else 2048)
-    a.val_videos = a.val_videos or (8 if q else 32)
+    a.val_videos = a.val_videos or (8 if q else 24)
     a.shard_size = a.shard_size or (8 if q else 64)
     a.loader_workers = a.loader_workers if a.loader_workers is not None else (2 if q else 10)
     Driver(a).main()
