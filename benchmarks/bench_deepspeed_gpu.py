@@ -7,8 +7,8 @@ reads each run's steps.jsonl (loss, lr, sample keys, data wait, step time, peak 
 - preemption: the same DeepSpeed run again, SIGTERM to its process group (what `timeout` and SLURM do) once
   step K is logged, `--resume auto` to the end; its steps must repeat the uninterrupted run's (same lr and
   sample keys exactly, loss within the run-to-run noise that the same segment before the kill shows);
-- export: the resumed run's RUN/model through `vmr eval` and `vmr index build` on the GPU and on the CPU;
-  the embeddings are written to OUT/export_embeddings.npz and compared;
+- export: the resumed run's RUN/model through `vmr eval` on the GPU and on the CPU (and `vmr index build` where
+  FAISS is installed); the embeddings are written to OUT/export_embeddings.npz and compared;
 - FLOPs per sample of one train step (torch.utils.flop_counter: matmuls, convs, attention, not the selective
   scan) and a bf16 matmul peak for an MFU lower bound.
 Phases that would overrun --budget-s are skipped and listed in results.json.

@@ -1,7 +1,8 @@
 """Pack the Python packages pretraining needs on the GPU machine (no network there) into one small site.tar.xz.
 
 The device tool carries at most 64 MiB per call, the checkout included, and PyAV (36 MB) + mamba-ssm (40 MB)
-do not fit side by side as wheels. Three lossless-for-this-use reductions make them fit (~25 MB in all):
+do not fit side by side as wheels. Three reductions that change nothing bf16/fp32 training runs make them fit
+(PyAV + mamba-ssm + open_clip + webdataset + ftfy: 33 MiB):
 - PyAV's Cython modules ship with DWARF debug info: `strip --strip-debug` takes 9 MB of 36 off (code untouched);
 - mamba-ssm's selective_scan_cuda.so holds one compressed sm_90 cubin per source file (fwd x 3 input dtypes,
   bwd x 3 dtypes x real/complex): the ones bf16/fp32 training never launches (fp16, complex weights; --keep
