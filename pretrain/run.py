@@ -5,6 +5,7 @@ import argparse
 import logging
 import os
 import sys
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 if __package__ in (None, ""):  # `python pretrain/run.py`: make the repo importable without installing it
@@ -54,6 +55,37 @@ def prepare_synthetic(cfg, run_dir: Path, is_main: bool) -> None:
         cfg.val.anno, cfg.val.videos = str(val_dir / "annotations.json"), str(val_dir / "videos")
 
 
+@contextmanager
+def exclusive_run_dir(run_dir: Path):
+    """Hold RUN/.lock (flock) while this run uses the folder; a second run on it waits for the first to exit.
+
+    After SIGTERM the `deepspeed` launcher exits at once (143) while its ranks are still finishing their step and
+    writing the preemption checkpoint, so `timeout ... deepspeed ...; deepspeed ... --resume auto` would start the
+    resume beside them: it would pick the previous checkpoint and both would write the same folder. The lock is
+    the rank-0 process's (and its data workers', which share the open file): it goes when they are gone, killed
+    or not."""
+    import fcntl
+
+    f = open(run_dir / ".lock", "a+", encoding="utf-8")
+    try:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "?"
+            log.warning("%s is in use by another run (pid %s; a preempted run still writing its checkpoint?): "
+                        "waiting for it to exit", run_dir, holder)
+            fcntl.flock(f, fcntl.LOCK_EX)
+            log.warning("%s: the other run has exited; starting", run_dir)
+        f.seek(0)
+        f.truncate()
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+        yield
+    finally:
+        f.close()  # releases the lock
+
+
 def _setup_logging(rank: int) -> None:
     """INFO from rank 0, warnings from the others, on the `pretrain` loggers (root logging stays the caller's)."""
     logger = logging.getLogger("pretrain")
@@ -84,19 +116,21 @@ def main(argv: list[str] | None = None) -> dict:
     if kind == "torch" and cfg.engine.kind == "auto":
         log.warning("deepspeed is not importable: training with plain PyTorch (single process)")
     run_dir = Path(cfg.run.out)
-    if dist.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
     from pretrain.engine import barrier
     from pretrain.train import train
 
-    barrier()
-    if cfg.synth.train_videos > 0:
-        prepare_synthetic(cfg, run_dir, dist.is_main)
-    if dist.is_main:
-        resolved = to_dict(cfg)
-        resolved["engine"]["kind"] = kind
-        save_yaml(resolved, run_dir / "config.yaml")
-    return train(cfg, run_dir, dist, kind, resume=args.resume)
+    with ExitStack() as stack:
+        if dist.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            stack.enter_context(exclusive_run_dir(run_dir))
+        barrier()  # the other ranks wait here while rank 0 waits for the folder
+        if cfg.synth.train_videos > 0:
+            prepare_synthetic(cfg, run_dir, dist.is_main)
+        if dist.is_main:
+            resolved = to_dict(cfg)
+            resolved["engine"]["kind"] = kind
+            save_yaml(resolved, run_dir / "config.yaml")
+        return train(cfg, run_dir, dist, kind, resume=args.resume)
 
 
 def cli(argv: list[str] | None = None) -> int:

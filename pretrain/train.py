@@ -490,6 +490,8 @@ def train(cfg: TrainConfig, run_dir: Path, dist: DistInfo, engine_kind: str, res
                           "temp": float(engine.module.model.temp.detach().float()),
                           "keys_sha1": hashlib.sha1("\n".join(keys).encode()).hexdigest()[:12],
                           "data_time": t_data, "step_time": t_step}
+                if dist.device.type == "cuda":  # peak since the start of the run (a host-side read, no sync)
+                    record["gpu_mem_gb"] = torch.cuda.max_memory_allocated(dist.device) / 2 ** 30
                 scalars = None
                 if step % max(1, cfg.run.log_every) == 0 or step == total_steps:
                     scalars = {f"loss/{k}": v for k, v in terms.items()}
@@ -499,8 +501,8 @@ def train(cfg: TrainConfig, run_dir: Path, dist: DistInfo, engine_kind: str, res
                                     "epoch": epoch + loader.state()["batches"] / max(1, steps_per_epoch * cfg.engine.grad_accum)})
                     if engine.last_grad_norm is not None:
                         scalars["grad_norm"] = engine.last_grad_norm
-                    if dist.device.type == "cuda":
-                        scalars["gpu_mem_gb"] = torch.cuda.max_memory_allocated(dist.device) / 2 ** 30
+                    if "gpu_mem_gb" in record:
+                        scalars["gpu_mem_gb"] = record["gpu_mem_gb"]
                 logger.step(record, scalars)
                 if cfg.run.ckpt_every > 0 and step % cfg.run.ckpt_every == 0 and step < total_steps:
                     checkpoint(step)

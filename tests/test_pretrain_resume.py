@@ -148,3 +148,26 @@ def test_resume_applies_keep_checkpoints(tmp_path, monkeypatch, synth_folder):
     assert ckpts() == ["step_00000003", "step_00000006", "step_00000008"]
     assert main([*args, "run.keep_checkpoints=1", "--resume", "auto"])["step"] == 8
     assert ckpts() == ["step_00000008"]
+
+
+def test_a_second_run_on_the_folder_waits_until_the_first_has_exited(tmp_path, monkeypatch, synth_folder):
+    """After SIGTERM the `deepspeed` launcher returns before its ranks have written their checkpoint, so a
+    `--resume auto` started right after must wait for them (RUN/.lock) instead of racing them."""
+    import fcntl
+    import threading
+    import time
+
+    _single_process_env(monkeypatch)
+    from pretrain.run import main
+
+    run = _run_dir(tmp_path, "busy", synth_folder)
+    done = {}
+    args = ["--config", SMOKE, "--out", str(run), *COMMON, "engine.kind=torch", "run.max_steps=1"]
+    with open(run / ".lock", "a+") as held:  # the first run, still checkpointing
+        fcntl.flock(held, fcntl.LOCK_EX)
+        second = threading.Thread(target=lambda: done.update(main([*args, "--resume", "auto"])))
+        second.start()
+        time.sleep(1.5)
+        assert second.is_alive() and not (run / "config.yaml").exists() and not (run / "steps.jsonl").exists()
+    second.join(timeout=120)
+    assert done.get("step") == 1
