@@ -245,25 +245,15 @@ class Searcher:
     def encode_video(self, path: str | os.PathLike, start: float | None = None,
                      end: float | None = None) -> np.ndarray:
         """A clip -> float32 (1, E) normalised embedding, sampled and resized with the index's settings."""
-        import torch
-
         from retrieval.data.transforms import frames_to_uint8
-        from retrieval.data.video import VideoError, probe, read_frames
+        from retrieval.data.video import VideoError, read_frames
 
         path = os.fspath(path)
-        if not os.path.isfile(path):
-            raise QueryVideoError(f"{path}: no such file")
-        if (start is None) != (end is None):
-            raise QueryVideoError("give both START and END of the clip, or neither")
+        duration = check_clip(path, start, end)
         st = self._loaded.state
         frames, size = int(st.get("frames") or self.embedder.num_frames), int(st.get("img_size") or self.embedder.img_size)
         try:
-            info = probe(path)
             if start is not None:
-                duration = float(info.duration or 0.0)
-                if not 0 <= start < end or (duration and end > duration + SPAN_SLACK):
-                    raise QueryVideoError(f"{path}: the clip {start:g}-{end:g}s lies outside the video "
-                                          f"(0-{duration:g}s); give 0 <= START < END <= {duration:g}")
                 clip = read_frames(path, frames, mode="middle", start_sec=start, end_sec=min(end, duration or end))
             else:  # the whole file, read as the index reads a one-segment clip
                 clip = read_frames(path, frames, mode="middle")
@@ -345,6 +335,26 @@ class Searcher:
             while len(cache) > 512:
                 cache.popitem(last=False)
         return data
+
+
+def check_clip(path: str | os.PathLike, start: float | None = None, end: float | None = None) -> float:
+    """The duration of a clip that can be a query (a file that decodes, START-END inside it); QueryVideoError
+    otherwise. Cheap (a probe): callers run it before loading a model."""
+    from retrieval.data.video import VideoError, probe
+
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise QueryVideoError(f"{path}: no such file")
+    if (start is None) != (end is None):
+        raise QueryVideoError("give both START and END of the clip, or neither")
+    try:
+        duration = float(probe(path).duration or 0.0)
+    except VideoError as e:
+        raise QueryVideoError(f"{path}: cannot be decoded ({e.reason})") from None
+    if start is not None and (not 0 <= start < end or (duration and end > duration + SPAN_SLACK)):
+        raise QueryVideoError(f"{path}: the clip {start:g}-{end:g}s lies outside the video (0-{duration:g}s); "
+                              f"give 0 <= START < END <= {duration:g}")
+    return duration
 
 
 def _not_cut(scores: np.ndarray, threshold: float | None) -> bool:

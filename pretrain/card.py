@@ -1,7 +1,7 @@
 """The model card a pretraining run writes into RUN/model: its data, steps, input, final check (+ the synthetic vocabulary)."""
 from __future__ import annotations
 
-import sys
+from pathlib import Path
 
 import numpy as np
 
@@ -44,17 +44,11 @@ def synth_examples(seed: int = 0) -> list[str]:
     return template + list(FREE_FORM_EXAMPLES)
 
 
-def run_command(argv: list[str] | None = None) -> str:
-    """The command line of this run, as the user typed it (launcher arguments left out)."""
-    argv = list(sys.argv if argv is None else argv)
-    args = [a for a in argv[1:] if not a.startswith(("--local_rank", "--local-rank"))]
-    return " ".join(["python pretrain/run.py", *args])
-
-
 def training_card(cfg: TrainConfig, steps: int, metrics: dict | None = None, world: int = 1,
                   command: str | None = None) -> ModelCard:
-    """What RUN/model says about itself once training ends (`metrics`: the final zero-shot check)."""
-    command = command or run_command()
+    """What RUN/model says about itself once training ends (`metrics`: the final zero-shot check; `command`: what
+    made them, by default the run's resolved config, which run.py writes to RUN/config.yaml)."""
+    command = command or f"python pretrain/run.py --config {Path(cfg.run.out) / 'config.yaml'}"
     synthetic = cfg.synth.train_videos > 0
     global_batch = cfg.data.batch_size * cfg.engine.grad_accum * world
     if synthetic:

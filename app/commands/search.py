@@ -57,7 +57,7 @@ def run(args) -> int:
     from app.card import domain_warning
     from app.table import hits_table
     from index.errors import IndexCorruptError, IndexMissingError, ModelMismatchError
-    from index.searcher import Searcher
+    from index.searcher import Searcher, check_clip
 
     text = " ".join(args.query).strip()
     if bool(text) == bool(args.like):
@@ -65,6 +65,8 @@ def run(args) -> int:
         return 2
     try:
         like = parse_like(args.like) if args.like else None
+        if like:
+            check_clip(*like)  # a bad clip is reported before the model loads
         searcher = Searcher(args.index, model=args.model, device=args.device)
         warning = domain_warning(getattr(searcher.model, "card", None), searcher.roots(), "search")
         if warning:
