@@ -42,7 +42,7 @@ document.addEventListener('click', (event) => {
   const box = document.querySelector('#vmr-like-id textarea, #vmr-like-id input');
   const go = document.querySelector('#vmr-like-go');
   if (!box || !go) return;
-  box.value = button.dataset.segment;
+  box.value = button.dataset.segment + ' ' + button.dataset.label;
   box.dispatchEvent(new Event('input', {bubbles: true}));
   go.click();
 });
@@ -84,7 +84,9 @@ def card_html(searcher, hit) -> str:
             f"<span class='vmr-path' title='{html.escape(path, quote=True)}'>{name}</span>"
             f"<span class='vmr-time'>{clock(hit.start)}–{clock(hit.end)}</span>"
             f"<span class='vmr-score' title='cosine similarity, -1..1'>{hit.score:.3f}</span></div>{more_html}"
-            f"<button class='vmr-like' data-segment='{seg_id}' title='segments that look like this one'>"
+            f"<button class='vmr-like' data-segment='{seg_id}' "
+            f"data-label='{html.escape(f'{hit.path} {clock(hit.start)}–{clock(hit.end)}', quote=True)}' "
+            "title='segments that look like this one'>"
             "More like this</button></div>")
 
 
@@ -140,12 +142,15 @@ def create_ui(searcher, max_k: int = 50):
         return answer(hits)
 
     def more_like(segment: str, k: float, min_score: float, group: bool):
+        """`segment`: "ID label", the label naming the card it came from."""
+        seg_id, _, label = (segment or "").strip().partition(" ")
         try:
-            hits = searcher.search_segment(int(segment), int(k), group_by_video=bool(group),
+            hits = searcher.search_segment(int(seg_id), int(k), group_by_video=bool(group),
                                            threshold=threshold(min_score))
         except ValueError as e:
             return f"<div class='vmr-msg'>{html.escape(str(e))}</div>", []
-        return answer(hits, "Segments that look like the chosen one (by video embedding; the chosen one left out):")
+        return answer(hits, f"More like {label or 'segment ' + seg_id} (nearest by video embedding; "
+                            "that segment itself left out):")
 
     card = getattr(searcher.model, "card", None)
     with gr.Blocks(title="VideoMamba Retrieval", analytics_enabled=False) as demo:  # no phoning home

