@@ -193,7 +193,8 @@ def format_examples(searcher, queries: list[tuple[str, str | None]], n_videos: i
         hits = searcher.search(text, k=n_videos if target else TOP)
         kind = f"caption of {target}" if target else "free-form"
         marks = {h.rank: "*" for h in hits[:TOP] if h.path == target} if target else None
-        lines += [f'query {q} ({kind}): "{text}"'] + hits_table(hits[:TOP], marks=marks, legend=False)
+        lines += textwrap.wrap(f'query {q} ({kind}): "{text}"', 80, subsequent_indent="    ")
+        lines += hits_table(hits[:TOP], marks=marks, legend=False)
         if target:
             rank = next((h.rank for h in hits if h.path == target), None)
             lines.append(f"its own video ranks {rank if rank else 'nowhere'} of {n_videos}")

@@ -173,9 +173,11 @@ class Searcher:
 
     def encode(self, texts: list[str]) -> np.ndarray:
         """Queries -> float32 (B, E) normalised embeddings."""
+        from .embedder import threads_for_encoding
+
         texts = [self.clean_query(t) for t in texts]
-        with self._model_lock:  # one forward at a time: torch modules are not promised re-entrant
-            return self.embedder.encode_text(texts)
+        with self._model_lock, threads_for_encoding(self.embedder.device):  # one forward at a time: torch
+            return self.embedder.encode_text(texts)                          # modules are not promised re-entrant
 
     def search(self, text: str, k: int = 10, group_by_video: bool = True,
                threshold: float | None = None) -> list[Hit]:
@@ -248,6 +250,8 @@ class Searcher:
         from retrieval.data.transforms import frames_to_uint8
         from retrieval.data.video import VideoError, read_frames
 
+        from .embedder import threads_for_encoding
+
         path = os.fspath(path)
         duration = check_clip(path, start, end)
         st = self._loaded.state
@@ -260,7 +264,7 @@ class Searcher:
         except VideoError as e:
             raise QueryVideoError(f"{path}: cannot be decoded ({e.reason})") from None
         video = frames_to_uint8(clip, size).unsqueeze(0)  # (1, 3, T, H, W) uint8
-        with self._model_lock:
+        with self._model_lock, threads_for_encoding(self.embedder.device):
             return self.embedder.encode_video(video).astype(np.float32)
 
     def _own_segments(self, path, start: float | None, end: float | None) -> frozenset[int]:
