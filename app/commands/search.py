@@ -23,7 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--segments", action="store_true", help="rank segments instead of one row per video")
     parser.add_argument("--all-segments", action="store_true",
-                        help="under each video, list every matching segment (default: count them)")
+                        help="under each video, list every matching segment instead of counting them")
     parser.add_argument("--threshold", type=float, default=None,
                         help="drop results scoring below this (a cosine similarity, -1..1)")
     parser.add_argument("--model", default=None, help="model folder (default: the one the index records)")
