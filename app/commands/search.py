@@ -60,8 +60,8 @@ def run(args) -> int:
     from index.searcher import Searcher, check_clip
 
     text = " ".join(args.query).strip()
-    if bool(text) == bool(args.like):
-        print("vmr search: give a text query or --like VIDEO[@START-END], not both and not neither", file=sys.stderr)
+    if text and args.like:
+        print("vmr search: give a text query or --like VIDEO[@START-END], not both", file=sys.stderr)
         return 2
     try:
         like = parse_like(args.like) if args.like else None
