@@ -5,6 +5,7 @@ import importlib.util
 import json
 import os
 import sys
+import textwrap
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -160,27 +161,45 @@ def example_queries(records: list[dict], seed: int) -> list[tuple[str, str | Non
     return captions + [(q, None) for q in FREE_FORM_QUERIES]
 
 
-def own_video_ranks(searcher, records: list[dict]) -> list[int | None]:
-    """Rank of each caption's own video among all videos (None: not found)."""
+def own_video_ranks(searcher, records: list[dict]) -> tuple[list[int | None], list[tuple[float, float]]]:
+    """Rank of each caption's own video among all videos (None: not found), and (its score, the best other
+    video's score)."""
     hits = searcher.search_batch([r["caption"] for r in records], k=len(records))
-    return [next((h.rank for h in row if h.path == r["video"]), None) for row, r in zip(hits, records)]
+    ranks, scores = [], []
+    for row, r in zip(hits, records):
+        own = next((h for h in row if h.path == r["video"]), None)
+        ranks.append(own.rank if own else None)
+        other = next((h.score for h in row if h.path != r["video"]), float("nan"))
+        scores.append((own.score if own else float("nan"), other))
+    return ranks, scores
+
+
+def scores_line(scores: list[tuple[float, float]]) -> str:
+    """What a true match scores here, against the best wrong video."""
+    import numpy as np
+
+    own, other = np.array(scores).T
+    return (f"score of a caption's own video: median {np.nanmedian(own):.2f} (10th-90th percentile "
+            f"{np.nanpercentile(own, 10):.2f}-{np.nanpercentile(own, 90):.2f}); of the best other video: median "
+            f"{np.nanmedian(other):.2f}")
 
 
 def format_examples(searcher, queries: list[tuple[str, str | None]], n_videos: int) -> str:
-    """One block per query: its top hits as a table, and for captions where their own video ranks."""
+    """One block per query: its top hits as `vmr search` prints them, and for captions where their own video ranks."""
+    from app.table import SCORE_HELP, hits_table
+
     lines = []
     for q, (text, target) in enumerate(queries, 1):
         hits = searcher.search(text, k=n_videos if target else TOP)
         kind = f"caption of {target}" if target else "free-form"
-        lines += [f'query {q} ({kind}): "{text}"', "",
-                  "| rank | score | video | segment | written for it |", "|---:|---:|---|---|:---:|"]
-        for h in hits[:TOP]:
-            mark = "-" if target is None else ("yes" if h.path == target else "")
-            lines.append(f"| {h.rank} | {h.score:.3f} | {h.path} | {h.start:.1f}-{h.end:.1f}s | {mark} |")
+        marks = {h.rank: "*" for h in hits[:TOP] if h.path == target} if target else None
+        lines += textwrap.wrap(f'query {q} ({kind}): "{text}"', 80, subsequent_indent="    ")
+        lines += hits_table(hits[:TOP], marks=marks, legend=False)
         if target:
             rank = next((h.rank for h in hits if h.path == target), None)
             lines.append(f"its own video ranks {rank if rank else 'nowhere'} of {n_videos}")
         lines.append("")
+    lines += textwrap.wrap(SCORE_HELP + " * marks the video a caption was written for.", 80)
     return "\n".join(lines)
 
 
@@ -206,6 +225,7 @@ def run_demo(videos: int = 200, library: str | os.PathLike | None = None, model:
     from index.searcher import Searcher
 
     workers = default_workers() if workers is None else workers
+    phases: dict[str, float] = {}
     t0 = time.time()
     try:
         net = load_model(model_path, resolve_device(device))
@@ -215,17 +235,26 @@ def run_demo(videos: int = 200, library: str | os.PathLike | None = None, model:
     folder = Path(library).expanduser() if library else default_cache() / settings.key
     say(f"model {model_path} ({net.model_id}): {net.config.video.num_frames} frames at "
         f"{net.config.video.img_size}px; library {folder}")
-    t1 = time.time()
+    if getattr(net, "card", None) is not None and net.card.summary:
+        say(f"it knows ({net.card.domain}): {net.card.summary}")
+    t1 = phases["model load"] = time.time()
     records, reused = prepare_library(folder, settings, workers=max(1, workers), progress=progress)
-    t2 = time.time()
+    t2 = phases["render"] = time.time()
     index_dir, report = build_index(folder, net, model_path, device, workers, progress)
-    t3 = time.time()
     searcher = Searcher(index_dir, model=net, device=device)
+    t3 = phases["index"] = time.time()
     say(f"\n{'reused' if reused else 'generated'} {len(records)} videos ({t2 - t1:.1f}s); indexed "
         f"{report.encoded} new, {report.skipped} already indexed ({t3 - t2:.1f}s)\n")
     say(format_examples(searcher, example_queries(records, seed), len(records)))
-    say(recall_line(own_video_ranks(searcher, records)))
-    say(f"done in {time.time() - t0:.1f}s. Index: {index_dir}\nreopen the app later with: "
+    ranks, scores = own_video_ranks(searcher, records)
+    say(recall_line(ranks))
+    say(scores_line(scores))
+    phases["queries"] = time.time()
+    start, split = t0, []
+    for name, at in phases.items():
+        split.append(f"{name} {at - start:.1f}s")
+        start = at
+    say(f"done in {time.time() - t0:.1f}s ({', '.join(split)}). Index: {index_dir}\nreopen the app later with: "
         f"vmr app --index {index_dir}")
     if not app:
         return 0

@@ -1,4 +1,5 @@
-"""Gradio UI: search box, k and threshold controls, result cards playing the matched segment, index info panel.
+"""Gradio UI: header (index counts, model, its card), example queries, search box, k and threshold controls, result
+cards playing the matched segment with a "more like this" button, index info panel.
 
 Widgets only: every answer comes from an `index.searcher.Searcher`. Media are served by Gradio's file route,
 limited (`allowed_paths`) to the index's library roots; Gradio resolves `..` and symlinks before that check.
@@ -9,6 +10,9 @@ import base64
 import html
 import logging
 from urllib.parse import quote
+
+from app.card import card_markdown, example_queries
+from app.table import SCORE_HELP, clock, more_segments
 
 log = logging.getLogger(__name__)
 
@@ -25,12 +29,26 @@ CSS = """
 .vmr-score {margin-left: auto; font-variant-numeric: tabular-nums; color: var(--body-text-color-subdued);}
 .vmr-more {font-size: 12px; color: var(--body-text-color-subdued); margin-top: 4px;}
 .vmr-msg {padding: 12px; color: var(--body-text-color-subdued);}
+.vmr-like {margin-top: 6px; font-size: 13px; padding: 2px 10px; border-radius: 6px; cursor: pointer;
+           border: 1px solid var(--border-color-primary); background: var(--button-secondary-background-fill);}
+.vmr-legend {font-size: 12px; color: var(--body-text-color-subdued); margin-top: 8px;}
 """
-
-
-def clock(seconds: float) -> str:
-    s = int(round(seconds))
-    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
+# "More like this" buttons live inside the results HTML: one delegated listener hands the card's segment id to a
+# hidden textbox and presses a hidden button, which runs the /more_like_this event.
+JS_HEAD = """<script>
+document.addEventListener('click', (event) => {
+  const button = event.target.closest('.vmr-like');
+  if (!button) return;
+  const box = document.querySelector('#vmr-like-id textarea, #vmr-like-id input');
+  const go = document.querySelector('#vmr-like-go');
+  if (!box || !go) return;
+  box.value = button.dataset.segment + ' ' + button.dataset.label;
+  box.dispatchEvent(new Event('input', {bubbles: true}));
+  go.click();
+});
+</script>"""
+EMPTY = ("Type what you are looking for and press Enter, or click an example. Each card plays the matching "
+         "segment of a video.")
 
 
 def media_url(path: str, start: float | None = None, end: float | None = None) -> str:
@@ -55,20 +73,44 @@ def card_html(searcher, hit) -> str:
     else:
         media = (f"<video controls preload='metadata' playsinline poster='{html.escape(poster, quote=True)}' "
                  f"src='{src}'></video>")
-    more = [f"{clock(s.start)}–{clock(s.end)} ({s.score:.3f})" for s in hit.segments[1:6]]
-    more_html = f"<div class='vmr-more'>also: {', '.join(more)}</div>" if more else ""
+    others = hit.segments[1:]
+    times = ", ".join(f"{clock(s.start)}–{clock(s.end)} ({s.score:.3f})" for s in others[:5])
+    more_html = (f"<div class='vmr-more'>{more_segments(len(others))}: {times}{', ...' if len(others) > 5 else ''}"
+                 "</div>") if others else ""
     name = html.escape(hit.path)
+    seg_id = hit.segments[0].id if hit.segments else ""
     return (f"<div class='vmr-card' data-rank='{hit.rank}' data-path='{html.escape(hit.path, quote=True)}'>{media}"
             f"<div class='vmr-meta'><span class='vmr-rank'>#{hit.rank}</span>"
             f"<span class='vmr-path' title='{html.escape(path, quote=True)}'>{name}</span>"
             f"<span class='vmr-time'>{clock(hit.start)}–{clock(hit.end)}</span>"
-            f"<span class='vmr-score'>{hit.score:.3f}</span></div>{more_html}</div>")
+            f"<span class='vmr-score' title='cosine similarity, -1..1'>{hit.score:.3f}</span></div>{more_html}"
+            f"<button class='vmr-like' data-segment='{seg_id}' "
+            f"data-label='{html.escape(f'{hit.path} {clock(hit.start)}–{clock(hit.end)}', quote=True)}' "
+            "title='segments that look like this one'>"
+            "More like this</button></div>")
 
 
-def results_html(searcher, hits) -> str:
+def results_html(searcher, hits, title: str = "") -> str:
     if not hits:
         return "<div class='vmr-msg'>No matching videos.</div>"
-    return "<div class='vmr-results'>" + "".join(card_html(searcher, h) for h in hits) + "</div>"
+    head = f"<div class='vmr-msg vmr-title'>{html.escape(title)}</div>" if title else ""
+    return (head + "<div class='vmr-results'>" + "".join(card_html(searcher, h) for h in hits) + "</div>"
+            f"<div class='vmr-legend'>{html.escape(SCORE_HELP)}</div>")
+
+
+def header_markdown(searcher) -> str:
+    """Title, what the index holds, which model, and the model's domain in one line."""
+    info = searcher.info()
+    card = info.get("card")
+    lines = ["## VideoMamba Retrieval",
+             f"**{info['files']} videos, {info['segments']} segments** · model `{info['model_id']}`"]
+    if card is None:
+        lines[-1] += " · no model card (saved before cards existed)"
+    elif card.get("summary"):
+        lines[-1] += f" · trained on {card['domain']} video: {card['summary']}"
+    lines.append("Describe a moment; each card plays the matching segment. A score is the cosine similarity of "
+                 "the query's and the segment's embeddings (-1 to 1, higher is closer).")
+    return "\n\n".join(lines)
 
 
 def hit_json(hit) -> dict:
@@ -79,31 +121,58 @@ def hit_json(hit) -> dict:
 
 
 def create_ui(searcher, max_k: int = 50):
-    """The Blocks app. API: /search (query, k, min_score, group) -> (html, hits json); /info -> dict."""
+    """The Blocks app. API: /search (query, k, min_score, group) -> (html, hits json); /more_like_this (segment id,
+    k, min_score, group) -> (html, hits json); /info -> dict."""
     import gradio as gr
 
     from index.searcher import MAX_QUERY_CHARS
 
+    def threshold(min_score):
+        return None if min_score is None or min_score <= -1 else float(min_score)
+
+    def answer(hits, title: str = ""):
+        demo.allowed_paths = _allowed(searcher)  # an `add` may have brought a new library root
+        return results_html(searcher, hits, title), [hit_json(h) for h in hits]
+
     def search(query: str, k: float, min_score: float, group: bool):
         try:
-            hits = searcher.search(query, int(k), group_by_video=bool(group),
-                                   threshold=None if min_score is None or min_score <= -1 else float(min_score))
+            hits = searcher.search(query, int(k), group_by_video=bool(group), threshold=threshold(min_score))
         except ValueError as e:  # empty query and the like: say so in the results area
             return f"<div class='vmr-msg'>{html.escape(str(e))}</div>", []
-        demo.allowed_paths = _allowed(searcher)  # an `add` may have brought a new library root
-        return results_html(searcher, hits), [hit_json(h) for h in hits]
+        return answer(hits)
 
+    def more_like(segment: str, k: float, min_score: float, group: bool):
+        """`segment`: "ID label", the label naming the card it came from."""
+        seg_id, _, label = (segment or "").strip().partition(" ")
+        try:
+            hits = searcher.search_segment(int(seg_id), int(k), group_by_video=bool(group),
+                                           threshold=threshold(min_score))
+        except ValueError as e:
+            return f"<div class='vmr-msg'>{html.escape(str(e))}</div>", []
+        return answer(hits, f"More like {label or 'segment ' + seg_id} (nearest by video embedding; "
+                            "that segment itself left out):")
+
+    card = getattr(searcher.model, "card", None)
     with gr.Blocks(title="VideoMamba Retrieval", analytics_enabled=False) as demo:  # no phoning home
-        gr.Markdown("## VideoMamba Retrieval\nDescribe a moment; each card plays the matching segment.")
+        gr.Markdown(lambda: header_markdown(searcher), elem_id="vmr-header")
+        examples = example_queries(card)
         with gr.Row():
-            query = gr.Textbox(label="Search", placeholder="a dog catches a frisbee", max_length=MAX_QUERY_CHARS,
-                               scale=5, autofocus=True, elem_id="vmr-query")
+            query = gr.Textbox(label="Search", placeholder=examples[-1] if examples else "a dog catches a frisbee",
+                               max_length=MAX_QUERY_CHARS, scale=5, autofocus=True, elem_id="vmr-query")
             go = gr.Button("Search", variant="primary", scale=1, elem_id="vmr-go")
+        if examples:
+            shown = gr.Examples([[q] for q in examples], inputs=[query], label="Examples (click one to search)",
+                                elem_id="vmr-examples", examples_per_page=len(examples))
+        with gr.Accordion("What this model knows", open=False, elem_id="vmr-knows"):
+            gr.Markdown(card_markdown(card))
         with gr.Row():
             k = gr.Slider(1, max_k, value=min(10, max_k), step=1, label="Results (k)")
-            min_score = gr.Slider(-1.0, 1.0, value=-1.0, step=0.01, label="Minimum score (-1 = off)")
+            min_score = gr.Slider(-1.0, 1.0, value=-1.0, step=0.01,
+                                  label="Minimum score: cosine similarity, -1..1 (-1 = off)")
             group = gr.Checkbox(value=True, label="One card per video")
-        results = gr.HTML("<div class='vmr-msg'>Type a query and press Enter.</div>", elem_id="vmr-results")
+        results = gr.HTML(f"<div class='vmr-msg vmr-empty'>{html.escape(EMPTY)}</div>", elem_id="vmr-results")
+        like_id = gr.Textbox(visible="hidden", elem_id="vmr-like-id")
+        like_go = gr.Button("more like this", visible="hidden", elem_id="vmr-like-go")
         with gr.Accordion("Results as JSON", open=False):
             hits_json = gr.JSON(label="hits")
         with gr.Accordion("Index info", open=False):
@@ -112,6 +181,9 @@ def create_ui(searcher, max_k: int = 50):
         inputs, outputs = [query, k, min_score, group], [results, hits_json]
         go.click(search, inputs, outputs, api_name="search")
         query.submit(search, inputs, outputs, api_name=False)
+        like_go.click(more_like, [like_id, k, min_score, group], outputs, api_name="more_like_this")
+        if examples:
+            shown.load_input_event.then(search, inputs, outputs, api_visibility="undocumented")
 
         def reload_info():
             searcher.refresh()
@@ -131,5 +203,6 @@ def launch(searcher, host: str = "127.0.0.1", port: int | None = 7860, max_k: in
     demo.queue(default_concurrency_limit=4)
     demo.launch(server_name=host, server_port=port, allowed_paths=_allowed(searcher),
                 blocked_paths=[str(searcher.index_dir)],  # an index kept inside the library stays private
-                prevent_thread_lock=not block, show_error=True, quiet=quiet, css=CSS, footer_links=["api"])
+                prevent_thread_lock=not block, show_error=True, quiet=quiet, css=CSS, head=JS_HEAD,
+                footer_links=["api"])
     return demo

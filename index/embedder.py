@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import queue
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterable, Iterator
 
@@ -20,6 +21,31 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     if torch.cuda.is_available():
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
     return torch.device("cpu")
+
+
+def encode_threads(device: torch.device) -> int:
+    """Intra-op threads for a long CPU encode, chosen once from how busy the cores are: all of them when they are
+    free, fewer when other jobs keep them busy. Two threads meet at a barrier in every op, so when one is
+    descheduled the other waits: on the 2-core box with other jobs running, one thread encoded 3-10x faster than
+    two (BENCHMARKS.md section 4). VMR_CPU_THREADS=N overrides."""
+    if device.type != "cpu":
+        return torch.get_num_threads()
+    if os.environ.get("VMR_CPU_THREADS"):
+        return max(1, int(os.environ["VMR_CPU_THREADS"]))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    busy = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0  # runnable processes, last minute
+    return max(1, min(torch.get_num_threads(), int(cores - busy + 0.5)))
+
+
+@contextmanager
+def threads_for_encoding(device: torch.device):
+    """`encode_threads` for the duration of a build, then the process's setting again."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(encode_threads(device))
+    try:
+        yield torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
 
 
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu"):

@@ -23,3 +23,7 @@ class ModelMismatchError(ValueError):
 
 class IndexBusyError(RuntimeError):
     """Another process holds the index's writer lock."""
+
+
+class QueryVideoError(ValueError):
+    """A clip given as a query cannot be used: missing, undecodable, or a START-END outside the video."""

@@ -182,7 +182,7 @@ def _encode(index_dir, model, settings, cfg: IngestConfig, tasks, failures, rank
     import torch
     from tqdm import tqdm
 
-    from .embedder import Embedder, Encoded, model_id
+    from .embedder import Embedder, Encoded, model_id, threads_for_encoding
     from .reader import Unchanged
 
     writer = PartWriter(index_dir, part_name(rank, world), model_id(model), cfg.shard_rows, cfg.checkpoint_seconds)
@@ -200,8 +200,9 @@ def _encode(index_dir, model, settings, cfg: IngestConfig, tasks, failures, rank
                                                   prefetch_factor=2) if workers > 0 else reader)
             desc = "indexing" if world == 1 else f"indexing (rank {rank}/{world})"
             t0 = time.time()
-            with tqdm(total=len(tasks), unit="file", desc=desc, disable=not cfg.progress, position=rank,
-                      dynamic_ncols=True) as bar:
+            with threads_for_encoding(embedder.device), tqdm(
+                    total=len(tasks), unit="file", desc=desc, disable=not cfg.progress, position=rank,
+                    dynamic_ncols=True) as bar:
                 for item in embedder.run(stream):
                     writer.write(item)
                     if isinstance(item, Encoded):

@@ -1,4 +1,5 @@
-"""Searcher: load the model and the index once, answer text queries with ranked videos and segments.
+"""Searcher: load the model and the index once, answer text queries (and clip queries: `search_video`,
+`search_segment`) with ranked videos and segments. A score is the cosine similarity of the two embeddings, -1..1.
 
 Thread-safe: the loaded index is an immutable snapshot swapped under a lock; each query checks the committed
 version (one indexed SQLite read) and reloads when `vmr index add/remove` committed a new one, so a running app
@@ -18,13 +19,14 @@ from pathlib import Path
 import numpy as np
 
 from . import ann
-from .errors import IndexCorruptError, ModelMismatchError
-from .library import is_inside, resolve_inside
+from .errors import IndexCorruptError, ModelMismatchError, QueryVideoError
+from .library import is_inside, relative_to_root, resolve_inside
 from .store import DB_NAME, IndexStore, connect, transaction
 
 log = logging.getLogger(__name__)
 
 MAX_QUERY_CHARS = 1000  # longer queries are cut here (the tokenizer then truncates to its context length)
+SPAN_SLACK = 0.05       # seconds a clip query's START-END may pass the probed duration (containers round it)
 
 
 @dataclass
@@ -67,6 +69,7 @@ class _Loaded:
     state: dict
     ntotal: int
     loaded_at: float
+    files: int = 0
 
 
 class Searcher:
@@ -114,14 +117,15 @@ class Searcher:
             try:
                 with transaction(store.conn, write=False):
                     st = store.state()
-                    n = store.counts()["segments"]
+                    counts = store.counts()
+                    n = counts["segments"]
             finally:
                 store.close()
             version, name = int(st.get("version", 0)), st.get("faiss_file")
             if not name:
                 if n:
                     raise IndexCorruptError(f"{self.index_dir}: {n} segments but no FAISS file recorded")
-                return _Loaded(version, None, st, 0, time.time())
+                return _Loaded(version, None, st, 0, time.time(), counts["files"])
             path = self.index_dir / "faiss" / name
             if not path.exists():
                 last = IndexCorruptError(f"FAISS index file missing: {path}")
@@ -132,7 +136,7 @@ class Searcher:
                                         f"{n} segments; rebuild the index into a new folder")
             info = st.get("index") or {}
             ann.set_nprobe(index, info.get("nprobe"))
-            return _Loaded(version, ann.to_gpu(index), st, n, time.time())
+            return _Loaded(version, ann.to_gpu(index), st, n, time.time(), counts["files"])
         raise last
 
     @staticmethod
@@ -169,9 +173,11 @@ class Searcher:
 
     def encode(self, texts: list[str]) -> np.ndarray:
         """Queries -> float32 (B, E) normalised embeddings."""
+        from .embedder import threads_for_encoding
+
         texts = [self.clean_query(t) for t in texts]
-        with self._model_lock:  # one forward at a time: torch modules are not promised re-entrant
-            return self.embedder.encode_text(texts)
+        with self._model_lock, threads_for_encoding(self.embedder.device):  # one forward at a time: torch
+            return self.embedder.encode_text(texts)                          # modules are not promised re-entrant
 
     def search(self, text: str, k: int = 10, group_by_video: bool = True,
                threshold: float | None = None) -> list[Hit]:
@@ -183,8 +189,9 @@ class Searcher:
         return self.search_vectors(self.encode(texts), k, group_by_video, threshold)
 
     def search_vectors(self, queries: np.ndarray, k: int = 10, group_by_video: bool = True,
-                       threshold: float | None = None) -> list[list[Hit]]:
-        """Search with (B, E) query embeddings: the array-level API the text methods wrap."""
+                       threshold: float | None = None, exclude: frozenset[int] = frozenset()) -> list[list[Hit]]:
+        """Search with (B, E) query embeddings: the array-level API the text and clip methods wrap.
+        `exclude`: segment ids never returned (a clip query's own segments)."""
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
         queries = np.ascontiguousarray(np.atleast_2d(queries), np.float32)
@@ -193,7 +200,8 @@ class Searcher:
             loaded = self._loaded
             if loaded.index is None:
                 return [[] for _ in queries]
-            want = k if not group_by_video else min(loaded.ntotal, max(4 * k, 32))
+            want = (k if not group_by_video else max(4 * k, 32)) + len(exclude)
+            want = min(loaded.ntotal, want)
             while True:
                 scores, ids = self._faiss_search(loaded.index, queries, min(want, loaded.ntotal))
                 conn = self._conn()
@@ -204,13 +212,82 @@ class Searcher:
                         rows = IndexStore(self.index_dir, conn).rows(np.unique(ids[ids >= 0]))
                 if rows is None:
                     break  # a commit landed mid-query: reload and redo
-                results = [_rank(ids[b], scores[b], rows, k, threshold, group_by_video) for b in range(len(queries))]
+                results = [_rank(ids[b], scores[b], rows, k, threshold, group_by_video, exclude)
+                           for b in range(len(queries))]
                 # grouped: too few distinct videos among the candidates -> widen, unless the list is exhausted
                 short = any(len(r) < k and _not_cut(scores[b], threshold) for b, r in enumerate(results))
                 if not group_by_video or not short or want >= loaded.ntotal:
                     return results
                 want = min(loaded.ntotal, want * 4)
         raise RuntimeError("the index kept changing during the search; try again")
+
+    # -- search by example ------------------------------------------------------------------------------
+    def search_video(self, path: str | os.PathLike, start: float | None = None, end: float | None = None,
+                     k: int = 10, group_by_video: bool = True, threshold: float | None = None) -> list[Hit]:
+        """Segments nearest to a clip (the whole file, or [start, end) seconds of it) by video embedding, encoded
+        as the index encodes its segments. When the clip is in the index, its own overlapping segments are left out.
+        A missing or undecodable file, or a span outside the video, raises QueryVideoError."""
+        vector = self.encode_video(path, start, end)
+        return self.search_vectors(vector, k, group_by_video, threshold, self._own_segments(path, start, end))[0]
+
+    def search_segment(self, segment_id: int, k: int = 10, group_by_video: bool = True,
+                       threshold: float | None = None) -> list[Hit]:
+        """"More like this" for an indexed segment: its stored embedding as the query, the segment itself (and any
+        segment of its file overlapping it) left out."""
+        conn = self._conn()
+        with transaction(conn, write=False):
+            row = conn.execute('SELECT shard, row, file, start, "end" FROM segments WHERE id=?',
+                               (int(segment_id),)).fetchone()
+            if row is None:
+                raise QueryVideoError(f"segment {segment_id} is not in the index (reloaded since?)")
+            vector = IndexStore(self.index_dir, conn).gather([(row[0], row[1])]).astype(np.float32)
+            own = self._overlapping(conn, "file=?", (row[2],), row[3], row[4])
+        return self.search_vectors(vector, k, group_by_video, threshold, own)[0]
+
+    def encode_video(self, path: str | os.PathLike, start: float | None = None,
+                     end: float | None = None) -> np.ndarray:
+        """A clip -> float32 (1, E) normalised embedding, sampled and resized with the index's settings."""
+        from retrieval.data.transforms import frames_to_uint8
+        from retrieval.data.video import VideoError, read_frames
+
+        from .embedder import threads_for_encoding
+
+        path = os.fspath(path)
+        duration = check_clip(path, start, end)
+        st = self._loaded.state
+        frames, size = int(st.get("frames") or self.embedder.num_frames), int(st.get("img_size") or self.embedder.img_size)
+        try:
+            if start is not None:
+                clip = read_frames(path, frames, mode="middle", start_sec=start, end_sec=min(end, duration or end))
+            else:  # the whole file, read as the index reads a one-segment clip
+                clip = read_frames(path, frames, mode="middle")
+        except VideoError as e:
+            raise QueryVideoError(f"{path}: cannot be decoded ({e.reason})") from None
+        video = frames_to_uint8(clip, size).unsqueeze(0)  # (1, 3, T, H, W) uint8
+        with self._model_lock, threads_for_encoding(self.embedder.device):
+            return self.embedder.encode_video(video).astype(np.float32)
+
+    def _own_segments(self, path, start: float | None, end: float | None) -> frozenset[int]:
+        """Ids of the indexed segments of `path` that overlap [start, end) (all of them for the whole file)."""
+        path = os.fspath(path)
+        for root in self.roots():
+            if not is_inside(path, root):
+                continue
+            rel = relative_to_root(path, root)
+            conn = self._conn()
+            with transaction(conn, write=False):
+                own = self._overlapping(conn, "file=(SELECT f.id FROM files f JOIN roots r ON r.id=f.root "
+                                        "WHERE r.path=? AND f.path=?)", (root, rel), start, end)
+            if own:
+                return own
+        return frozenset()
+
+    @staticmethod
+    def _overlapping(conn, where: str, params: tuple, start: float | None, end: float | None) -> frozenset[int]:
+        rows = conn.execute(f'SELECT id, start, "end" FROM segments WHERE {where}', params).fetchall()
+        if start is None:
+            return frozenset(r[0] for r in rows)
+        return frozenset(r[0] for r in rows if r[1] < end and r[2] > start)
 
     def _faiss_search(self, index, queries, k):
         if self._gpu_lock is not None:  # FAISS GPU indexes are not safe to share between threads
@@ -222,7 +299,9 @@ class Searcher:
     def info(self) -> dict:
         loaded = self._loaded
         st = loaded.state
+        card = getattr(self.model, "card", None)  # the model folder's card (None: saved before cards existed)
         return {"index_dir": str(self.index_dir), "version": loaded.version, "segments": loaded.ntotal,
+                "files": loaded.files, "card": asdict(card) if card is not None else None,
                 "model_id": st.get("model_id"), "model_path": st.get("model_path"),
                 "device": str(self.embedder.device), "roots": self.roots(),
                 "settings": {k: st.get(k) for k in ("segment_seconds", "stride", "frames", "img_size")},
@@ -262,16 +341,37 @@ class Searcher:
         return data
 
 
+def check_clip(path: str | os.PathLike, start: float | None = None, end: float | None = None) -> float:
+    """The duration of a clip that can be a query (a file that decodes, START-END inside it); QueryVideoError
+    otherwise. Cheap (a probe): callers run it before loading a model."""
+    from retrieval.data.video import VideoError, probe
+
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise QueryVideoError(f"{path}: no such file")
+    if (start is None) != (end is None):
+        raise QueryVideoError("give both START and END of the clip, or neither")
+    try:
+        duration = float(probe(path).duration or 0.0)
+    except VideoError as e:
+        raise QueryVideoError(f"{path}: cannot be decoded ({e.reason})") from None
+    if start is not None and (not 0 <= start < end or (duration and end > duration + SPAN_SLACK)):
+        raise QueryVideoError(f"{path}: the clip {start:g}-{end:g}s lies outside the video (0-{duration:g}s); "
+                              f"give 0 <= START < END <= {duration:g}")
+    return duration
+
+
 def _not_cut(scores: np.ndarray, threshold: float | None) -> bool:
     """The candidate list did not already drop below the threshold (so fetching more could add videos)."""
     return threshold is None or (len(scores) and scores[-1] >= threshold)
 
 
-def _rank(ids, scores, rows, k: int, threshold: float | None, group: bool) -> list[Hit]:
+def _rank(ids, scores, rows, k: int, threshold: float | None, group: bool,
+          exclude: frozenset[int] = frozenset()) -> list[Hit]:
     hits: list[Hit] = []
     by_file: dict[int, Hit] = {}
     for i, s in zip(ids.tolist(), scores.tolist()):
-        if i < 0:
+        if i < 0 or i in exclude:
             continue
         if threshold is not None and s < threshold:
             break  # FAISS returns scores in descending order

@@ -434,8 +434,10 @@ class Engine:
             out[name] = value.reshape(()) if f"model.{name}" in self.scalar_params else value
         return out
 
-    def export(self, path: Path, dtype: torch.dtype | None = None, reference_pretrained: bool = False) -> Path | None:
-        """RUN/model via retrieval.save_model from the fp32 master weights; collective, rank 0 writes."""
+    def export(self, path: Path, dtype: torch.dtype | None = None, reference_pretrained: bool = False,
+               card=None) -> Path | None:
+        """RUN/model via retrieval.save_model from the fp32 master weights (+ its model card); collective, rank 0
+        writes."""
         from retrieval.model import save_model
 
         state = self.fp32_state()
@@ -453,7 +455,8 @@ class Engine:
                 if b.is_floating_point():
                     b.data = b.data.float()
             _failpoint("export_start")
-            save_model(model, path, dtype=dtype, reference_pretrained=reference_pretrained)  # RUN/model.tmp, renamed
+            save_model(model, path, dtype=dtype, reference_pretrained=reference_pretrained,  # RUN/model.tmp, renamed
+                       card=card)
             _failpoint("export_saved")
         finally:
             for n, p in params.items():

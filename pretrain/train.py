@@ -533,8 +533,10 @@ def train(cfg: TrainConfig, run_dir: Path, dist: DistInfo, engine_kind: str, res
             checkpoint(step)
         if not stopped:
             metrics = run_val()
+            from .card import training_card
             engine.export(run_dir / "model", {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.run.export_dtype],
-                          reference_pretrained=cfg.run.export_reference_pretrained)
+                          reference_pretrained=cfg.run.export_reference_pretrained,
+                          card=training_card(cfg, step, metrics, dist.world_size))
             barrier()
     finally:
         if batches is not None:  # on an error too: the workers ignore SIGTERM, so exit must not be left to reap them

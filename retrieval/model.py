@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,7 @@ FORMAT_VERSION = 1
 _TOKENIZER_DIR = "tokenizer"  # inside a model folder
 _HF_DIR = "text_model"        # HF tower config + tokenizer files inside a model folder
 POOLINGS = ("cls", "cls_mean", "frames")
+DOMAINS = ("synthetic", "real", "unknown")
 
 
 @dataclass
@@ -64,6 +66,69 @@ class ModelConfig:
         return self
 
 
+@dataclass
+class CardResult:
+    what: str = ""                    # test set and metric, e.g. "synthetic test split, text-to-video R@1 / R@5"
+    value: str = ""                   # the measured figure, e.g. "92.9% / 100.0%"
+    command: str = ""                 # the command that measured it
+
+
+@dataclass
+class ModelCard:
+    """What a model folder says about itself (the `card` section of its config.yaml): shown by `vmr index info` and
+    the app, and read by the commands that warn when a model meets footage unlike what it was trained on."""
+    domain: str = "unknown"           # synthetic | real | unknown: the kind of video it was trained on
+    summary: str = ""                 # its domain in one line: what it can find
+    data: str = ""                    # training data (dataset names, split)
+    clips: int = 0                    # training clips (0: not recorded)
+    steps: int = 0                    # optimizer steps (0: not recorded)
+    input: str = ""                   # frames and resolution per segment; save_model fills it from the config
+    text_tower: str = ""              # save_model describes the tower when left empty
+    results: list[CardResult] = field(default_factory=list)  # measured results, each with its command
+    vocabulary: dict = field(default_factory=dict)  # words it was trained on by kind (colours: [...]); synthetic models
+    examples: list[str] = field(default_factory=list)  # example queries for the app
+    scores: str = ""                  # what a score of a true match looks like, measured
+
+    def validate(self) -> "ModelCard":
+        if self.domain not in DOMAINS:
+            raise ValueError(f"card.domain must be one of {DOMAINS}, got {self.domain!r}")
+        if not all(isinstance(k, str) and isinstance(v, list) and all(isinstance(w, str) for w in v)
+                   for k, v in self.vocabulary.items()):
+            raise ValueError("card.vocabulary maps a kind of word to a list of words")
+        return self
+
+
+def describe_input(cfg: ModelConfig) -> str:
+    return f"{cfg.video.num_frames} frames at {cfg.video.img_size} px per segment"
+
+
+def describe_text_tower(cfg: TextConfig, source: dict | None = None) -> str:
+    """One line: which text tower, its size, what was frozen."""
+    source = source or {}
+    size = f"{cfg.layers} layers x {cfg.width}"
+    if cfg.kind == "hf":
+        name = source.get("name_or_path") or source.get("hf_folder") or cfg.hf_folder
+        where = f" from {source['hf_folder']}" if str(source.get("hf_folder", "")).startswith("pkg:") else ""
+        what = f"{name} ({source.get('model_type', 'hf')}, {size}){where}"
+    elif cfg.open_clip_model or cfg.init_checkpoint:
+        what = f"open_clip {cfg.open_clip_model or 'CLIP'} text transformer ({size})"
+    else:
+        what = f"CLIP-style text transformer ({size}) trained from scratch"
+    if cfg.freeze == "all":
+        what += ", frozen"
+    elif cfg.freeze == "all_but_last_N":
+        what += f", all but the last {cfg.unfrozen_layers} blocks frozen"
+    return what
+
+
+def complete_card(card: ModelCard | None, model: "VideoTextModel", source: dict | None = None) -> ModelCard:
+    """The card with what the model itself can tell (input, text tower) filled in where empty."""
+    card = dataclasses.replace(card) if card is not None else ModelCard()
+    card.input = card.input or describe_input(model.config)
+    card.text_tower = card.text_tower or describe_text_tower(model.config.text, source)
+    return card.validate()
+
+
 class VideoTextModel(nn.Module):
     """open_clip-shaped dual encoder: `encode_video`, `encode_text`, `forward` -> features + logit scale."""
 
@@ -84,6 +149,7 @@ class VideoTextModel(nn.Module):
             self.token_decoder = nn.Sequential(nn.Linear(self.visual.embed_dim, cfg.teacher_dim),
                                                nn.LayerNorm(cfg.teacher_dim))
         self._model_id: str | None = None
+        self.card: ModelCard | None = None  # set by load_model (None: a folder saved before cards existed)
 
     # -- properties users and the index rely on --------------------------------------------------
     @property
@@ -186,8 +252,11 @@ def create_model(config: ModelConfig | dict | str | Path | None = None, **overri
 
 
 def save_model(model: VideoTextModel, path: str | Path, dtype: torch.dtype | None = None,
-               reference_pretrained: bool = False) -> Path:
+               reference_pretrained: bool = False, card: ModelCard | None = None) -> Path:
     """Write `path/` = config.yaml + model.safetensors + tokenizer/ (+ text_model/ for HF towers), atomically.
+
+    config.yaml carries a `card` (`card`, else the model's own, else a blank one; input and text tower are
+    filled in from the config either way).
 
     Everything needed to rebuild is inside the folder (no network, no original HF folder): the HF
     tower's config and tokenizer files are copied and the config points at them relatively.
@@ -212,7 +281,9 @@ def save_model(model: VideoTextModel, path: str | Path, dtype: torch.dtype | Non
         cfg = dataclasses.replace(model.config, text=text, video=video)
         model.tokenizer.save(tmp / _TOKENIZER_DIR)
         state = {k: v.detach().to(dtype or v.dtype).contiguous().cpu() for k, v in model.state_dict().items()}
-        meta = {"format_version": FORMAT_VERSION, "model": to_dict(cfg), "text_source": text_tower_source(model.config.text)}
+        source = text_tower_source(model.config.text)
+        meta = {"format_version": FORMAT_VERSION, "model": to_dict(cfg), "text_source": source,
+                "card": to_dict(complete_card(card or model.card, model, source))}
         if reference_pretrained:
             from .pretrained_ref import split_pretrained
 
@@ -261,4 +332,30 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> VideoTex
         state.update(load_pretrained(data["pretrained_ref"]))
     model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
     model._model_id = sha256_file(weights)[:16]
+    model.card = read_card(path, data)
     return model.to(device).eval()
+
+
+def read_card(path: str | Path, data: dict | None = None) -> ModelCard | None:
+    """The model folder's card, or None for a folder saved before cards existed; a malformed card raises."""
+    data = load_yaml(Path(path) / "config.yaml") if data is None else data
+    if data.get("card") is None:
+        return None
+    try:
+        return from_dict(ModelCard, data["card"], "card").validate()
+    except ValueError as e:
+        raise ValueError(f"{Path(path) / 'config.yaml'}: {e}") from None
+
+
+def write_card(path: str | Path, card: ModelCard) -> Path:
+    """Replace the card of an existing model folder (atomically); weights, and so model_id, stay untouched."""
+    cfg_file = Path(path) / "config.yaml"
+    data = load_yaml(cfg_file)
+    data["card"] = to_dict(card.validate())
+    tmp = cfg_file.with_name(cfg_file.name + ".tmp")
+    save_yaml(data, tmp)
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    tmp.replace(cfg_file)
+    fsync_dir(cfg_file.parent)
+    return cfg_file

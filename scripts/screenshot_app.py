@@ -130,6 +130,37 @@ def search_in_browser(browser: Browser, url: str, query: str, timeout: float = 6
     return [browser.attribute(c, "data-path") for c in cards]
 
 
+def card_paths(browser: Browser) -> list[str]:
+    return browser.run_js("return [...document.querySelectorAll('.vmr-card[data-path]')].map(c => c.dataset.path);")
+
+
+def _wait_until(browser: Browser, script: str, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while not (value := browser.run_js(script)):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} after {timeout}s")
+        time.sleep(0.2)
+    return value
+
+
+def click_example(browser: Browser, url: str, index: int = 0, timeout: float = 60.0) -> tuple[str, list[str]]:
+    """Open the app, click example `index`; returns (the query box's text, the result cards' paths)."""
+    browser.open(url)
+    browser.wait_for("#vmr-examples button", timeout)
+    browser.run_js("document.querySelectorAll('#vmr-examples button')[arguments[0]].click();", index)
+    browser.wait_for(".vmr-card[data-path]", timeout)
+    text = browser.run_js("return document.querySelector('#vmr-query textarea, #vmr-query input').value;")
+    return text, card_paths(browser)
+
+
+def more_like_this(browser: Browser, card: int = 0, timeout: float = 60.0) -> tuple[str, list[str]]:
+    """Press "More like this" on result card `card`; returns (that card's path, the new cards' paths)."""
+    source = card_paths(browser)[card]
+    browser.run_js("document.querySelectorAll('.vmr-card .vmr-like')[arguments[0]].click();", card)
+    _wait_until(browser, "return document.querySelector('.vmr-title') !== null;", timeout, "no more-like-this results")
+    return source, card_paths(browser)
+
+
 def wait_for_media(browser: Browser, timeout_ms: int = 5000) -> list[float]:
     """Wait until every result video has its current frame (or timeout); returns their currentTime values."""
     return browser.run_js(

@@ -77,6 +77,21 @@ def test_search_through_gradio_client(app):
     assert hits == [] and "empty query" in html
     info = client.predict(api_name="/info")
     assert info["model_id"] == "color-v1" and info["segments"] == 6 and info["roots"] == [str(app["lib"])]
+    assert info["files"] == 5 and info["card"] is None  # the colour model has no card
+
+
+def test_more_like_this_through_gradio_client(app):
+    from gradio_client import Client
+
+    client = Client(app["url"], verbose=False)
+    _, hits = client.predict("blue", 1, -1, True, api_name="/search")
+    seg = hits[0]["segments"][0]
+    html, like = client.predict(f"{seg['id']} {hits[0]['video']} 0:00-0:01", 3, -1, False, api_name="/more_like_this")
+    assert seg["id"] not in [h["segments"][0]["id"] for h in like] and len(like) == 3
+    assert like[0]["video"] in {"sub/blue.mkv", "sub/redblue.mp4"} and "More like " + hits[0]["video"] in html
+    assert "cosine similarity" in html and "vmr-like" in html
+    html, like = client.predict("999999 gone", 3, -1, False, api_name="/more_like_this")
+    assert like == [] and "not in the index" in html
 
 
 def test_serves_library_files_only(app):

@@ -31,9 +31,15 @@ def test_demo_runs_and_prints_a_table(tiny_model, tmp_path, capsys):
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "generated 6 videos" in out and "indexed 6 new" in out
-    assert "| rank | score | video | segment | written for it |" in out
+    # the table `vmr search` prints, one legend for the scores, every line within 80 columns
+    assert out.count("rank   score  video") == demo.CAPTION_QUERIES + 2 and "|" not in out.split("library")[1]
     assert out.count("(caption of test_") == demo.CAPTION_QUERIES and out.count("(free-form)") == 2
-    assert "| 1 |" in out and "own video ranks" in out and "all 6 captions as queries" in out
+    assert "   1   " in out and "own video ranks" in out and "all 6 captions as queries" in out
+    assert out.count("score: cosine similarity") == 1 and "* marks the video a caption was written for" in out
+    table = out[out.index("query 1"):out.index("all 6 captions")]
+    assert max(len(line) for line in table.splitlines()) <= 80
+    assert "score of a caption's own video: median" in out
+    assert all(f"{phase} " in out for phase in ("model load", "render", "index", "queries"))
     meta = json.loads((lib / demo.META_FILE).read_text())
     assert meta["complete"] and (meta["size"], meta["frames"]) == (32, 16)  # from the model's config
     assert len(list((lib / "videos").glob("*.mp4"))) == 6

@@ -299,7 +299,8 @@ def test_cli_build_info_search_remove(tmp_path, lib, monkeypatch, capsys):
     assert len(hits) == 2 and {"path", "start", "end", "score", "segments"} <= set(hits[0])
     assert main(["search", "--index", str(out), "blue", "-k", "3", "--segments"]) == 0
     table = capsys.readouterr().out.splitlines()
-    assert table[0].split() == ["rank", "score", "video", "segment"] and len(table) == 4
+    assert table[0].split() == ["rank", "score", "video", "segment"] and table[4].startswith("score: cosine")
+    assert [line.split()[0] for line in table[1:4]] == ["1", "2", "3"]  # three rows, then the score legend
 
     assert main(["index", "add", "--index", str(out), "--videos", str(lib), "--model",
                  str(model_dir(tmp_path, "v2")), "--workers", "0", "--no-progress"]) == 2

@@ -43,6 +43,10 @@ def test_smoke_config_end_to_end(tmp_path, monkeypatch):
     assert (run / "checkpoints" / "latest").read_text().strip() == "step_00000008"
     model = load_model(run / "model")
     assert model.config.video.num_frames == 4 and model.config.teacher_dim == 0
+    card = model.card  # the export's model card: what the run trained on and its final check
+    assert (card.domain, card.clips, card.steps, card.input) == ("synthetic", 32, 8, "4 frames at 32 px per segment")
+    assert card.results[0].command == f"python pretrain/run.py --config {run / 'config.yaml'}"
+    assert "red" in card.vocabulary["colours"] and card.examples
     import torch
 
     with torch.no_grad():

@@ -151,3 +151,54 @@ def test_media_paths_stay_inside_the_library(built, tmp_path):
                        (str(tmp_path / "secret"), "s.mp4"), (hit.root, "")]:
         with pytest.raises(ValueError):
             s.media_path(Hit(1, path, root, 0.0, 1.0, 1.0))
+
+
+def test_cli_table_words_more_segments_and_fits_80_columns(built, monkeypatch, capsys, tmp_path):
+    from app.cli import main
+
+    lib, out = built
+    install_fake_loader(monkeypatch)
+    long_name = lib / ("a-very-long-folder-name-" * 4) / "blue-and-then-some-more-blue.mp4"
+    write_color_video(long_name, "blue")
+    ingest.add(out, lib, model=ColorModel(), config=ingest.IngestConfig(workers=0, progress=False))
+    assert main(["search", "--index", str(out), "blue", "-k", "3"]) == 0
+    text = capsys.readouterr().out
+    lines = text.splitlines()
+    assert lines[0].split() == ["rank", "score", "video", "segment"]
+    assert "+1 more segment of this video (--all-segments lists them)" in text and "more)" not in text
+    assert "...long-folder-name-/blue-and-then-some-more-blue.mp4" in text and "score: cosine similarity" in text
+    assert max(len(line) for line in lines) <= 80
+    assert main(["search", "--index", str(out), "blue", "-k", "3", "--all-segments"]) == 0
+    text = capsys.readouterr().out
+    assert "more segment" not in text and "same video" in text and "0:00-0:02" in text
+    assert main(["search", "--index", str(out), "blue", "--json"]) == 0
+    assert capsys.readouterr().out.lstrip().startswith("[")
+
+
+def test_search_help_says_what_a_score_is(capsys):
+    from app.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["search", "--help"])
+    assert "cosine similarity" in capsys.readouterr().out
+
+
+def test_clip_queries_through_the_searcher(built):
+    from index.errors import QueryVideoError
+
+    lib, out = built
+    s = Searcher(out, model=ColorModel())
+    hits = s.search_video(lib / "sub" / "blue.mkv", k=2)      # its own segment left out
+    assert hits[0].path == "sub/redblue.mp4" and (hits[0].start, hits[0].end) == (2.0, 4.0)
+    assert all(h.path != "sub/blue.mkv" for h in hits)
+    hits = s.search_video(lib / "sub" / "redblue.mp4", 0.0, 2.0, k=5, group_by_video=False)
+    assert (hits[0].path, hits[0].start) == ("red.mp4", 0.0)      # the red half's neighbour, not itself
+    assert any((h.path, h.start) == ("sub/redblue.mp4", 2.0) for h in hits)  # its other half is a fair answer
+    seg = s.search("green", k=1)[0].segments[0].id
+    assert all(h.segments[0].id != seg for h in s.search_segment(seg, k=5, group_by_video=False))
+    for args, message in [((lib / "nope.mp4",), "no such file"), ((lib / "notes.txt",), "cannot be decoded"),
+                          ((lib / "red.mp4", 0.5, 9.0), "outside the video"), ((lib / "red.mp4", 0.5, None), "both")]:
+        with pytest.raises(QueryVideoError, match=message):
+            s.search_video(*args)
+    with pytest.raises(QueryVideoError, match="not in the index"):
+        s.search_segment(10 ** 9)

@@ -85,7 +85,26 @@ def _config(args, **extra):
                         device=args.device, progress=not args.no_progress, **extra)
 
 
+def _card(model_path):
+    """The card of a model folder; None when it has none (or is not a folder `retrieval.save_model` wrote)."""
+    from retrieval.model import read_card
+
+    try:
+        return read_card(model_path) if model_path else None
+    except (OSError, ValueError):  # no config.yaml there: loading the model reports that properly
+        return None
+
+
+def _warn_domain(model_path, roots, command: str) -> None:
+    from app.card import domain_warning
+
+    warning = domain_warning(_card(model_path), roots, command)
+    if warning:
+        print(warning, file=sys.stderr)
+
+
 def _build(args) -> int:
+    from app.card import library_root
     from index import ingest
     from index.update import merge
 
@@ -97,13 +116,17 @@ def _build(args) -> int:
         return 2
     cfg = _config(args, segment_seconds=args.segment_seconds, stride=args.stride, frames=args.frames,
                   memory_budget=args.memory_budget, target_recall=args.target_recall)
+    _warn_domain(args.model, [library_root(args.videos, args.video_root)], "index build")
     report = ingest.build(args.videos, args.out, model_path=args.model, config=cfg, video_root=args.video_root)
     return _print_report(report, args.out)
 
 
 def _add(args) -> int:
+    from app.card import library_root
     from index import ingest
 
+    model_path = args.model or ingest.info(args.index)["model_path"]
+    _warn_domain(model_path, [library_root(args.videos, args.video_root)], "index add")
     report = ingest.add(args.index, args.videos, model_path=args.model, config=_config(args),
                         video_root=args.video_root)
     return _print_report(report, args.index)
@@ -152,11 +175,14 @@ def _print_commit(result, index_dir) -> None:
 def _info(args) -> int:
     from index.ingest import info
 
+    from app.card import as_dict, card_lines
+
     data = info(args.index)
+    card = _card(data["model_path"])
     if args.json:
         if not args.failures:
             data.pop("failures_list")
-        print(json.dumps(data, indent=2))
+        print(json.dumps({**data, "card": as_dict(card)}, indent=2))
         return 0
     fx = data["faiss"]
     print(f"index:     {data['index_dir']} (version {data['version']}, {data['disk_bytes'] / 2**20:.1f} MiB on disk)")
@@ -168,6 +194,7 @@ def _info(args) -> int:
         recall = "exact" if fx.get("exact") else (f"nprobe={fx.get('nprobe')}, recall@10={fx.get('recall_at_10')} "
                                                   f"measured on {fx.get('recall_queries')} stored vectors")
         print(f"faiss:     {fx.get('factory')} ({fx.get('bytes', 0) / 2**20:.1f} MiB), {recall}")
+    print("card:      " + card_lines(None)[0] if card is None else "\n".join(["card:", *card_lines(card)]))
     if data["pending_checkpoints"]:
         print(f"pending:   {data['pending_checkpoints']} encoded files not merged yet (rerun the build or "
               "`vmr index build --merge`)")

@@ -1,46 +1,84 @@
-"""Search an index with a text query; prints a ranked table (or JSON).
+"""Search an index with a text query, or with a clip (--like): prints a ranked table (or JSON).
 
-Example: vmr search --index lib.idx "a dog catches a frisbee" -k 5
+A score is the cosine similarity of the query's and the segment's embeddings, from -1 to 1 (higher is closer);
+its scale depends on the model, so compare scores within one search. Examples:
+vmr search --index lib.idx "a dog catches a frisbee" -k 5;  vmr search --index lib.idx --like clip.mp4@0:10-0:18
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
 import sys
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("query", nargs="+", help="what to look for (words are joined; quoting is optional)")
+    parser.add_argument("query", nargs="*", help="what to look for (words are joined; quoting is optional)")
+    parser.add_argument("--like", metavar="VIDEO[@START-END]", default=None,
+                        help="search by example: segments that look like this clip (START-END in seconds or m:ss; "
+                             "default the whole file); the clip's own indexed segments are left out")
     parser.add_argument("--index", required=True, help="index folder (vmr index build --out)")
     parser.add_argument("-k", type=int, default=10, help="results to show")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--segments", action="store_true", help="rank segments instead of one row per video")
-    parser.add_argument("--threshold", type=float, default=None, help="drop results scoring below this")
+    parser.add_argument("--all-segments", action="store_true",
+                        help="under each video, list every matching segment instead of counting them")
+    parser.add_argument("--threshold", type=float, default=None,
+                        help="drop results scoring below this (a cosine similarity, -1..1)")
     parser.add_argument("--model", default=None, help="model folder (default: the one the index records)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
 
 
-def run(args) -> int:
-    from app.ui import clock
-    from index.errors import IndexCorruptError, IndexMissingError, ModelMismatchError
-    from index.searcher import Searcher
-
+def parse_like(text: str) -> tuple[str, float | None, float | None]:
+    """"clip.mp4", "clip.mp4@12-20" or "clip.mp4@0:12-0:20" -> (path, start, end); ValueError when malformed."""
+    path, sep, span = text.rpartition("@")
+    if not sep or os.path.isfile(text):
+        return text, None, None
+    m = re.fullmatch(r"\s*([\d.:]+)\s*-\s*([\d.:]+)\s*", span)
     try:
+        return path, _seconds(m.group(1)), _seconds(m.group(2))
+    except (AttributeError, ValueError):
+        raise ValueError(f"--like {text}: START-END must be seconds or m:ss, e.g. clip.mp4@12-20 or "
+                         "clip.mp4@0:12-0:20") from None
+
+
+def _seconds(text: str) -> float:
+    parts = text.strip().split(":")
+    if not 1 <= len(parts) <= 3 or not all(parts):
+        raise ValueError(text)
+    value = 0.0
+    for p in parts:
+        value = value * 60 + float(p)
+    return value
+
+
+def run(args) -> int:
+    from app.card import domain_warning
+    from app.table import hits_table
+    from index.errors import IndexCorruptError, IndexMissingError, ModelMismatchError
+    from index.searcher import Searcher, check_clip
+
+    text = " ".join(args.query).strip()
+    if text and args.like:
+        print("vmr search: give a text query or --like VIDEO[@START-END], not both", file=sys.stderr)
+        return 2
+    try:
+        like = parse_like(args.like) if args.like else None
+        if like:
+            check_clip(*like)  # a bad clip is reported before the model loads
         searcher = Searcher(args.index, model=args.model, device=args.device)
-        hits = searcher.search(" ".join(args.query), k=args.k, group_by_video=not args.segments,
-                               threshold=args.threshold)
+        warning = domain_warning(getattr(searcher.model, "card", None), searcher.roots(), "search")
+        if warning:
+            print(warning, file=sys.stderr)
+        opts = dict(k=args.k, group_by_video=not args.segments, threshold=args.threshold)
+        hits = searcher.search_video(*like, **opts) if like else searcher.search(text, **opts)
     except (IndexMissingError, IndexCorruptError, ModelMismatchError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.json:
         print(json.dumps([h.to_dict() for h in hits], indent=2))
         return 0
-    if not hits:
-        print("no results")
-        return 0
-    width = min(max(len(h.path) for h in hits), 70)
-    print(f"{'rank':>4}  {'score':>6}  {'video':<{width}}  segment")
-    for h in hits:
-        more = f"  (+{len(h.segments) - 1} more)" if len(h.segments) > 1 else ""
-        print(f"{h.rank:>4}  {h.score:6.3f}  {h.path:<{width}}  {clock(h.start)}-{clock(h.end)}{more}")
+    print("\n".join(hits_table(hits, all_segments=args.all_segments,
+                               more_hint="" if args.all_segments else "(--all-segments lists them)")))
     return 0
