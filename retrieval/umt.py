@@ -5,6 +5,7 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -162,3 +163,41 @@ class UMTModel(nn.Module):
         if text is not None:
             out["text_features"] = self.encode_text(text)
         return out
+
+
+@torch.no_grad()
+def itm_rerank(model: UMTModel, sim: torch.Tensor, text_states: torch.Tensor, text_mask: torch.Tensor,
+               video_tokens: torch.Tensor, k: int, direction: str = "t2v", batch_size: int = 32,
+               progress: Callable[[int], object] | None = None) -> torch.Tensor:
+    """The release's re-ranking: each query's top `k` candidates by `sim` get the raw ITM logit, all else -100.
+
+    sim: (texts, videos) similarity; text_states (texts, L, H) and text_mask (texts, L) from `text_states`;
+    video_tokens (videos, S, D) from `video_features` (kept on any device; moved per batch). direction "t2v"
+    ranks videos for each text -> (texts, videos); "v2t" texts for each video -> (videos, texts).
+    `progress(n)` is called after each query. Scores are float32.
+    """
+    if direction not in ("t2v", "v2t"):
+        raise ValueError(f"direction must be 't2v' or 'v2t', got {direction!r}")
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    device = model.itm_head.weight.device
+    scores = sim.float() if direction == "t2v" else sim.float().T  # (queries, candidates)
+    out = torch.full(scores.shape, -100.0)
+    k = min(k, scores.shape[1])
+    for q in range(scores.shape[0]):
+        top = scores[q].topk(k).indices  # (k,)
+        row = []
+        for a in range(0, k, batch_size):
+            idx = top[a:a + batch_size]
+            n = len(idx)
+            if direction == "t2v":
+                states, mask = text_states[q:q + 1].expand(n, -1, -1), text_mask[q:q + 1].expand(n, -1)
+                video = video_tokens[idx]
+            else:
+                states, mask = text_states[idx], text_mask[idx]
+                video = video_tokens[q:q + 1].expand(n, -1, -1)
+            row.append(model.itm_scores(states.to(device), mask.to(device), video.to(device)).float().cpu())
+        out[q, top] = torch.cat(row)
+        if progress is not None:
+            progress(1)
+    return out
