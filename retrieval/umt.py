@@ -73,6 +73,10 @@ class UMTModel(nn.Module):
     """
 
     has_itm = True
+    # How the release's zero-shot evaluation feeds frames: the whole frame squashed to img_size, bicubic.
+    eval_crop = False
+    eval_resize_mode = "bicubic"
+    similarity = "mean over frames of text . frame (each L2-normalised), float32, no temperature"
 
     def __init__(self, cfg: UMTConfig, tokenizer):
         super().__init__()
