@@ -503,6 +503,9 @@ def _rerank_metrics(model, sim: np.ndarray, t2v_idx: list[int], states, masks, t
     from retrieval.umt import itm_rerank
 
     t = time.perf_counter()
+    device = _device_of(model)
+    if device.type == "cuda":  # every query reads k videos' tokens: keep them on the GPU (MSRVTT: 3.6 GB fp32)
+        tokens, states, masks = tokens.to(device), states.to(device), masks.to(device)
     sim_t = torch.from_numpy(np.ascontiguousarray(sim))
     k = min(k, max(sim.shape))
     bar = tqdm(total=sim.shape[0] + sim.shape[1], desc=f"re-rank top {k} (ITM)", unit="query",

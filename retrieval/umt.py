@@ -190,15 +190,16 @@ def itm_rerank(model: UMTModel, sim: torch.Tensor, text_states: torch.Tensor, te
     k = min(k, scores.shape[1])
     for q in range(scores.shape[0]):
         top = scores[q].topk(k).indices  # (k,)
+        top_dev = top.to(video_tokens.device)
         row = []
         for a in range(0, k, batch_size):
-            idx = top[a:a + batch_size]
+            idx = top_dev[a:a + batch_size]
             n = len(idx)
             if direction == "t2v":
                 states, mask = text_states[q:q + 1].expand(n, -1, -1), text_mask[q:q + 1].expand(n, -1)
                 video = video_tokens[idx]
             else:
-                states, mask = text_states[idx], text_mask[idx]
+                states, mask = text_states[idx.to(text_states.device)], text_mask[idx.to(text_mask.device)]
                 video = video_tokens[q:q + 1].expand(n, -1, -1)
             row.append(model.itm_scores(states.to(device), mask.to(device), video.to(device)).float().cpu())
         out[q, top] = torch.cat(row)
