@@ -84,11 +84,18 @@ def create_ui(searcher, max_k: int = 50):
 
     from index.searcher import MAX_QUERY_CHARS
 
-    def search(query: str, k: float, min_score: float, group: bool):
+    from index.rerank import rerank_hits, supports_rerank
+    from retrieval.data.video import VideoError
+
+    can_rerank = supports_rerank(searcher.model)  # the release's multimodal models: re-score with the ITM head
+
+    def search(query: str, k: float, min_score: float, group: bool, rerank: float = 0):
         try:
-            hits = searcher.search(query, int(k), group_by_video=bool(group),
+            hits = searcher.search(query, max(int(k), int(rerank or 0)), group_by_video=bool(group),
                                    threshold=None if min_score is None or min_score <= -1 else float(min_score))
-        except ValueError as e:  # empty query and the like: say so in the results area
+            if rerank:
+                hits = rerank_hits(searcher, query, hits, int(rerank))[:int(k)]
+        except (ValueError, VideoError) as e:  # empty query and the like: say so in the results area
             return f"<div class='vmr-msg'>{html.escape(str(e))}</div>", []
         demo.allowed_paths = _allowed(searcher)  # an `add` may have brought a new library root
         return results_html(searcher, hits), [hit_json(h) for h in hits]
@@ -103,13 +110,15 @@ def create_ui(searcher, max_k: int = 50):
             k = gr.Slider(1, max_k, value=min(10, max_k), step=1, label="Results (k)")
             min_score = gr.Slider(-1.0, 1.0, value=-1.0, step=0.01, label="Minimum score (-1 = off)")
             group = gr.Checkbox(value=True, label="One card per video")
+            rerank = gr.Slider(0, 128, value=0, step=1, label="Re-rank top K with the matching head (0 = off)",
+                               visible=can_rerank)
         results = gr.HTML("<div class='vmr-msg'>Type a query and press Enter.</div>", elem_id="vmr-results")
         with gr.Accordion("Results as JSON", open=False):
             hits_json = gr.JSON(label="hits")
         with gr.Accordion("Index info", open=False):
             info = gr.JSON(value=searcher.info, label="index")
             refresh = gr.Button("Reload index", size="sm")
-        inputs, outputs = [query, k, min_score, group], [results, hits_json]
+        inputs, outputs = [query, k, min_score, group] + ([rerank] if can_rerank else []), [results, hits_json]
         go.click(search, inputs, outputs, api_name="search")
         query.submit(search, inputs, outputs, api_name=False)
 

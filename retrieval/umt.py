@@ -19,7 +19,6 @@ from .videomamba import VideoMamba
 KIND = "umt"  # `kind` in a model folder's config.yaml
 # The release's zero-shot text lengths (`max_txt_l` in its exp_zs/*/config.py), by dataset.
 RELEASE_CONTEXT_LENGTH = {"msrvtt": 32, "lsmdc": 96, "didemo": 64, "msvd": 64, "activitynet": 150}
-RELEASE_K_TEST = 128  # candidates re-ranked per query in the release's evaluation
 
 
 @dataclass

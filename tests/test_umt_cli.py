@@ -96,6 +96,15 @@ def test_convert_then_index_and_search_with_rerank(checkpoint, library, tmp_path
     assert main(["search", "--index", str(idx), "a man plays the guitar", "--rerank", "2"]) == 0
     assert "ITM match logits for the top 2" in capsys.readouterr().out
 
+    pytest.importorskip("gradio")
+    from app.ui import create_ui
+    from index.searcher import Searcher
+
+    demo = create_ui(Searcher(idx))  # the app's /search takes a fifth input, K, for such a model
+    search = next(f.fn for f in demo.fns.values() if f.api_name == "search")
+    _, shown = search("a man plays the guitar", 4, -1.0, True, 3)
+    assert [h["score"] for h in shown[:3]] == [h["score"] for h in hits[:3]]
+
 
 def test_bf16_checkpoint_loads_in_float32(tmp_path):
     sd = {k: (v.to(torch.bfloat16) if v.is_floating_point() else v) for k, v in
