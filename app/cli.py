@@ -15,6 +15,7 @@ COMMANDS = {
     "search": "search",
     "app": "serve",
     "eval": "evaluate",
+    "convert": "convert",
 }
 
 

@@ -127,6 +127,11 @@ def create_ui(searcher, max_k: int = 50):
 
     from index.searcher import MAX_QUERY_CHARS
 
+    from index.rerank import rerank_hits, supports_rerank
+    from retrieval.data.video import VideoError
+
+    can_rerank = supports_rerank(searcher.model)  # the release's multimodal models: re-score with the ITM head
+
     def threshold(min_score):
         return None if min_score is None or min_score <= -1 else float(min_score)
 
@@ -134,10 +139,13 @@ def create_ui(searcher, max_k: int = 50):
         demo.allowed_paths = _allowed(searcher)  # an `add` may have brought a new library root
         return results_html(searcher, hits, title), [hit_json(h) for h in hits]
 
-    def search(query: str, k: float, min_score: float, group: bool):
+    def search(query: str, k: float, min_score: float, group: bool, rerank: float = 0):
         try:
-            hits = searcher.search(query, int(k), group_by_video=bool(group), threshold=threshold(min_score))
-        except ValueError as e:  # empty query and the like: say so in the results area
+            hits = searcher.search(query, max(int(k), int(rerank or 0)), group_by_video=bool(group),
+                                   threshold=threshold(min_score))
+            if rerank:
+                hits = rerank_hits(searcher, query, hits, int(rerank))[:int(k)]
+        except (ValueError, VideoError) as e:  # empty query and the like: say so in the results area
             return f"<div class='vmr-msg'>{html.escape(str(e))}</div>", []
         return answer(hits)
 
@@ -170,6 +178,8 @@ def create_ui(searcher, max_k: int = 50):
             min_score = gr.Slider(-1.0, 1.0, value=-1.0, step=0.01,
                                   label="Minimum score: cosine similarity, -1..1 (-1 = off)")
             group = gr.Checkbox(value=True, label="One card per video")
+            rerank = gr.Slider(0, 128, value=0, step=1, label="Re-rank top K with the matching head (0 = off)",
+                               visible=can_rerank)
         results = gr.HTML(f"<div class='vmr-msg vmr-empty'>{html.escape(EMPTY)}</div>", elem_id="vmr-results")
         like_id = gr.Textbox(visible="hidden", elem_id="vmr-like-id")
         like_go = gr.Button("more like this", visible="hidden", elem_id="vmr-like-go")
@@ -178,7 +188,7 @@ def create_ui(searcher, max_k: int = 50):
         with gr.Accordion("Index info", open=False):
             info = gr.JSON(value=searcher.info, label="index")
             refresh = gr.Button("Reload index", size="sm")
-        inputs, outputs = [query, k, min_score, group], [results, hits_json]
+        inputs, outputs = [query, k, min_score, group] + ([rerank] if can_rerank else []), [results, hits_json]
         go.click(search, inputs, outputs, api_name="search")
         query.submit(search, inputs, outputs, api_name=False)
         like_go.click(more_like, [like_id, k, min_score, group], outputs, api_name="more_like_this")

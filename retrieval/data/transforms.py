@@ -23,10 +23,16 @@ def _as_tchw_uint8(frames) -> torch.Tensor:
     return x.permute(0, 3, 1, 2)
 
 
-def _resize(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Antialiased bilinear resize of (T, C, H, W); uint8 stays uint8 (torch's fast channels-last CPU kernel)."""
+def _resize(x: torch.Tensor, height: int, width: int, mode: str = "bilinear") -> torch.Tensor:
+    """Antialiased bilinear (or bicubic) resize of (T, C, H, W); uint8 stays uint8 (bilinear: torch's fast
+    channels-last CPU kernel; bicubic: computed in float, rounded and clamped back, as torchvision does)."""
     if x.shape[-2:] == (height, width):
         return x
+    if mode == "bicubic":
+        y = F.interpolate(x.float(), size=(height, width), mode="bicubic", antialias=True, align_corners=False)
+        return y.round_().clamp_(0, 255).to(torch.uint8) if x.dtype == torch.uint8 else y.to(x.dtype)
+    if mode != "bilinear":
+        raise ValueError(f"resize mode must be 'bilinear' or 'bicubic', got {mode!r}")
     if x.dtype == torch.uint8:
         x = x.contiguous(memory_format=torch.channels_last)
         return F.interpolate(x, size=(height, width), mode="bilinear", antialias=True, align_corners=False)
@@ -55,25 +61,26 @@ def frames_to_uint8(frames, size: int, crop: bool = True) -> torch.Tensor:
     return _crop_resize(frames, size, crop).permute(1, 0, 2, 3).contiguous()
 
 
-def _crop_resize(frames, size: int, crop: bool) -> torch.Tensor:
+def _crop_resize(frames, size: int, crop: bool, mode: str = "bilinear") -> torch.Tensor:
     x = _as_tchw_uint8(frames)  # (T, 3, H, W)
     h, w = x.shape[-2:]
     if crop:
         side = min(h, w)
         top, left = (h - side) // 2, (w - side) // 2
         x = x[:, :, top:top + side, left:left + side]
-    return _resize(x, size, size)
+    return _resize(x, size, size, mode)
 
 
-def frames_to_tensor(frames, size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD, crop: bool = True) -> torch.Tensor:
+def frames_to_tensor(frames, size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD, crop: bool = True,
+                     mode: str = "bilinear") -> torch.Tensor:
     """uint8 (T, H, W, 3) frames -> float32 (3, T, size, size): resize short side to `size`, centre crop, normalise.
 
     The centre square is cut first and then resized (same pixels as resize-then-crop up to a
     sub-pixel crop offset, and far cheaper for large frames). Resizing is antialiased bilinear on
-    uint8. `crop=False` squashes the whole frame to size x size instead (the VINDLU/UMT test
-    transform, which uses bicubic; kept for comparisons, not the project default).
+    uint8. `crop=False` squashes the whole frame to size x size instead; with `mode="bicubic"` that is the
+    VINDLU/UMT test transform (what the release's multimodal models are evaluated with).
     """
-    return normalize(_crop_resize(frames, size, crop), mean, std)  # (3, T, size, size)
+    return normalize(_crop_resize(frames, size, crop, mode), mean, std)  # (3, T, size, size)
 
 
 def _crop_box(h: int, w: int, scale, ratio, generator) -> tuple[int, int, int, int]:
