@@ -24,17 +24,20 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 
 
 def encode_threads(device: torch.device) -> int:
-    """Intra-op threads for a long CPU encode, chosen once from how busy the cores are: all of them when they are
-    free, fewer when other jobs keep them busy. Two threads meet at a barrier in every op, so when one is
-    descheduled the other waits: on the 2-core box with other jobs running, one thread encoded 3-10x faster than
-    two (BENCHMARKS.md section 4). VMR_CPU_THREADS=N overrides."""
+    """Intra-op threads for a long CPU encode, chosen once from how busy the cores are: all of them unless other
+    jobs oversubscribe the cores, then fewer. Threads meet at a barrier in every op, so when one is descheduled
+    the others wait: on the 2-core box at load 7-9, one thread encoded 3-10x faster than two; at load <= 2, two
+    threads were faster (34.9 s against 45.2 s for the demo; BENCHMARKS.md section 4b). VMR_CPU_THREADS=N
+    overrides."""
     if device.type != "cpu":
         return torch.get_num_threads()
     if os.environ.get("VMR_CPU_THREADS"):
         return max(1, int(os.environ["VMR_CPU_THREADS"]))
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     busy = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0  # runnable processes, last minute
-    return max(1, min(torch.get_num_threads(), int(cores - busy + 0.5)))
+    # Up to `cores` runnable jobs (this one's own recent work included) leave every core to us.
+    want = cores if busy <= cores else int(2 * cores - busy + 0.5)
+    return max(1, min(torch.get_num_threads(), want))
 
 
 @contextmanager
