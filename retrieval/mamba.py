@@ -139,10 +139,6 @@ class BiMambaMixer(nn.Module):
         out_b = self._scan_time_major(x.flip(1), z.flip(1), "_b")
         return self.out_proj(out + out_b.flip(1))
 
-    def _stacked(self, name: str, name_b: str | None = None) -> torch.Tensor:
-        """A parameter of both directions stacked on a new leading axis: (2, ...)."""
-        return torch.stack([getattr(self, name), getattr(self, name_b or f"{name}_b")])
-
     def _forward_triton(self, hidden: torch.Tensor) -> torch.Tensor:
         """Both directions at once, time-major throughout: 2 convs in one kernel, 2 scans in one kernel,
         batched projections, and out_proj reading both directions as one (B*L, 2 d_inner) matrix."""
@@ -160,7 +156,7 @@ class BiMambaMixer(nn.Module):
         Bm = x_dbl[..., R:R + N].view(2, bsz, L, N)
         Cm = x_dbl[..., R + N:].view(2, bsz, L, N)
         A = -torch.exp(torch.stack([self.A_log, self.A_b_log]).float())  # (2, Di, N)
-        y = bimamba_scan_fn(u, dt, A, Bm, Cm, self._stacked("D").float(), z,
+        y = bimamba_scan_fn(u, dt, A, Bm, Cm, torch.stack([self.D, self.D_b]).float(), z,
                             torch.stack([self.dt_proj.bias, self.dt_proj_b.bias]).float())  # (B, L, 2, Di)
         w = self.out_proj.weight
         return F.linear(y.view(bsz, L, 2 * Di), torch.cat([w, w], dim=1), self.out_proj.bias)
