@@ -70,8 +70,8 @@ def _read_file(path: Path) -> Mapping[str, torch.Tensor]:
     return obj
 
 
-def _unwrap(obj: Mapping) -> tuple[dict[str, torch.Tensor], str]:
-    """Find the video-encoder state dict in a checkpoint container."""
+def _container_tensors(obj: Mapping) -> tuple[dict[str, torch.Tensor], str]:
+    """The tensors of a checkpoint container (flat, or nested under a usual key) and where they were found."""
     container = "flat state dict"
     for key in ("model", "module", "state_dict", "model_state"):
         if key in obj and isinstance(obj[key], Mapping):
@@ -80,6 +80,12 @@ def _unwrap(obj: Mapping) -> tuple[dict[str, torch.Tensor], str]:
     sd = {k: v for k, v in obj.items() if torch.is_tensor(v)}
     if not sd:
         raise CheckpointError("no tensors found in the checkpoint")
+    return sd, container
+
+
+def _unwrap(obj: Mapping) -> tuple[dict[str, torch.Tensor], str]:
+    """Find the video-encoder state dict in a checkpoint container."""
+    sd, container = _container_tensors(obj)
     if "cls_token" not in sd:
         for prefix in _PREFIXES:
             if f"{prefix}cls_token" in sd:
@@ -232,14 +238,8 @@ _MM_HEADS = ("vision_proj.weight", "vision_proj.bias", "text_proj.weight", "text
 
 
 def _tensors(obj: Mapping) -> tuple[dict[str, torch.Tensor], str]:
-    container = "flat state dict"
-    for key in ("model", "module", "state_dict", "model_state"):
-        if key in obj and isinstance(obj[key], Mapping):
-            obj, container = obj[key], f"nested under '{key}'"
-            break
-    sd = {k: v for k, v in obj.items() if torch.is_tensor(v)}
-    if not sd:
-        raise CheckpointError("no tensors found in the checkpoint")
+    """A multimodal checkpoint's tensors, without a DDP wrapper's 'module.' prefix."""
+    sd, container = _container_tensors(obj)
     if all(k.startswith("module.") for k in sd):  # saved from a DDP wrapper
         sd = {k[len("module."):]: v for k, v in sd.items()}
         container += ", under 'module.'"

@@ -121,6 +121,15 @@ def describe_text_tower(cfg: TextConfig, source: dict | None = None) -> str:
     return what
 
 
+def config_weights_id(model: nn.Module) -> str:
+    """16 hex digits of sha256 over `model.config` and every tensor: the id of a model built in memory."""
+    h = hashlib.sha256(json.dumps(to_dict(model.config), sort_keys=True).encode())
+    for k, v in sorted(model.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().float().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
 def complete_card(card: ModelCard | None, model: "VideoTextModel", source: dict | None = None) -> ModelCard:
     """The card with what the model itself can tell (input, text tower) filled in where empty."""
     card = dataclasses.replace(card) if card is not None else ModelCard()
@@ -160,11 +169,7 @@ class VideoTextModel(nn.Module):
     def model_id(self) -> str:
         """Stable id of config + weights (the safetensors hash when loaded from a folder)."""
         if self._model_id is None:
-            h = hashlib.sha256(json.dumps(to_dict(self.config), sort_keys=True).encode())
-            for k, v in sorted(self.state_dict().items()):
-                h.update(k.encode())
-                h.update(v.detach().float().cpu().numpy().tobytes())
-            self._model_id = h.hexdigest()[:16]
+            self._model_id = config_weights_id(self)
         return self._model_id
 
     def clamp_temperature(self) -> None:

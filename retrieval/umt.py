@@ -1,8 +1,6 @@
 """The release's multimodal retrieval model (UMT-style VideoMamba + BERT): dual-encoder similarity and ITM re-ranking."""
 from __future__ import annotations
 
-import hashlib
-import json
 import re
 from dataclasses import dataclass, field
 from typing import Callable
@@ -12,8 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .bert import BertConfig, BertTextEncoder
-from .config import to_dict
-from .model import VideoTowerConfig
+from .model import VideoTowerConfig, config_weights_id
 from .videomamba import VideoMamba
 
 KIND = "umt"  # `kind` in a model folder's config.yaml
@@ -103,11 +100,7 @@ class UMTModel(nn.Module):
     @property
     def model_id(self) -> str:
         if self._model_id is None:
-            h = hashlib.sha256(json.dumps(to_dict(self.config), sort_keys=True).encode())
-            for k, v in sorted(self.state_dict().items()):
-                h.update(k.encode())
-                h.update(v.detach().float().cpu().numpy().tobytes())
-            self._model_id = h.hexdigest()[:16]
+            self._model_id = config_weights_id(self)
         return self._model_id
 
     # -- video -------------------------------------------------------------------------------------
