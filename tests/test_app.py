@@ -27,6 +27,25 @@ def _screenshot_module():
     return module
 
 
+def serve_app(entry: list[str], index: Path, timeout: float) -> tuple[subprocess.Popen, str]:
+    """`python ENTRY... app --index INDEX` on a free port, once it answers HTTP 200: (process, url)."""
+    port = _screenshot_module().free_port()
+    proc = subprocess.Popen([sys.executable, *entry, "app", "--index", str(index), "--port", str(port)],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"vmr app did not come up: {proc.stdout.read()}")
+        time.sleep(0.3)
+
+
 @pytest.fixture(scope="module")
 def app(tmp_path_factory):
     """A library with an index kept inside it, a secret file outside, a symlink escaping it; `vmr app` serving."""
@@ -40,21 +59,7 @@ def app(tmp_path_factory):
     report = ingest.build(lib, index_dir, model=ColorModel(), model_path=str(model_dir(tmp)),
                           config=ingest.IngestConfig(segment_seconds=2.0, workers=0, progress=False))
     assert [Path(p).name for p, _ in report.failures] == ["escape.mp4"]
-    port = _screenshot_module().free_port()
-    proc = subprocess.Popen([sys.executable, str(SUPPORT), "app", "--index", str(index_dir), "--port", str(port)],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.monotonic() + 90
-    while True:
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"vmr app did not come up: {proc.stdout.read()}")
-        time.sleep(0.3)
+    proc, url = serve_app([str(SUPPORT)], index_dir, timeout=90)
     yield {"url": url, "lib": lib.resolve(), "secret": secret, "index": index_dir}
     proc.terminate()
     proc.wait(20)

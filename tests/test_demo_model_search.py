@@ -165,26 +165,12 @@ def test_synthetic_model_warns_on_real_footage_only(synth_lib, tmp_path, capsys)
                     reason="needs Chromium + chromedriver: apt-get install -y chromium chromium-driver")
 def test_guided_app_in_chromium(synth_lib):
     """Examples render and search when clicked, the header shows the model id, "more like this" finds the family."""
-    from test_app import _screenshot_module
+    from test_app import _screenshot_module, serve_app
 
     lib, index, records, _ = synth_lib
     shots = _screenshot_module()
-    port = shots.free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "app.cli", "app", "--index", str(index), "--port", str(port)],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}/"
+    proc, url = serve_app(["-m", "app.cli"], index, timeout=120)
     try:
-        import httpx
-
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(url, timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read() if proc.poll() else "slow"
-            time.sleep(0.3)
         with shots.Browser(1280, 1000) as browser:
             browser.open(url)
             header = browser.wait_for("#vmr-header")[0]
