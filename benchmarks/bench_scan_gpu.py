@@ -117,13 +117,11 @@ def main(argv=None):
     res = {"device": torch.cuda.get_device_name(), "shape": vars(args), "sweep": []}
     if args.sweep:  # forward settings (inference), then the backward's split; the fastest of each kept
         rows = []
-        for prefetch in (False, True):
-            for block in ((32, 1), (64, 2)):
-                for programs in (8192, 16384, 32768):
-                    bs.TUNING.update(fwd_block=block, fwd_programs=programs, fwd_prefetch=prefetch)
-                    rows.append({"fwd_block": block, "fwd_programs": programs, "fwd_prefetch": prefetch,
-                                 "fwd_ms": timed_fwd(inp)})
-                    print(rows[-1], flush=True)
+        for block in ((32, 1), (64, 2)):
+            for programs in (8192, 16384, 32768):
+                bs.TUNING.update(fwd_block=block, fwd_programs=programs)
+                rows.append({"fwd_block": block, "fwd_programs": programs, "fwd_ms": timed_fwd(inp)})
+                print(rows[-1], flush=True)
         best = min(rows, key=lambda r: r["fwd_ms"])
         bs.TUNING.update({k: v for k, v in best.items() if k.startswith("fwd_") and k != "fwd_ms"})
         train_rows = []

@@ -20,7 +20,6 @@ TUNING = {
     "fwd_block": (32, 1),  # forward: channels per program (a thread each), warps
     "fwd_programs": 8192,  # cut the sequence into segments until about this many programs run,
     "fwd_min_len": 64,  # keeping segments at least this many steps long
-    "fwd_prefetch": True,  # issue step t+1's loads before step t's arithmetic (1.6x on the H200)
     "chunk": 8,  # backward chunk length; the forward saves the state entering each chunk
     "bwd_block": (8, 2),  # backward: channels per program, warps
     "bwd_programs": 16384,  # as fwd_programs, for the backward's segments
@@ -102,7 +101,7 @@ class _BiMambaScan(torch.autograd.Function):
                 C.stride(3), zz.stride(0), zz.stride(1), y.stride(0), y.stride(1), y.stride(2),
                 h.stride(0) if save else 0, h.stride(1) if save else 0, h.stride(2) if save else 0)
         flags = dict(HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
-                     SOFTPLUS=bool(delta_softplus), PREFETCH=bool(TUNING["fwd_prefetch"]), BT=BT, BD=BD,
+                     SOFTPLUS=bool(delta_softplus), BT=BT, BD=BD,
                      NP=next_pow2(n), N=n, num_warps=warps)
         if n_seg > 1:  # segment summaries first; the output launch chains them
             k.bimamba_fwd_kernel[grid](*args, SUMMARY=True, SAVE=False, **flags)
