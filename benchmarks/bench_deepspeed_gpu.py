@@ -33,7 +33,9 @@ ENGINES = {"torch": [], "zero0": ["engine.zero_stage=0"], "zero1": ["engine.zero
            "zero2": ["engine.zero_stage=2"],
            # ZeRO-1 with fp32 gradient accumulation: DeepSpeed 0.19 then wraps the optimizer in BF16_Optimizer (flat
            # fp32 buffers) instead of its ZeRO optimizer; CPU op counts say ~29k ops a step against ~50k (BENCHMARKS)
-           "zero1_fp32acc": ["engine.zero_stage=1", "engine.deepspeed_config={work}/zero1_bf16_fp32acc.json"]}
+           "zero1_fp32acc": ["engine.zero_stage=1", "engine.deepspeed_config={work}/zero1_bf16_fp32acc.json"],
+           # DeepSpeed's torch_autocast: fp32 weights + torch AdamW unwrapped, the torch engine's numerics
+           "zero0_autocast": ["engine.zero_stage=0", "engine.deepspeed_config=configs/deepspeed/zero0_autocast.json"]}
 CONFIGS = {"tiny": "configs/pretrain/tiny_1gpu.yaml", "small": "configs/pretrain/small_1gpu.yaml"}
 # --quick: a CPU-sized model and world (the teacher is the smallest open_clip ViT at 32 px)
 QUICK_MODEL = ['model.video.encoder={depth: 2, embed_dim: 64, img_size: 32, num_frames: 4}',

@@ -183,21 +183,31 @@ def resolve_optimization(cfg, world_size: int, kind: str = "deepspeed") -> tuple
     betas = tuple(o.betas if o.betas is not None else params.get("betas", (0.9, 0.999)))
     eps = o.eps if o.eps is not None else params.get("eps", 1e-8)
     clip = o.grad_clip if o.grad_clip is not None else ds.get("gradient_clipping", 0.0)
+    # DeepSpeed's torch_autocast section: fp32 weights and optimizer, forward under torch.autocast (the torch
+    # engine's numerics) instead of bf16/fp16 weights behind DeepSpeed's mixed-precision optimizer wrapper
+    autocast_section = ds.pop("torch_autocast", {})
     precision = cfg.engine.precision
+    if precision is None and autocast_section.get("enabled"):
+        precision = {"bfloat16": "bf16", "bf16": "bf16", "float16": "fp16", "fp16": "fp16"}.get(
+            str(autocast_section.get("dtype", "bfloat16")).replace("torch.", ""), "bf16")
     if precision is None:
         precision = "bf16" if ds.get("bf16", {}).get("enabled") else "fp16" if ds.get("fp16", {}).get("enabled") else "fp32"
+    autocast = bool(autocast_section.get("enabled")) and precision != "fp32"
     zero = ds.setdefault("zero_optimization", {})
     if cfg.engine.zero_stage is not None:
         zero["stage"] = cfg.engine.zero_stage
     zero.setdefault("stage", 0)
     if zero["stage"] not in (0, 1, 2):
         raise ValueError(f"ZeRO stage {zero['stage']}: only 0, 1, 2 are supported (stage 3 partitions weights)")
-    if kind == "deepspeed" and precision == "fp16" and zero["stage"] == 0:
+    if kind == "deepspeed" and precision == "fp16" and zero["stage"] == 0 and not autocast:
         raise ValueError("fp16 needs ZeRO stage 1 or 2 here (its fp32 master copy is where the temperature is clamped)")
-    ds["bf16"] = {**ds.get("bf16", {}), "enabled": precision == "bf16"}
+    ds["bf16"] = {**ds.get("bf16", {}), "enabled": precision == "bf16" and not autocast}
     fp16 = ds.get("fp16", {})
     ds["fp16"] = {"loss_scale": 0, "initial_scale_power": 16, "loss_scale_window": 1000, "hysteresis": 2,
-                  "min_loss_scale": 1, **fp16, "enabled": precision == "fp16"}
+                  "min_loss_scale": 1, **fp16, "enabled": precision == "fp16" and not autocast}
+    if autocast:
+        ds["torch_autocast"] = {**autocast_section, "enabled": True,
+                                "dtype": {"bf16": "bfloat16", "fp16": "float16"}[precision]}
     ds["train_micro_batch_size_per_gpu"] = cfg.data.batch_size
     ds["gradient_accumulation_steps"] = cfg.engine.grad_accum
     ds["train_batch_size"] = cfg.data.batch_size * cfg.engine.grad_accum * world_size
@@ -205,7 +215,8 @@ def resolve_optimization(cfg, world_size: int, kind: str = "deepspeed") -> tuple
     ds.setdefault("steps_per_print", 10 ** 9)
     ds.setdefault("wall_clock_breakdown", False)
     resolved = {"lr": float(lr), "weight_decay": float(wd), "betas": [float(b) for b in betas], "eps": float(eps),
-                "grad_clip": float(clip or 0.0), "precision": precision, "zero_stage": zero["stage"]}
+                "grad_clip": float(clip or 0.0), "precision": precision, "zero_stage": zero["stage"],
+                "autocast": autocast}
     return ds, resolved
 
 
@@ -252,13 +263,13 @@ class Engine:
     # -- compute ------------------------------------------------------------------------------------
     @property
     def input_dtype(self) -> torch.dtype:
-        """DeepSpeed casts the model to bf16/fp16, so inputs must match; plain PyTorch uses autocast on fp32 inputs."""
-        if self.kind == "deepspeed":
+        """DeepSpeed casts the model to bf16/fp16, so inputs must match; under autocast the inputs stay fp32."""
+        if self.kind == "deepspeed" and not self.opt["autocast"]:
             return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision, torch.float32)
         return torch.float32
 
     def autocast(self):
-        if self.kind == "deepspeed" or self.precision == "fp32":
+        if self.kind == "deepspeed" or self.precision == "fp32":  # DeepSpeed's forward enters its own autocast
             return contextlib.nullcontext()
         dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
         return torch.autocast(self.dist.device.type, dtype=dtype)

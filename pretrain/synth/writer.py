@@ -43,12 +43,24 @@ def write_mp4(path: str | os.PathLike, frames: np.ndarray, fps: float) -> None:
             else:
                 stream.bit_rate = max(500_000, 8 * H * W)
             for f in frames:
-                container.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24")))
+                container.mux(stream.encode(_yuv420p_frame(f)))
             container.mux(stream.encode())
         os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def _yuv420p_frame(rgb: np.ndarray):
+    """The encoder's input frame with its row padding zeroed: x264 reads some of those never-written bytes, so
+    left as allocated they made the same frames encode to different files in different processes."""
+    import av
+
+    frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24").reformat(format="yuv420p")
+    for plane in frame.planes:
+        if plane.line_size > plane.width:
+            np.frombuffer(plane, np.uint8).reshape(-1, plane.line_size)[:, plane.width:] = 0
+    return frame
 
 
 def write_json(path: str | os.PathLike, obj) -> None:
