@@ -327,7 +327,7 @@ for dt in (torch.float32, torch.bfloat16):
             raise RuntimeError("no exported model (from the resumed run or --export-from)")
         cli = [sys.executable, "-m", "app.cli"]
         anno, videos = str(self.val / "annotations.json"), str(self.val / "videos")
-        cpu_env = dict(self.env, CUDA_VISIBLE_DEVICES="")
+        cpu_env = dict(self.env, CUDA_VISIBLE_DEVICES="", VMR_SCAN_BACKEND="auto")  # the GPU runs pin "cuda"
         out, arrays = {}, {}
         devices = [("cuda", self.env), ("cpu", cpu_env)] if not self.args.quick else [("cpu", cpu_env)]
         try:
