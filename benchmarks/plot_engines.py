@@ -34,7 +34,7 @@ def main(argv=None):
     ax.legend(fontsize=8)
     ax2.axhline(0, color="black", lw=0.5)
     ax2.set_ylabel("loss - torch engine's")
-    ax2.set_xlabel("optimizer step (batch 32, one seed, same samples in every run)")
+    ax2.set_xlabel("optimizer step (one seed, same samples in every run)")
     fig.tight_layout()
     fig.savefig(args.out, dpi=110)
 
