@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 
 from retrieval.data import fsync_dir, fsync_tree
+from retrieval.errors import VmrError
 
 log = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -99,7 +100,7 @@ def all_true(flag: bool, device) -> bool:
     return bool(t.item())
 
 
-class PeerSaveError(RuntimeError):
+class PeerSaveError(VmrError, RuntimeError):
     """Another rank failed its part of a checkpoint save; its own log says why."""
 
 

@@ -12,6 +12,7 @@ from typing import Mapping
 import torch
 import torch.nn.functional as F
 
+from .errors import VmrError
 from .videomamba import VideoMamba, VideoMambaConfig, _SIZES
 
 log = logging.getLogger(__name__)
@@ -22,7 +23,7 @@ _PREFIXES = ("vision_encoder.", "module.vision_encoder.", "module.", "model.", "
 _IGNORED = re.compile(r"^(clip_decoder\.|clip_pos_embed|clip_img_pos_embed|img_pos_embed|decoder\.|mask_token)")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(VmrError, ValueError):
     """The file or state dict is not a VideoMamba checkpoint this encoder can take."""
 
 

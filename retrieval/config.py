@@ -11,6 +11,8 @@ import re
 
 import yaml
 
+from .errors import VmrError
+
 T = TypeVar("T")
 
 
@@ -28,7 +30,7 @@ def _yaml_load(text):
     return yaml.load(text, Loader=_Loader)
 
 
-class ConfigError(ValueError):
+class ConfigError(VmrError, ValueError):
     """A config key is unknown or a value has the wrong type."""
 
 
