@@ -12,6 +12,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from retrieval.errors import UsageError
+
 from . import ann
 from .errors import IndexMissingError, ModelMismatchError
 from .library import discover, is_inside, relative_to_root, stat_key
@@ -98,7 +100,7 @@ def _ingest(videos, index_dir, model, model_path, cfg, video_root, rank, world, 
                 from .embedder import load_model
                 model_path = model_path or store.state().get("model_path")
                 if not model_path:
-                    raise ValueError(f"{index_dir}: no model given and none recorded in the index")
+                    raise UsageError(f"{index_dir}: no model given and none recorded in the index")
                 from .embedder import resolve_device
                 model = load_model(model_path, resolve_device(cfg.device))
             settings = _check_or_record(store, model, model_path, cfg, create)
@@ -140,7 +142,7 @@ def _check_or_record(store: IndexStore, model, model_path, cfg: IngestConfig, cr
     stored = {k: st.get(k) for k in SETTINGS}
     if create and any(stored[k] != wanted[k] for k in SETTINGS):
         diff = ", ".join(f"{k}={stored[k]} (asked {wanted[k]})" for k in SETTINGS if stored[k] != wanted[k])
-        raise ValueError(f"{store.dir} already holds an index built with {diff}; use `vmr index add` to extend "
+        raise UsageError(f"{store.dir} already holds an index built with {diff}; use `vmr index add` to extend "
                          "it, or build into a new folder")
     return stored
 

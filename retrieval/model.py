@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .config import from_dict, load_yaml, save_yaml, to_dict
+from .config import ConfigError, from_dict, load_yaml, save_yaml, to_dict
 from .data import fsync_dir, fsync_tree, sha256_file
 from .text import TextConfig, create_text_tower
 from .tokenizer import check_compatible, load_tokenizer
@@ -59,9 +59,9 @@ class ModelConfig:
 
     def validate(self) -> "ModelConfig":
         if self.video.pooling not in POOLINGS:
-            raise ValueError(f"video.pooling must be one of {POOLINGS}, got {self.video.pooling!r}")
+            raise ConfigError(f"video.pooling must be one of {POOLINGS}, got {self.video.pooling!r}")
         if not 0 < self.temp_min <= self.temp_init <= self.temp_max:
-            raise ValueError(f"need 0 < temp_min <= temp_init <= temp_max, got {self.temp_min}, {self.temp_init}, {self.temp_max}")
+            raise ConfigError(f"need 0 < temp_min <= temp_init <= temp_max, got {self.temp_min}, {self.temp_init}, {self.temp_max}")
         self.video.encoder_config()  # raises on bad encoder fields
         return self
 
@@ -91,10 +91,10 @@ class ModelCard:
 
     def validate(self) -> "ModelCard":
         if self.domain not in DOMAINS:
-            raise ValueError(f"card.domain must be one of {DOMAINS}, got {self.domain!r}")
+            raise ConfigError(f"card.domain must be one of {DOMAINS}, got {self.domain!r}")
         if not all(isinstance(k, str) and isinstance(v, list) and all(isinstance(w, str) for w in v)
                    for k, v in self.vocabulary.items()):
-            raise ValueError("card.vocabulary maps a kind of word to a list of words")
+            raise ConfigError("card.vocabulary maps a kind of word to a list of words")
         return self
 
 
@@ -352,7 +352,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> VideoTex
         raise FileNotFoundError(f"{path} is not a model folder (needs config.yaml and model.safetensors)")
     data = load_yaml(cfg_file)
     if data.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{cfg_file}: unsupported format_version {data.get('format_version')!r} (expected {FORMAT_VERSION})")
+        raise ConfigError(f"{cfg_file}: unsupported format_version {data.get('format_version')!r} (expected {FORMAT_VERSION})")
     if data.get("kind") == "umt":
         from .umt import UMTConfig, UMTModel
 
@@ -386,7 +386,7 @@ def read_card(path: str | Path, data: dict | None = None) -> ModelCard | None:
     try:
         return from_dict(ModelCard, data["card"], "card").validate()
     except ValueError as e:
-        raise ValueError(f"{Path(path) / 'config.yaml'}: {e}") from None
+        raise ConfigError(f"{Path(path) / 'config.yaml'}: {e}") from None
 
 
 def write_card(path: str | Path, card: ModelCard) -> Path:
