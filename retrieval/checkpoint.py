@@ -384,9 +384,5 @@ def load_retrieval_model(path_or_state_dict, vocab: str | Path | None = None, co
     if strict and (report.missing or report.unexpected):
         raise CheckpointError("strict load failed:\n" + str(report))
     model.load_report = report
-    if source:
-        from .data import sha256_file
-
-        model._model_id = sha256_file(source)[:16]
     log.info("%s", report)
     return model.to(device).eval()

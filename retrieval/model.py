@@ -14,7 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import ConfigError, from_dict, load_yaml, save_yaml, to_dict
-from .data import fsync_dir, fsync_tree, sha256_file
+from .data import fsync_dir, fsync_tree
 from .text import TextConfig, create_text_tower
 from .tokenizer import check_compatible, load_tokenizer
 from .videomamba import VideoMamba, VideoMambaConfig, video_encoder_config
@@ -121,9 +121,23 @@ def describe_text_tower(cfg: TextConfig, source: dict | None = None) -> str:
     return what
 
 
+# Where weights and tokenizer files were read from: save_model and load_model rewrite these, embeddings never see them.
+_SOURCE_FIELDS = frozenset({"init_checkpoint", "tokenizer_path", "hf_folder"})
+
+
+def _without_sources(cfg: dict) -> dict:
+    return {k: _without_sources(v) if isinstance(v, dict) else v for k, v in cfg.items() if k not in _SOURCE_FIELDS}
+
+
 def config_weights_id(model: nn.Module) -> str:
-    """16 hex digits of sha256 over `model.config` and every tensor: the id of a model built in memory."""
-    h = hashlib.sha256(json.dumps(to_dict(model.config), sort_keys=True).encode())
+    """`model.model_id` of both model kinds: 16 hex digits of sha256 over `model.config` (less file locations) and
+    every tensor (name + float32 values).
+
+    The one definition, in memory and after load_model alike, so an index built with a model in memory opens with
+    the same weights loaded from its folder. It hashes what the embeddings depend on, not the weights file: the
+    file's bytes change with how a folder stores the same model (tensors referenced from a package, a .pth and its
+    converted folder), and the config (pooling, frames) changes embeddings without changing a tensor."""
+    h = hashlib.sha256(json.dumps(_without_sources(to_dict(model.config)), sort_keys=True).encode())
     for k, v in sorted(model.state_dict().items()):
         h.update(k.encode())
         h.update(v.detach().float().cpu().numpy().tobytes())
@@ -167,7 +181,7 @@ class VideoTextModel(nn.Module):
 
     @property
     def model_id(self) -> str:
-        """Stable id of config + weights (the safetensors hash when loaded from a folder)."""
+        """Stable id of config + weights (config_weights_id), computed on first use."""
         if self._model_id is None:
             self._model_id = config_weights_id(self)
         return self._model_id
@@ -358,7 +372,6 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> VideoTex
 
         model = UMTModel(from_dict(UMTConfig, data["model"], "model"), load_tokenizer(path / _TOKENIZER_DIR))
         model.load_state_dict({k: v.float() for k, v in load_file(str(weights)).items()}, strict=True)
-        model._model_id = sha256_file(weights)[:16]
         return model.to(device).eval()
     cfg = from_dict(ModelConfig, data["model"], "model")
     text = dataclasses.replace(cfg.text, tokenizer_path=str(path / _TOKENIZER_DIR))
@@ -373,7 +386,6 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> VideoTex
 
         state.update(load_pretrained(data["pretrained_ref"]))
     model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
-    model._model_id = sha256_file(weights)[:16]
     model.card = read_card(path, data)
     return model.to(device).eval()
 
@@ -390,7 +402,7 @@ def read_card(path: str | Path, data: dict | None = None) -> ModelCard | None:
 
 
 def write_card(path: str | Path, card: ModelCard) -> Path:
-    """Replace the card of an existing model folder (atomically); weights, and so model_id, stay untouched."""
+    """Replace the card of an existing model folder (atomically); weights and config, and so model_id, stay put."""
     cfg_file = Path(path) / "config.yaml"
     data = load_yaml(cfg_file)
     data["card"] = to_dict(card.validate())
