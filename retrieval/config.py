@@ -49,8 +49,8 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
             try:
                 return _coerce(value, arg, where)
             except ConfigError as e:
-                errors.append(str(e))
-        raise ConfigError(f"{where}: {value!r} matches none of {annotation}")
+                errors.append(str(e).removeprefix(f"{where}: "))
+        raise ConfigError(f"{where}: {value!r} matches none of {annotation} ({'; '.join(errors)})")
     if dataclasses.is_dataclass(annotation):
         if isinstance(value, annotation):
             return value
