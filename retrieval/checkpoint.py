@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import VmrError
-from .videomamba import VideoMamba, VideoMambaConfig, _SIZES
+from .videomamba import VideoMamba, VideoMambaConfig, video_encoder_config, video_encoder_sizes
 
 log = logging.getLogger(__name__)
 
@@ -200,9 +200,7 @@ def load_video_encoder(path_or_state_dict, name: str | None = None, strict: bool
     sd, container = _unwrap(obj)
     found = infer_config(sd)
     if name is not None:
-        base = dataclasses.replace(VideoMambaConfig(), **_SIZES[name]) if name in _SIZES else None
-        if base is None:
-            raise KeyError(f"unknown video encoder {name!r}; known: {sorted(_SIZES)}")
+        base = video_encoder_config(name)  # KeyError for a name not in the registry
         if (base.embed_dim, base.depth) != (found.embed_dim, found.depth):
             raise CheckpointError(
                 f"checkpoint is a {found.embed_dim}-dim, {found.depth}-layer VideoMamba but {name!r} expects "
@@ -359,7 +357,7 @@ def load_retrieval_model(path_or_state_dict, vocab: str | Path | None = None, co
                               f"{tok.vocab_file} has {tok.vocab_size} pieces; pass the checkpoint's own vocab.txt")
     encoder_fields = {k: v for k, v in dataclasses.asdict(venc).items()
                       if k not in ("embed_dim", "depth") and v != getattr(VideoMambaConfig(), k)}
-    name = next((n for n, f in _SIZES.items() if (f["embed_dim"], f["depth"]) == (D, venc.depth)), None)
+    name = next((n for n, f in video_encoder_sizes().items() if (f["embed_dim"], f["depth"]) == (D, venc.depth)), None)
     video = VideoTowerConfig(name=name or "videomamba_tiny", pooling="frames",
                              encoder=encoder_fields if name else {**encoder_fields, "embed_dim": D, "depth": venc.depth})
     cfg = UMTConfig(video=video, text=UMTTextConfig(**bert, context_length=context_length or 32), embed_dim=int(E),
