@@ -23,7 +23,7 @@ from retrieval.errors import UsageError
 from . import ann
 from .errors import IndexBusyError, IndexCorruptError, ModelMismatchError, QueryVideoError
 from .library import is_inside, relative_to_root, resolve_inside
-from .store import DB_NAME, IndexStore, connect, transaction
+from .store import DB_NAME, FAISS_DIR, IndexStore, connect, transaction
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +128,7 @@ class Searcher:
                 if n:
                     raise IndexCorruptError(f"{self.index_dir}: {n} segments but no FAISS file recorded")
                 return _Loaded(version, None, st, 0, time.time(), counts["files"])
-            path = self.index_dir / "faiss" / name
+            path = self.index_dir / FAISS_DIR / name
             if not path.exists():
                 last = IndexCorruptError(f"FAISS index file missing: {path}")
                 continue
