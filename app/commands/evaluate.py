@@ -47,14 +47,12 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     import os
 
-    import torch
-
+    from index.embedder import resolve_device
     from index.evaluate import append_table, evaluate, format_report, write_report
+    from index.ingest import default_workers
     from retrieval import load_model, load_retrieval_model
 
-    device = args.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = resolve_device(args.device)
     if args.vocab and os.path.isfile(args.model):
         model = load_retrieval_model(args.model, vocab=args.vocab, device=device)
     else:
@@ -67,7 +65,7 @@ def run(args) -> int:
                             permutations=args.permutations, batch_size=args.batch_size, out=args.out,
                             progress=not args.no_progress)
     cache_dir = os.path.expanduser(args.cache_dir) if args.cache_dir else None
-    workers = max(0, min(8, (os.cpu_count() or 1) - 1)) if args.workers is None else args.workers
+    workers = default_workers() if args.workers is None else args.workers
     log = (lambda msg: None) if args.no_progress else (lambda msg: print(msg, file=sys.stderr))
     report = evaluate(model, args.dataset, args.anno, args.videos, num_frames=args.frames,
                       context_length=args.context_length, allow_missing=args.allow_missing,
