@@ -20,8 +20,7 @@ COMMANDS = {
 
 
 class _Parser(argparse.ArgumentParser):
-    """A usage error reads like every other `vmr` error: one line `vmr <command>: what is wrong`, exit 2 (argparse
-    would print the whole usage block and `error:`; the hint names the help that lists it instead)."""
+    """Usage errors in one line `vmr <command>: ...`, exit 2, like every other error (not argparse's usage block)."""
 
     def error(self, message: str):
         command = " ".join(self.prog.split()[:2])  # "vmr index build" reports as `vmr index`, like its errors

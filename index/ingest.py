@@ -28,7 +28,6 @@ SETTINGS = ("segment_seconds", "stride", "frames", "img_size")  # fixed at build
 
 
 def default_workers() -> int:
-    """Decoding processes when none are asked for (`vmr index`, `vmr eval`, `vmr demo`): cores - 1, 1 to 8."""
     return max(1, min(8, (os.cpu_count() or 2) - 1))
 
 

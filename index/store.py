@@ -200,9 +200,6 @@ class IndexStore:
                 "shards": one("SELECT COUNT(DISTINCT shard) FROM segments")}
 
     # -- embeddings ----------------------------------------------------------------------------------------
-    def shard_path(self, name: str) -> Path:
-        return self.dir / SHARDS_DIR / name
-
     def live_embeddings(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(ids int64 (n,), float16 (n, dim), file ids int64 (n,)) of every committed segment, in id order."""
         refs = self.conn.execute("SELECT id, shard, row, file FROM segments ORDER BY id").fetchall()

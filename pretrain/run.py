@@ -16,7 +16,6 @@ PROG = "pretrain/run.py"  # how it is started (`python pretrain/run.py`, `deepsp
 
 
 def build_parser() -> argparse.ArgumentParser:
-    # prog: the path every doc and launcher line uses, so usage errors and cli()'s errors share one prefix
     p = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
     p.add_argument("--config", required=True, help="experiment YAML (only what differs from the defaults)")
     p.add_argument("--out", default=None, help="run folder (overrides run.out)")

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import VmrError
-from .videomamba import VideoMamba, VideoMambaConfig, video_encoder_config, video_encoder_sizes
+from .videomamba import VideoMamba, VideoMambaConfig, list_video_encoders, video_encoder_config
 
 log = logging.getLogger(__name__)
 
@@ -357,7 +357,8 @@ def load_retrieval_model(path_or_state_dict, vocab: str | Path | None = None, co
                               f"{tok.vocab_file} has {tok.vocab_size} pieces; pass the checkpoint's own vocab.txt")
     encoder_fields = {k: v for k, v in dataclasses.asdict(venc).items()
                       if k not in ("embed_dim", "depth") and v != getattr(VideoMambaConfig(), k)}
-    name = next((n for n, f in video_encoder_sizes().items() if (f["embed_dim"], f["depth"]) == (D, venc.depth)), None)
+    sizes = {n: video_encoder_config(n) for n in list_video_encoders()}
+    name = next((n for n, c in sizes.items() if (c.embed_dim, c.depth) == (D, venc.depth)), None)
     video = VideoTowerConfig(name=name or "videomamba_tiny", pooling="frames",
                              encoder=encoder_fields if name else {**encoder_fields, "embed_dim": D, "depth": venc.depth})
     cfg = UMTConfig(video=video, text=UMTTextConfig(**bert, context_length=context_length or 32), embed_dim=int(E),

@@ -130,13 +130,10 @@ def _without_sources(cfg: dict) -> dict:
 
 
 def config_weights_id(model: nn.Module) -> str:
-    """`model.model_id` of both model kinds: 16 hex digits of sha256 over `model.config` (less file locations) and
-    every tensor (name + float32 values).
-
-    The one definition, in memory and after load_model alike, so an index built with a model in memory opens with
-    the same weights loaded from its folder. It hashes what the embeddings depend on, not the weights file: the
-    file's bytes change with how a folder stores the same model (tensors referenced from a package, a .pth and its
-    converted folder), and the config (pooling, frames) changes embeddings without changing a tensor."""
+    """`model_id` of both model kinds, in memory and after load_model alike (an index built with one opens with the
+    other): 16 hex digits of sha256 over `model.config`, less file locations, and every tensor. Not the weights
+    file's hash: its bytes change with how a folder stores the same model (a package's tensors referenced, a .pth
+    and its converted folder), and the config (pooling, frames) changes embeddings without changing a tensor."""
     h = hashlib.sha256(json.dumps(_without_sources(to_dict(model.config)), sort_keys=True).encode())
     for k, v in sorted(model.state_dict().items()):
         h.update(k.encode())

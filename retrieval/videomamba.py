@@ -66,11 +66,6 @@ def list_video_encoders() -> list[str]:
     return sorted(_SIZES)
 
 
-def video_encoder_sizes() -> dict[str, dict]:
-    """name -> the VideoMambaConfig fields it sets (embed_dim, depth, ...), in registration order; a copy."""
-    return {name: dict(fields) for name, fields in _SIZES.items()}
-
-
 def video_encoder_config(name: str, **overrides) -> VideoMambaConfig:
     if name not in _SIZES:
         raise KeyError(f"unknown video encoder {name!r}; known: {list_video_encoders()}")
