@@ -133,9 +133,10 @@ def read_annotations(anno: str | Path | None, media_dir: str | Path) -> list[Ite
     path = Path(anno)
     if not path.is_file():
         raise FileNotFoundError(f"annotation file not found: {path}")
-    if path.suffix.lower() == ".csv":
-        return _read_csv(path)
-    return _read_json(path)
+    try:
+        return _read_csv(path) if path.suffix.lower() == ".csv" else _read_json(path)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:  # not text, or not JSON
+        raise AnnotationError(f"{path}: {e}") from None
 
 
 # ---------------------------------------------------------------- media checks and re-encoding
