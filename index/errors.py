@@ -1,7 +1,7 @@
 """Errors the index raises, each with a message that says what to do next."""
 from __future__ import annotations
 
-from retrieval.errors import VmrError
+from retrieval.errors import UsageError, VmrError  # noqa: F401 (UsageError: also raised by the index)
 
 
 class IndexMissingError(VmrError, FileNotFoundError):

@@ -12,10 +12,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from retrieval.errors import UsageError
-
 from . import ann
-from .errors import IndexMissingError, ModelMismatchError
+from .errors import IndexMissingError, ModelMismatchError, UsageError
 from .library import discover, is_inside, relative_to_root, stat_key
 from .reader import Failed, FileTask, SegmentReader, identity
 from .store import IndexStore, WriterLock, transaction

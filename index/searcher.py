@@ -18,10 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from retrieval.errors import UsageError
-
 from . import ann
-from .errors import IndexBusyError, IndexCorruptError, ModelMismatchError, QueryVideoError
+from .errors import IndexBusyError, IndexCorruptError, ModelMismatchError, QueryVideoError, UsageError
 from .library import is_inside, relative_to_root, resolve_inside
 from .store import DB_NAME, FAISS_DIR, IndexStore, connect, transaction
 
