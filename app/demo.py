@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from retrieval.errors import VmrError
+
 # Shipped inside the package (package data); written by retrieval.save_model.
 DEFAULT_MODEL = Path(__file__).resolve().parent / "assets" / "demo_model"
 MODEL_FILES = ("config.yaml", "model.safetensors")
@@ -25,7 +27,7 @@ CAPTION_QUERIES = 3
 FREE_FORM_QUERIES = ("a red circle moves to the left", "a small star spins on a noisy background")
 
 
-class DemoError(RuntimeError):
+class DemoError(VmrError, RuntimeError):
     """Something the user has to fix (missing model or dependency, a folder that is not a demo library)."""
 
 

@@ -16,6 +16,7 @@ from retrieval.data import sha256_file
 from retrieval.data.annotations import DATASETS, MEDIA_EXTENSIONS, find_video_file, load_annotations
 from retrieval.data.transforms import IMAGENET_MEAN, IMAGENET_STD, frames_to_tensor
 from retrieval.data.video import VideoError, read_frames
+from retrieval.errors import VmrError
 from retrieval.metrics import TIE_RULE, dual_softmax, t2v_v2t_metrics
 
 CACHE_VERSION = 1
@@ -45,7 +46,7 @@ PUBLISHED_RELEASE = {
 }
 
 
-class EvalError(RuntimeError):
+class EvalError(VmrError, RuntimeError):
     """The evaluation cannot give comparable results (missing/unreadable videos, bad arguments)."""
 
 

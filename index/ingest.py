@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import ann
-from .errors import IndexMissingError, ModelMismatchError
+from .errors import IndexMissingError, ModelMismatchError, UsageError
 from .library import discover, is_inside, relative_to_root, stat_key
 from .reader import Failed, FileTask, SegmentReader, identity
 from .store import IndexStore, WriterLock, transaction
@@ -98,7 +98,7 @@ def _ingest(videos, index_dir, model, model_path, cfg, video_root, rank, world, 
                 from .embedder import load_model
                 model_path = model_path or store.state().get("model_path")
                 if not model_path:
-                    raise ValueError(f"{index_dir}: no model given and none recorded in the index")
+                    raise UsageError(f"{index_dir}: no model given and none recorded in the index")
                 from .embedder import resolve_device
                 model = load_model(model_path, resolve_device(cfg.device))
             settings = _check_or_record(store, model, model_path, cfg, create)
@@ -140,7 +140,7 @@ def _check_or_record(store: IndexStore, model, model_path, cfg: IngestConfig, cr
     stored = {k: st.get(k) for k in SETTINGS}
     if create and any(stored[k] != wanted[k] for k in SETTINGS):
         diff = ", ".join(f"{k}={stored[k]} (asked {wanted[k]})" for k in SETTINGS if stored[k] != wanted[k])
-        raise ValueError(f"{store.dir} already holds an index built with {diff}; use `vmr index add` to extend "
+        raise UsageError(f"{store.dir} already holds an index built with {diff}; use `vmr index add` to extend "
                          "it, or build into a new folder")
     return stored
 

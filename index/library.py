@@ -6,6 +6,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from retrieval.errors import UsageError
+
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".avi", ".mov", ".gif", ".m4v")
 LIST_SUFFIXES = (".txt", ".lst", ".list")  # anything else is read as an annotation file
 
@@ -114,8 +116,11 @@ def _walk(folder: str, root: str, exclude: tuple[str, ...]) -> Discovered:
 
 def _read_list(path: str) -> list[str]:
     """One path a line; blank lines and # comments skipped."""
-    with open(path, encoding="utf-8") as f:
-        return [line.strip() for line in f if line.strip() and not line.lstrip().startswith("#")]
+    try:
+        with open(path, encoding="utf-8") as f:
+            return [line.strip() for line in f if line.strip() and not line.lstrip().startswith("#")]
+    except UnicodeDecodeError as e:
+        raise UsageError(f"{path} is not a list file (one video path a line): {e}") from None
 
 
 def _read_annotations(path: str, root: str) -> list[tuple[str, str]]:

@@ -6,6 +6,8 @@ from typing import Callable
 
 import torch
 
+from retrieval.errors import UsageError
+
 from .searcher import Hit
 
 
@@ -25,10 +27,10 @@ def rerank_hits(searcher, query: str, hits: list[Hit], k: int, batch_size: int =
 
     model = searcher.model
     if not supports_rerank(model):
-        raise ValueError("this index's model has no video-text matching (ITM) head, so it cannot re-rank; "
+        raise UsageError("this index's model has no video-text matching (ITM) head, so it cannot re-rank; "
                          "build the index with the release's multimodal model (vmr convert) or drop --rerank")
     if k < 1:
-        raise ValueError(f"--rerank must be >= 1, got {k}")
+        raise UsageError(f"--rerank must be >= 1, got {k}")
     top, rest = hits[:k], hits[k:]
     if not top:
         return hits

@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 
 from . import ann
-from .errors import IndexCorruptError, ModelMismatchError, QueryVideoError
+from .errors import IndexBusyError, IndexCorruptError, ModelMismatchError, QueryVideoError, UsageError
 from .library import is_inside, relative_to_root, resolve_inside
-from .store import DB_NAME, IndexStore, connect, transaction
+from .store import DB_NAME, FAISS_DIR, IndexStore, connect, transaction
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ class Searcher:
         st = self._loaded.state
         if model is None:
             if not st.get("model_path"):
-                raise ValueError(f"{self.index_dir}: the index records no model path; pass model=")
+                raise UsageError(f"{self.index_dir}: the index records no model path; pass model=")
             model = load_model(st["model_path"], resolve_device(device))
             what = f"the model at {st['model_path']} (changed since the index was built?)"
         elif isinstance(model, (str, os.PathLike)):  # a model folder
@@ -126,7 +126,7 @@ class Searcher:
                 if n:
                     raise IndexCorruptError(f"{self.index_dir}: {n} segments but no FAISS file recorded")
                 return _Loaded(version, None, st, 0, time.time(), counts["files"])
-            path = self.index_dir / "faiss" / name
+            path = self.index_dir / FAISS_DIR / name
             if not path.exists():
                 last = IndexCorruptError(f"FAISS index file missing: {path}")
                 continue
@@ -168,7 +168,7 @@ class Searcher:
     @staticmethod
     def clean_query(text: str) -> str:
         if not isinstance(text, str) or not text.strip():
-            raise ValueError("empty query: type what you are looking for, e.g. 'a dog catches a frisbee'")
+            raise UsageError("empty query: type what you are looking for, e.g. 'a dog catches a frisbee'")
         return " ".join(text.split())[:MAX_QUERY_CHARS]
 
     def encode(self, texts: list[str]) -> np.ndarray:
@@ -193,7 +193,7 @@ class Searcher:
         """Search with (B, E) query embeddings: the array-level API the text and clip methods wrap.
         `exclude`: segment ids never returned (a clip query's own segments)."""
         if k < 1:
-            raise ValueError(f"k must be >= 1, got {k}")
+            raise UsageError(f"k must be >= 1, got {k}")
         queries = np.ascontiguousarray(np.atleast_2d(queries), np.float32)
         for _ in range(3):
             self.refresh()
@@ -219,7 +219,7 @@ class Searcher:
                 if not group_by_video or not short or want >= loaded.ntotal:
                     return results
                 want = min(loaded.ntotal, want * 4)
-        raise RuntimeError("the index kept changing during the search; try again")
+        raise IndexBusyError("the index kept changing during the search; try again")
 
     # -- search by example ------------------------------------------------------------------------------
     def search_video(self, path: str | os.PathLike, start: float | None = None, end: float | None = None,

@@ -31,6 +31,7 @@ from .errors import IndexBusyError, IndexCorruptError, IndexMissingError
 
 FORMAT_VERSION = 1
 DB_NAME = "index.sqlite"
+SHARDS_DIR, FAISS_DIR, PARTS_DIR = "shards", "faiss", "parts"  # the sub-folders of the layout above
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -123,7 +124,7 @@ class IndexStore:
             if not create:
                 raise IndexMissingError(f"no index at {index_dir} (missing {DB_NAME}); build one with "
                                         "`vmr index build --videos DIR --model MODEL --out INDEX_DIR`")
-            for sub in ("shards", "faiss", "parts"):
+            for sub in (SHARDS_DIR, FAISS_DIR, PARTS_DIR):
                 (index_dir / sub).mkdir(parents=True, exist_ok=True)
         try:
             conn = connect(db)
@@ -199,9 +200,6 @@ class IndexStore:
                 "shards": one("SELECT COUNT(DISTINCT shard) FROM segments")}
 
     # -- embeddings ----------------------------------------------------------------------------------------
-    def shard_path(self, name: str) -> Path:
-        return self.dir / "shards" / name
-
     def live_embeddings(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(ids int64 (n,), float16 (n, dim), file ids int64 (n,)) of every committed segment, in id order."""
         refs = self.conn.execute("SELECT id, shard, row, file FROM segments ORDER BY id").fetchall()
@@ -211,7 +209,7 @@ class IndexStore:
 
     def gather(self, refs: list[tuple[str, int]]) -> np.ndarray:
         """float16 (len(refs), dim) embeddings for (shard, row) references, reading each shard once."""
-        return gather_shards(self.dir / "shards", refs, self.state().get("embed_dim"))
+        return gather_shards(self.dir / SHARDS_DIR, refs, self.state().get("embed_dim"))
 
 
 def gather_shards(shard_dir: Path, refs: list[tuple[str, int]], dim: int | None) -> np.ndarray:

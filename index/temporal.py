@@ -24,13 +24,15 @@ from pathlib import Path
 
 import numpy as np
 
+from retrieval.errors import VmrError
+
 TIE_EPS = 1e-6        # cosine differences this small count as ties (float noise between batches)
 ORDERS = ("true", "shuffled")
 KINDS = ("reverse", "order")
 DEFAULT_PERMUTATIONS = 8
 
 
-class TemporalError(ValueError):
+class TemporalError(VmrError, ValueError):
     """The annotation file or videos cannot give a temporal score."""
 
 

@@ -19,7 +19,7 @@ import numpy as np
 
 from . import ann
 from .errors import IndexCorruptError
-from .store import IndexStore, WriterLock, failpoint, transaction
+from .store import FAISS_DIR, SHARDS_DIR, IndexStore, WriterLock, failpoint, transaction
 from .writer import PartFile, read_parts
 
 log = logging.getLogger(__name__)
@@ -118,7 +118,7 @@ def _update_faiss(store, st, version, dim, removed_ids, new_ids, new_vecs, new_g
     old_info = st.get("index") or {}
     current = None
     if st.get("faiss_file"):
-        current = ann.read_index(str(store.dir / "faiss" / st["faiss_file"]), st.get("faiss_bytes"))
+        current = ann.read_index(str(store.dir / FAISS_DIR / st["faiss_file"]), st.get("faiss_bytes"))
         if current.ntotal != n_before:
             raise IndexCorruptError(f"FAISS index {st['faiss_file']} holds {current.ntotal} vectors but the "
                                     f"metadata lists {n_before} segments; nothing was changed")
@@ -154,7 +154,7 @@ def _update_faiss(store, st, version, dim, removed_ids, new_ids, new_vecs, new_g
                           train_rows=ann.training_rows(len(ids), spec))
         tuning["changed_since_tuning"] = 0
     name = f"v{version + 1:06d}.faiss"
-    size = ann.write_index(index, str(store.dir / "faiss" / name))
+    size = ann.write_index(index, str(store.dir / FAISS_DIR / name))
     failpoint("after_faiss_write")
     info = {"kind": spec.kind, "factory": spec.factory(), "spec": spec.as_dict(), "n": int(index.ntotal),
             "dim": dim, "bytes": size, "memory_budget": budget, "rebuilt": rebuilt,
@@ -165,12 +165,12 @@ def _update_faiss(store, st, version, dim, removed_ids, new_ids, new_vecs, new_g
 def collect_garbage(store: IndexStore) -> None:
     """Delete what no committed version or remaining checkpoint references. Caller holds the exclusive lock."""
     st = store.state()
-    for f in (store.dir / "faiss").glob("*"):
+    for f in (store.dir / FAISS_DIR).glob("*"):
         if f.name != st.get("faiss_file"):
             f.unlink(missing_ok=True)
     keep = {r[0] for r in store.conn.execute("SELECT DISTINCT shard FROM segments")}
     keep |= read_parts(store.dir, with_segments=False).shards
-    for f in (store.dir / "shards").glob("*"):
+    for f in (store.dir / SHARDS_DIR).glob("*"):
         if f.name not in keep:
             f.unlink(missing_ok=True)
 

@@ -19,7 +19,7 @@ import numpy as np
 
 from .embedder import Encoded
 from .reader import Failed, Unchanged
-from .store import connect, failpoint, new_shard_name, save_npy, transaction
+from .store import PARTS_DIR, SHARDS_DIR, connect, failpoint, new_shard_name, save_npy, transaction
 
 PART_SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -47,10 +47,10 @@ class PartWriter:
     def __init__(self, index_dir: str | os.PathLike, name: str, model_id: str, shard_rows: int = 4096,
                  checkpoint_seconds: float = 60.0):
         self.index_dir = Path(index_dir)
-        self.dir = self.index_dir / "parts" / name
+        self.dir = self.index_dir / PARTS_DIR / name
         self.dir.mkdir(parents=True, exist_ok=True)
         (self.dir / "DONE").unlink(missing_ok=True)  # this rank is (again) at work
-        self.shard_dir = self.index_dir / "shards"
+        self.shard_dir = self.index_dir / SHARDS_DIR
         self.shard_dir.mkdir(exist_ok=True)
         self.conn = connect(self.dir / "part.sqlite")
         with transaction(self.conn):
@@ -156,7 +156,7 @@ def read_parts(index_dir: str | os.PathLike, with_segments: bool = True, model_i
     files: dict[tuple[str, str], PartFile] = {}
     failures: dict[str, dict] = {}
     dirs, shards, stale = [], set(), []
-    parts_dir = Path(index_dir) / "parts"
+    parts_dir = Path(index_dir) / PARTS_DIR
     for d in sorted(parts_dir.iterdir()) if parts_dir.is_dir() else []:
         db = d / "part.sqlite"
         if not db.is_file():
@@ -206,7 +206,7 @@ def read_parts(index_dir: str | os.PathLike, with_segments: bool = True, model_i
 def done_parts(index_dir: str | os.PathLike) -> dict[str, float]:
     """part name -> finish time, for parts whose rank has finished."""
     out = {}
-    for marker in (Path(index_dir) / "parts").glob("*/DONE"):
+    for marker in (Path(index_dir) / PARTS_DIR).glob("*/DONE"):
         try:
             out[marker.parent.name] = float(json.loads(marker.read_text())["finished"])
         except (OSError, ValueError, KeyError):

@@ -17,6 +17,8 @@ import torch
 import torch.nn as nn
 
 from retrieval.data import fsync_dir, fsync_tree
+from retrieval.config import ConfigError
+from retrieval.errors import VmrError
 
 log = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -99,7 +101,7 @@ def all_true(flag: bool, device) -> bool:
     return bool(t.item())
 
 
-class PeerSaveError(RuntimeError):
+class PeerSaveError(VmrError, RuntimeError):
     """Another rank failed its part of a checkpoint save; its own log says why."""
 
 
@@ -173,7 +175,7 @@ def resolve_optimization(cfg, world_size: int, kind: str = "deepspeed") -> tuple
     ds = load_deepspeed_json(cfg.engine.deepspeed_config)
     opt = ds.pop("optimizer", {"type": "AdamW", "params": {}})
     if str(opt.get("type", "AdamW")).lower() not in ("adam", "adamw"):
-        raise ValueError(f"{cfg.engine.deepspeed_config}: optimizer type {opt.get('type')!r}; only Adam/AdamW are supported")
+        raise ConfigError(f"{cfg.engine.deepspeed_config}: optimizer type {opt.get('type')!r}; only Adam/AdamW are supported")
     params = dict(opt.get("params", {}))
     if ds.pop("scheduler", None) is not None:
         log.warning("deepspeed config: 'scheduler' ignored; the lr schedule comes from optim.* in the YAML")
@@ -198,9 +200,9 @@ def resolve_optimization(cfg, world_size: int, kind: str = "deepspeed") -> tuple
         zero["stage"] = cfg.engine.zero_stage
     zero.setdefault("stage", 0)
     if zero["stage"] not in (0, 1, 2):
-        raise ValueError(f"ZeRO stage {zero['stage']}: only 0, 1, 2 are supported (stage 3 partitions weights)")
+        raise ConfigError(f"ZeRO stage {zero['stage']}: only 0, 1, 2 are supported (stage 3 partitions weights)")
     if kind == "deepspeed" and precision == "fp16" and zero["stage"] == 0 and not autocast:
-        raise ValueError("fp16 needs ZeRO stage 1 or 2 here (its fp32 master copy is where the temperature is clamped)")
+        raise ConfigError("fp16 needs ZeRO stage 1 or 2 here (its fp32 master copy is where the temperature is clamped)")
     ds["bf16"] = {**ds.get("bf16", {}), "enabled": precision == "bf16" and not autocast}
     fp16 = ds.get("fp16", {})
     ds["fp16"] = {"loss_scale": 0, "initial_scale_power": 16, "loss_scale_window": 1000, "hysteresis": 2,
@@ -228,7 +230,7 @@ class Engine:
     def __init__(self, wrapper: nn.Module, cfg, dist_info: DistInfo, kind: str):
         self.cfg, self.dist, self.kind = cfg, dist_info, kind
         if kind == "torch" and dist_info.world_size > 1:
-            raise ValueError("engine.kind torch runs one process only; launch multi-process runs with deepspeed")
+            raise ConfigError("engine.kind torch runs one process only; launch multi-process runs with deepspeed")
         self.ds_config, self.opt = resolve_optimization(cfg, dist_info.world_size, kind)
         self.precision = self.opt["precision"]
         self.accum = cfg.engine.grad_accum

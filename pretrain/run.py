@@ -12,10 +12,11 @@ if __package__ in (None, ""):  # `python pretrain/run.py`: make the repo importa
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 log = logging.getLogger("pretrain")
+PROG = "pretrain/run.py"  # how it is started (`python pretrain/run.py`, `deepspeed pretrain/run.py`); no console script
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
     p.add_argument("--config", required=True, help="experiment YAML (only what differs from the defaults)")
     p.add_argument("--out", default=None, help="run folder (overrides run.out)")
     p.add_argument("--resume", default=None,
@@ -134,14 +135,14 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def cli(argv: list[str] | None = None) -> int:
-    """`python pretrain/run.py`: a bad config or a full / read-only disk is one line on stderr and exit 2, like `vmr`.
-    Anything else keeps its traceback (a bug to report)."""
-    from pretrain.config import ConfigError
+    """`python pretrain/run.py`: a user error (VmrError: a bad config, ...) or a full / read-only disk is one line
+    `pretrain/run.py: ...` on stderr and exit 2, like `vmr`. Anything else keeps its traceback (a bug to report)."""
+    from retrieval.errors import VmrError
 
     try:
         main(argv)
-    except (ConfigError, OSError) as e:  # OSError: disk full, read-only or missing paths; the message names them
-        print(f"error: {e}", file=sys.stderr)
+    except (VmrError, OSError) as e:  # OSError: disk full, read-only or missing paths; the message names them
+        print(f"{PROG}: {e}", file=sys.stderr)
         return 2
     return 0
 

@@ -12,6 +12,9 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from retrieval.data.annotations import AnnotationError
+from retrieval.errors import UsageError
+
 VIDEO_EXTS = ("mp4", "webm", "mkv", "avi", "mov", "m4v", "gif")
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 MEDIA_EXTS = VIDEO_EXTS + IMAGE_EXTS
@@ -44,7 +47,7 @@ def _captions(value) -> list[str]:
     if isinstance(value, str):
         return [value.strip()] if value.strip() else []
     if not isinstance(value, list) or not all(isinstance(c, str) for c in value):
-        raise ValueError(f"a caption must be a string or a list of strings, got {json.dumps(value)[:60]}")
+        raise AnnotationError(f"a caption must be a string or a list of strings, got {json.dumps(value)[:60]}")
     return [c.strip() for c in value if c.strip()]
 
 
@@ -66,32 +69,32 @@ def _read_json(path: Path) -> list[Item]:
     if isinstance(data, dict) and "sentences" in data and "videos" in data:  # MSRVTT_data.json
         sentences = data["sentences"]
         if not isinstance(sentences, list) or not all(isinstance(s, dict) and "video_id" in s for s in sentences):
-            raise ValueError(f"{path}: MSRVTT 'sentences' must be a list of {{video_id, caption}} records")
+            raise AnnotationError(f"{path}: MSRVTT 'sentences' must be a list of {{video_id, caption}} records")
         try:
             return _merge([(f"{s['video_id']}.mp4", _captions(s.get("caption")), {}) for s in sentences])
         except ValueError as e:
-            raise ValueError(f"{path}: {e}") from None
+            raise AnnotationError(f"{path}: {e}") from None
     if not isinstance(data, list):
-        raise ValueError(f"{path}: expected a list of {{video|image, caption}} records or MSRVTT_data.json")
+        raise AnnotationError(f"{path}: expected a list of {{video|image, caption}} records or MSRVTT_data.json")
     records = []
     for i, rec in enumerate(data):
         if not isinstance(rec, dict):
-            raise ValueError(f"{path}: record {i} is {json.dumps(rec)[:40]}, expected {{video|image, caption}}")
+            raise AnnotationError(f"{path}: record {i} is {json.dumps(rec)[:40]}, expected {{video|image, caption}}")
         name = rec.get("video") or rec.get("image") or rec.get("video_id")
         if not name:
-            raise ValueError(f"{path}: record {i} has no 'video' or 'image' field")
+            raise AnnotationError(f"{path}: record {i} has no 'video' or 'image' field")
         if not isinstance(name, (str, int)):
-            raise ValueError(f"{path}: record {i}: the video name must be a string, got {json.dumps(name)[:40]}")
+            raise AnnotationError(f"{path}: record {i}: the video name must be a string, got {json.dumps(name)[:40]}")
         try:
             caps = _captions(rec.get("caption", rec.get("captions", rec.get("sentence"))))
         except ValueError as e:
-            raise ValueError(f"{path}: record {i}: {e}") from None
+            raise AnnotationError(f"{path}: record {i}: {e}") from None
         meta = {k: rec[k] for k in ("duration", "start", "end") if k in rec}
         if rec.get("reverse_caption") is not None:  # the clip played backwards (data.reverse_pairs)
             try:
                 meta["reverse_caption"] = _captions(rec["reverse_caption"])
             except ValueError as e:
-                raise ValueError(f"{path}: record {i}: reverse_caption: {e}") from None
+                raise AnnotationError(f"{path}: record {i}: reverse_caption: {e}") from None
         records.append((str(name), caps, meta))
     return _merge(records)
 
@@ -100,13 +103,13 @@ def _read_csv(path: Path) -> list[Item]:
     with open(path, newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     if not rows or "video_id" not in rows[0]:
-        raise ValueError(f"{path}: expected a CLIP4Clip MSRVTT csv with a video_id column")
+        raise AnnotationError(f"{path}: expected a CLIP4Clip MSRVTT csv with a video_id column")
     if "sentence" in rows[0]:  # MSRVTT_JSFUSION_test.csv: one caption per video
         return _merge([(f"{r['video_id']}.mp4", _captions(r["sentence"]), {}) for r in rows])
     # MSRVTT_train.9k.csv lists only ids; the captions sit in MSRVTT_data.json beside it.
     data_json = path.parent / "MSRVTT_data.json"
     if not data_json.is_file():
-        raise ValueError(f"{path} lists only video ids; its captions come from {data_json}, which is missing")
+        raise AnnotationError(f"{path} lists only video ids; its captions come from {data_json}, which is missing")
     wanted = [r["video_id"] for r in rows]
     by_video = {it.name: it for it in _read_json(data_json)}
     return [by_video.get(f"{v}.mp4", Item(f"{v}.mp4")) for v in wanted]
@@ -130,9 +133,10 @@ def read_annotations(anno: str | Path | None, media_dir: str | Path) -> list[Ite
     path = Path(anno)
     if not path.is_file():
         raise FileNotFoundError(f"annotation file not found: {path}")
-    if path.suffix.lower() == ".csv":
-        return _read_csv(path)
-    return _read_json(path)
+    try:
+        return _read_csv(path) if path.suffix.lower() == ".csv" else _read_json(path)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:  # not text, or not JSON
+        raise AnnotationError(f"{path}: {e}") from None
 
 
 # ---------------------------------------------------------------- media checks and re-encoding
@@ -316,7 +320,7 @@ def write_shards(items: list[Item], media_dir: str | Path, out_dir: str | Path,
     """
     opts = options or ShardOptions()
     if opts.shard_size < 1:
-        raise ValueError(f"shard size must be >= 1, got {opts.shard_size}")
+        raise UsageError(f"shard size must be >= 1, got {opts.shard_size}")
     out_dir, media_dir = Path(out_dir), Path(media_dir)
     (out_dir / PROGRESS_DIR).mkdir(parents=True, exist_ok=True)
     for stale in out_dir.glob("*.tmp"):  # a killed run's half-written shard

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from retrieval.config import to_dict
+from retrieval.config import ConfigError, to_dict
 from retrieval.losses import alignment_loss, mlm_loss, mlm_mask_tokens, total_loss, vtc_loss
 from retrieval.masking import create_mask_generator, gather_visible
 
@@ -220,7 +220,7 @@ def plan_steps(cfg: TrainConfig, sources: list[tuple[list[str], float]], world: 
         samples = None if any(c is None for c in counts) else sum(counts)
     if samples is None:
         if cfg.run.max_steps <= 0:
-            raise ValueError("can't tell the epoch size (no report.json beside the shards): set data.samples_per_epoch "
+            raise ConfigError("can't tell the epoch size (no report.json beside the shards): set data.samples_per_epoch "
                              "or run.max_steps")
         steps_per_epoch = cfg.run.max_steps
     else:
@@ -351,7 +351,7 @@ def train(cfg: TrainConfig, run_dir: Path, dist: DistInfo, engine_kind: str, res
     if cfg.objectives.mvm > 0:
         teacher = create_teacher(cfg.teacher, grid, vcfg.mean, vcfg.std)
         if model_cfg.teacher_dim not in (0, teacher.dim):
-            raise ValueError(f"model.teacher_dim={model_cfg.teacher_dim} but the teacher's tokens are {teacher.dim}-d")
+            raise ConfigError(f"model.teacher_dim={model_cfg.teacher_dim} but the teacher's tokens are {teacher.dim}-d")
         model_cfg = dataclasses.replace(model_cfg, teacher_dim=teacher.dim)
         teacher.to(dist.device)
     model = create_model(model_cfg)
@@ -373,13 +373,13 @@ def train(cfg: TrainConfig, run_dir: Path, dist: DistInfo, engine_kind: str, res
         model.set_grad_checkpointing(True)
     wrapper = PretrainModule(model, cfg.objectives, use_mlm)
     if sum(wrapper.weights.values()) == 0:
-        raise ValueError("no objective left to train (MLM was the only one and is unsupported)")
+        raise ConfigError("no objective left to train (MLM was the only one and is unsupported)")
 
     # -- data and schedule -------------------------------------------------------------------------------
     sources = [(expand_urls(s.urls), s.weight) for s in cfg.data.sources]
     for (urls, _), s in zip(sources, cfg.data.sources):
         if not urls:
-            raise ValueError(f"data source {s.name or s.urls!r} expands to no shard URLs")
+            raise ConfigError(f"data source {s.name or s.urls!r} expands to no shard URLs")
     steps_per_epoch, total_steps = plan_steps(cfg, sources, dist.world_size)
     spec = StreamSpec(sources=sources, batch_size=cfg.data.batch_size, num_frames=vcfg.num_frames,
                       img_size=vcfg.img_size, mean=tuple(vcfg.mean), std=tuple(vcfg.std),

@@ -7,6 +7,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .config import ConfigError
+
 # Additive attention-mask value at padding, as the release's BertModel (not -inf: a fully padded row stays finite).
 MASK_VALUE = -10000.0
 
@@ -27,12 +29,12 @@ class BertConfig:
 
     def validate(self) -> "BertConfig":
         if self.hidden_size % self.num_heads:
-            raise ValueError(f"bert.num_heads={self.num_heads} must divide bert.hidden_size={self.hidden_size}")
+            raise ConfigError(f"bert.num_heads={self.num_heads} must divide bert.hidden_size={self.hidden_size}")
         if not 0 <= self.fusion_layer <= self.num_layers:
-            raise ValueError(f"bert.fusion_layer={self.fusion_layer} must be in 0..{self.num_layers}")
+            raise ConfigError(f"bert.fusion_layer={self.fusion_layer} must be in 0..{self.num_layers}")
         for name in ("vocab_size", "hidden_size", "num_layers", "intermediate_size", "max_positions", "encoder_width"):
             if getattr(self, name) <= 0:
-                raise ValueError(f"bert.{name} must be positive, got {getattr(self, name)}")
+                raise ConfigError(f"bert.{name} must be positive, got {getattr(self, name)}")
         return self
 
 

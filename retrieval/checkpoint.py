@@ -12,7 +12,8 @@ from typing import Mapping
 import torch
 import torch.nn.functional as F
 
-from .videomamba import VideoMamba, VideoMambaConfig, _SIZES
+from .errors import VmrError
+from .videomamba import VideoMamba, VideoMambaConfig, list_video_encoders, video_encoder_config
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +23,7 @@ _PREFIXES = ("vision_encoder.", "module.vision_encoder.", "module.", "model.", "
 _IGNORED = re.compile(r"^(clip_decoder\.|clip_pos_embed|clip_img_pos_embed|img_pos_embed|decoder\.|mask_token)")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(VmrError, ValueError):
     """The file or state dict is not a VideoMamba checkpoint this encoder can take."""
 
 
@@ -199,9 +200,7 @@ def load_video_encoder(path_or_state_dict, name: str | None = None, strict: bool
     sd, container = _unwrap(obj)
     found = infer_config(sd)
     if name is not None:
-        base = dataclasses.replace(VideoMambaConfig(), **_SIZES[name]) if name in _SIZES else None
-        if base is None:
-            raise KeyError(f"unknown video encoder {name!r}; known: {sorted(_SIZES)}")
+        base = video_encoder_config(name)  # KeyError for a name not in the registry
         if (base.embed_dim, base.depth) != (found.embed_dim, found.depth):
             raise CheckpointError(
                 f"checkpoint is a {found.embed_dim}-dim, {found.depth}-layer VideoMamba but {name!r} expects "
@@ -358,7 +357,8 @@ def load_retrieval_model(path_or_state_dict, vocab: str | Path | None = None, co
                               f"{tok.vocab_file} has {tok.vocab_size} pieces; pass the checkpoint's own vocab.txt")
     encoder_fields = {k: v for k, v in dataclasses.asdict(venc).items()
                       if k not in ("embed_dim", "depth") and v != getattr(VideoMambaConfig(), k)}
-    name = next((n for n, f in _SIZES.items() if (f["embed_dim"], f["depth"]) == (D, venc.depth)), None)
+    sizes = {n: video_encoder_config(n) for n in list_video_encoders()}
+    name = next((n for n, c in sizes.items() if (c.embed_dim, c.depth) == (D, venc.depth)), None)
     video = VideoTowerConfig(name=name or "videomamba_tiny", pooling="frames",
                              encoder=encoder_fields if name else {**encoder_fields, "embed_dim": D, "depth": venc.depth})
     cfg = UMTConfig(video=video, text=UMTTextConfig(**bert, context_length=context_length or 32), embed_dim=int(E),
@@ -383,9 +383,5 @@ def load_retrieval_model(path_or_state_dict, vocab: str | Path | None = None, co
     if strict and (report.missing or report.unexpected):
         raise CheckpointError("strict load failed:\n" + str(report))
     model.load_report = report
-    if source:
-        from .data import sha256_file
-
-        model._model_id = sha256_file(source)[:16]
     log.info("%s", report)
     return model.to(device).eval()

@@ -11,6 +11,8 @@ import re
 
 import yaml
 
+from .errors import VmrError
+
 T = TypeVar("T")
 
 
@@ -28,7 +30,7 @@ def _yaml_load(text):
     return yaml.load(text, Loader=_Loader)
 
 
-class ConfigError(ValueError):
+class ConfigError(VmrError, ValueError):
     """A config key is unknown or a value has the wrong type."""
 
 
@@ -47,8 +49,8 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
             try:
                 return _coerce(value, arg, where)
             except ConfigError as e:
-                errors.append(str(e))
-        raise ConfigError(f"{where}: {value!r} matches none of {annotation}")
+                errors.append(str(e).removeprefix(f"{where}: "))
+        raise ConfigError(f"{where}: {value!r} matches none of {annotation} ({'; '.join(errors)})")
     if dataclasses.is_dataclass(annotation):
         if isinstance(value, annotation):
             return value

@@ -4,7 +4,6 @@ from __future__ import annotations
 from typing import Callable, Mapping
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 GatherFn = Callable[[torch.Tensor], torch.Tensor]
@@ -63,24 +62,6 @@ def vtc_loss(video_feats: torch.Tensor, text_feats: torch.Tensor, logit_scale: t
     positives = (ids[:, None] == ids[None, :]).to(logits.dtype)  # (N, N), symmetric
     targets = positives / positives.sum(dim=1, keepdim=True)
     return (_soft_cross_entropy(logits, targets) + _soft_cross_entropy(logits.t(), targets)) / 2
-
-
-class TokenDecoder(nn.Module):
-    """Linear + LayerNorm from student token width to teacher token width (UMT's alignment decoder).
-
-    The only parameterised piece of an objective; it lives beside the loss it serves and is
-    dropped after pretraining.
-    """
-
-    def __init__(self, in_dim: int, out_dim: int):
-        super().__init__()
-        self.head = nn.Linear(in_dim, out_dim)
-        self.norm = nn.LayerNorm(out_dim)
-        nn.init.xavier_uniform_(self.head.weight)
-        nn.init.zeros_(self.head.bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(self.head(x))  # (B, N, out_dim)
 
 
 def alignment_loss(student_tokens: torch.Tensor, teacher_tokens: torch.Tensor) -> torch.Tensor:

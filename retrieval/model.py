@@ -13,8 +13,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .config import from_dict, load_yaml, save_yaml, to_dict
-from .data import fsync_dir, fsync_tree, sha256_file
+from .config import ConfigError, from_dict, load_yaml, save_yaml, to_dict
+from .data import fsync_dir, fsync_tree
 from .text import TextConfig, create_text_tower
 from .tokenizer import check_compatible, load_tokenizer
 from .videomamba import VideoMamba, VideoMambaConfig, video_encoder_config
@@ -59,9 +59,9 @@ class ModelConfig:
 
     def validate(self) -> "ModelConfig":
         if self.video.pooling not in POOLINGS:
-            raise ValueError(f"video.pooling must be one of {POOLINGS}, got {self.video.pooling!r}")
+            raise ConfigError(f"video.pooling must be one of {POOLINGS}, got {self.video.pooling!r}")
         if not 0 < self.temp_min <= self.temp_init <= self.temp_max:
-            raise ValueError(f"need 0 < temp_min <= temp_init <= temp_max, got {self.temp_min}, {self.temp_init}, {self.temp_max}")
+            raise ConfigError(f"need 0 < temp_min <= temp_init <= temp_max, got {self.temp_min}, {self.temp_init}, {self.temp_max}")
         self.video.encoder_config()  # raises on bad encoder fields
         return self
 
@@ -91,10 +91,10 @@ class ModelCard:
 
     def validate(self) -> "ModelCard":
         if self.domain not in DOMAINS:
-            raise ValueError(f"card.domain must be one of {DOMAINS}, got {self.domain!r}")
+            raise ConfigError(f"card.domain must be one of {DOMAINS}, got {self.domain!r}")
         if not all(isinstance(k, str) and isinstance(v, list) and all(isinstance(w, str) for w in v)
                    for k, v in self.vocabulary.items()):
-            raise ValueError("card.vocabulary maps a kind of word to a list of words")
+            raise ConfigError("card.vocabulary maps a kind of word to a list of words")
         return self
 
 
@@ -121,9 +121,20 @@ def describe_text_tower(cfg: TextConfig, source: dict | None = None) -> str:
     return what
 
 
+# Where weights and tokenizer files were read from: save_model and load_model rewrite these, embeddings never see them.
+_SOURCE_FIELDS = frozenset({"init_checkpoint", "tokenizer_path", "hf_folder"})
+
+
+def _without_sources(cfg: dict) -> dict:
+    return {k: _without_sources(v) if isinstance(v, dict) else v for k, v in cfg.items() if k not in _SOURCE_FIELDS}
+
+
 def config_weights_id(model: nn.Module) -> str:
-    """16 hex digits of sha256 over `model.config` and every tensor: the id of a model built in memory."""
-    h = hashlib.sha256(json.dumps(to_dict(model.config), sort_keys=True).encode())
+    """`model_id` of both model kinds, in memory and after load_model alike (an index built with one opens with the
+    other): 16 hex digits of sha256 over `model.config`, less file locations, and every tensor. Not the weights
+    file's hash: its bytes change with how a folder stores the same model (a package's tensors referenced, a .pth
+    and its converted folder), and the config (pooling, frames) changes embeddings without changing a tensor."""
+    h = hashlib.sha256(json.dumps(_without_sources(to_dict(model.config)), sort_keys=True).encode())
     for k, v in sorted(model.state_dict().items()):
         h.update(k.encode())
         h.update(v.detach().float().cpu().numpy().tobytes())
@@ -167,7 +178,7 @@ class VideoTextModel(nn.Module):
 
     @property
     def model_id(self) -> str:
-        """Stable id of config + weights (the safetensors hash when loaded from a folder)."""
+        """Stable id of config + weights (config_weights_id), computed on first use."""
         if self._model_id is None:
             self._model_id = config_weights_id(self)
         return self._model_id
@@ -352,13 +363,12 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> VideoTex
         raise FileNotFoundError(f"{path} is not a model folder (needs config.yaml and model.safetensors)")
     data = load_yaml(cfg_file)
     if data.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{cfg_file}: unsupported format_version {data.get('format_version')!r} (expected {FORMAT_VERSION})")
+        raise ConfigError(f"{cfg_file}: unsupported format_version {data.get('format_version')!r} (expected {FORMAT_VERSION})")
     if data.get("kind") == "umt":
         from .umt import UMTConfig, UMTModel
 
         model = UMTModel(from_dict(UMTConfig, data["model"], "model"), load_tokenizer(path / _TOKENIZER_DIR))
         model.load_state_dict({k: v.float() for k, v in load_file(str(weights)).items()}, strict=True)
-        model._model_id = sha256_file(weights)[:16]
         return model.to(device).eval()
     cfg = from_dict(ModelConfig, data["model"], "model")
     text = dataclasses.replace(cfg.text, tokenizer_path=str(path / _TOKENIZER_DIR))
@@ -373,7 +383,6 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> VideoTex
 
         state.update(load_pretrained(data["pretrained_ref"]))
     model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
-    model._model_id = sha256_file(weights)[:16]
     model.card = read_card(path, data)
     return model.to(device).eval()
 
@@ -386,11 +395,11 @@ def read_card(path: str | Path, data: dict | None = None) -> ModelCard | None:
     try:
         return from_dict(ModelCard, data["card"], "card").validate()
     except ValueError as e:
-        raise ValueError(f"{Path(path) / 'config.yaml'}: {e}") from None
+        raise ConfigError(f"{Path(path) / 'config.yaml'}: {e}") from None
 
 
 def write_card(path: str | Path, card: ModelCard) -> Path:
-    """Replace the card of an existing model folder (atomically); weights, and so model_id, stay untouched."""
+    """Replace the card of an existing model folder (atomically); weights and config, and so model_id, stay put."""
     cfg_file = Path(path) / "config.yaml"
     data = load_yaml(cfg_file)
     data["card"] = to_dict(card.validate())

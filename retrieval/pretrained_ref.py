@@ -13,12 +13,13 @@ import torch
 import torch.nn as nn
 
 from .data import sha256_file
+from .errors import VmrError
 from .tokenizer import resolve_hf_folder
 
 WEIGHTS_FILE = "model.safetensors"  # the HF folder's weights, the only format referenced
 
 
-class PretrainedRefError(ValueError):
+class PretrainedRefError(VmrError, ValueError):
     """The referenced pretrained weights are missing or not the ones the model was saved against (a ValueError,
     like every other unusable model folder, so the commands report it in one line)."""
 

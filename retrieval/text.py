@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from .config import ConfigError
 from .tokenizer import DEFAULT_CONTEXT_LENGTH, Tokenizer, load_tokenizer, resolve_hf_folder
 
 CLIP_POOLERS = ("eos", "argmax", "first", "last")
@@ -143,16 +144,16 @@ def _open_clip_text_cfg(name: str) -> tuple[dict, bool]:
 
     cfg = open_clip.get_model_config(name)
     if cfg is None:
-        raise ValueError(f"unknown open_clip model config {name!r}; see open_clip.list_models()")
+        raise ConfigError(f"unknown open_clip model config {name!r}; see open_clip.list_models()")
     text_cfg = dict(cfg.get("text_cfg", {}))
     if "hf_model_name" in text_cfg:
-        raise ValueError(f"open_clip model {name!r} has a Hugging Face text tower ({text_cfg['hf_model_name']}); "
+        raise ConfigError(f"open_clip model {name!r} has a Hugging Face text tower ({text_cfg['hf_model_name']}); "
                          "use kind 'hf' with a local folder instead")
     # Tokenizer-only keys don't change the tower; anything else (cls token, bidirectional, ...) does.
     harmless = {"tokenizer_kwargs", "clean"}
     unknown = sorted(set(text_cfg) - set(_OPEN_CLIP_SIZE_KEYS) - harmless)
     if unknown:
-        raise ValueError(f"open_clip model {name!r}: text_cfg keys {unknown} are not expressible in TextConfig; "
+        raise ConfigError(f"open_clip model {name!r}: text_cfg keys {unknown} are not expressible in TextConfig; "
                          "pick a plain CLIP config (e.g. ViT-B-32) or set the sizes yourself")
     return text_cfg, bool(cfg.get("quick_gelu", False))
 
@@ -169,7 +170,7 @@ def _fill(cfg: TextConfig, name: str, value, source: str, strict: bool) -> None:
     if current is None:
         setattr(cfg, name, value)
     elif strict and current != value:
-        raise ValueError(f"text.{name}={current} contradicts {source} ({value}); leave it unset")
+        raise ConfigError(f"text.{name}={current} contradicts {source} ({value}); leave it unset")
 
 
 def resolve_text_config(cfg: TextConfig, tokenizer: Tokenizer | None = None) -> TextConfig:
@@ -180,14 +181,14 @@ def resolve_text_config(cfg: TextConfig, tokenizer: Tokenizer | None = None) -> 
     """
     c = dataclasses.replace(cfg)
     if c.kind not in ("clip", "hf"):
-        raise ValueError(f"text.kind must be 'clip' or 'hf', got {c.kind!r}")
+        raise ConfigError(f"text.kind must be 'clip' or 'hf', got {c.kind!r}")
     if c.freeze not in FREEZE_MODES:
-        raise ValueError(f"text.freeze must be one of {FREEZE_MODES}, got {c.freeze!r}")
+        raise ConfigError(f"text.freeze must be one of {FREEZE_MODES}, got {c.freeze!r}")
     if c.tokenizer is None:
         c.tokenizer = "hf" if c.kind == "hf" else "bpe"
     if c.kind == "clip":
         if c.hf_folder is not None:
-            raise ValueError("text.hf_folder is only for kind 'hf'")
+            raise ConfigError("text.hf_folder is only for kind 'hf'")
         if c.open_clip_model:
             text_cfg, quick_gelu = _open_clip_text_cfg(c.open_clip_model)
             for key in _OPEN_CLIP_SIZE_KEYS:
@@ -198,17 +199,17 @@ def resolve_text_config(cfg: TextConfig, tokenizer: Tokenizer | None = None) -> 
                              ("context_length", DEFAULT_CONTEXT_LENGTH)):
             _fill(c, key, default, "default", strict=False)
         if c.width % c.heads:
-            raise ValueError(f"text.heads={c.heads} must divide text.width={c.width}")
+            raise ConfigError(f"text.heads={c.heads} must divide text.width={c.width}")
         c.pooler = c.pooler or "eos"
         if c.pooler not in CLIP_POOLERS:
-            raise ValueError(f"text.pooler for kind clip must be one of {CLIP_POOLERS}, got {c.pooler!r}")
+            raise ConfigError(f"text.pooler for kind clip must be one of {CLIP_POOLERS}, got {c.pooler!r}")
     else:
         if not c.hf_folder:
-            raise ValueError("text.kind 'hf' needs text.hf_folder (a local folder or 'pkg:<distribution>')")
+            raise ConfigError("text.kind 'hf' needs text.hf_folder (a local folder or 'pkg:<distribution>')")
         if c.init_checkpoint:
-            raise ValueError("text.init_checkpoint is for kind 'clip'; an hf tower's weights come from hf_folder")
+            raise ConfigError("text.init_checkpoint is for kind 'clip'; an hf tower's weights come from hf_folder")
         if c.open_clip_model:
-            raise ValueError("text.open_clip_model is for kind 'clip'")
+            raise ConfigError("text.open_clip_model is for kind 'clip'")
         hf = _hf_config(resolve_hf_folder(c.hf_folder))
         where = f"the Hugging Face config in {c.hf_folder}"
         _fill(c, "width", hf.hidden_size, where, strict=True)
@@ -220,12 +221,12 @@ def resolve_text_config(cfg: TextConfig, tokenizer: Tokenizer | None = None) -> 
         _fill(c, "context_length", DEFAULT_CONTEXT_LENGTH, "default", strict=False)
         max_pos = getattr(hf, "max_position_embeddings", None)
         if max_pos and c.context_length > max_pos:
-            raise ValueError(f"text.context_length={c.context_length} exceeds the model's {max_pos} positions")
+            raise ConfigError(f"text.context_length={c.context_length} exceeds the model's {max_pos} positions")
         c.pooler = c.pooler or "mean_pooler"
         if c.pooler not in HF_POOLERS:
-            raise ValueError(f"text.pooler for kind hf must be one of {HF_POOLERS}, got {c.pooler!r}")
+            raise ConfigError(f"text.pooler for kind hf must be one of {HF_POOLERS}, got {c.pooler!r}")
     if c.freeze == "all_but_last_N" and not 1 <= c.unfrozen_layers <= c.layers:
-        raise ValueError(f"text.unfrozen_layers must be in 1..{c.layers} for freeze=all_but_last_N, "
+        raise ConfigError(f"text.unfrozen_layers must be in 1..{c.layers} for freeze=all_but_last_N, "
                          f"got {c.unfrozen_layers}")
     if None in (c.vocab_size, c.pad_id, c.eos_id):
         tok = tokenizer if tokenizer is not None else load_tokenizer(c)

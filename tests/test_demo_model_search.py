@@ -177,7 +177,7 @@ def test_guided_app_in_chromium(synth_lib):
             shots._wait_until(browser, "return document.querySelector('#vmr-header').innerText.includes('segments');",
                               30, "no header")
             text = browser.run_js("return document.querySelector('#vmr-header').innerText;")
-            assert "5c53c951353c1f2f" in text and "24 videos, 24 segments" in text and "synthetic" in text, text
+            assert "f906c69a3cda53f8" in text and "24 videos, 24 segments" in text and "synthetic" in text, text
             assert header and "click an example" in browser.run_js(
                 "return document.querySelector('#vmr-results').innerText;")  # empty state before a search
             labels = browser.run_js("return [...document.querySelectorAll('#vmr-examples button')].map(b => "

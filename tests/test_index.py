@@ -369,3 +369,15 @@ def test_real_model_end_to_end(tmp_path, lib, capsys):
     assert main(["index", "add", "--index", str(out), "--videos", str(lib), "--model", str(other), "--workers", "0",
                  "--no-progress"]) == 2
     assert "model mismatch" in capsys.readouterr().err
+
+
+def test_index_built_in_memory_opens_with_the_same_weights_loaded_from_disk(tmp_path, lib):
+    from test_model import TINY_MODEL
+
+    from retrieval import create_model, save_model
+
+    model = create_model(TINY_MODEL).eval()
+    path = save_model(model, tmp_path / "model")
+    ingest.build(lib, tmp_path / "idx", model=model, model_path=str(path), config=cfg())  # the model in memory
+    hits = Searcher(tmp_path / "idx", device="cpu").search("red", k=3)  # loads the recorded folder
+    assert hits

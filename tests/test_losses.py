@@ -4,8 +4,7 @@ import math
 import pytest
 import torch
 
-from retrieval.losses import (TokenDecoder, alignment_loss, gather_features, mlm_loss, mlm_mask_tokens,
-                              total_loss, vtc_loss)
+from retrieval.losses import alignment_loss, gather_features, mlm_loss, mlm_mask_tokens, total_loss, vtc_loss
 
 
 def test_vtc_identity_2x2():
@@ -98,15 +97,6 @@ def test_alignment_loss_values_and_gradients():
     assert s.grad is not None and teacher.grad is None  # the teacher is a target
     with pytest.raises(ValueError, match="same shape"):
         alignment_loss(torch.zeros(1, 2, 3), torch.zeros(1, 2, 4))
-
-
-def test_token_decoder_shapes_and_gradients():
-    dec = TokenDecoder(8, 12)
-    x = torch.randn(2, 5, 8)
-    y = dec(x)
-    assert y.shape == (2, 5, 12)
-    alignment_loss(y, torch.randn(2, 5, 12)).backward()
-    assert dec.head.weight.grad is not None and dec.norm.weight.grad is not None
 
 
 def test_mlm_mask_statistics():

@@ -1,5 +1,6 @@
 """Dual encoder: build, encode, save/load round trip, pooling choices, and that a tiny model learns."""
 import dataclasses
+import shutil
 
 import pytest
 import torch
@@ -71,6 +72,22 @@ def test_save_load_round_trip_is_bitwise(tmp_path):
     assert again.model_id == load_model(path).model_id
     save_model(again, path)  # overwriting an existing folder keeps it loadable
     assert load_model(path).model_id == again.model_id
+
+
+def test_model_id_is_one_definition_in_memory_and_loaded(tmp_path):
+    model = create_model(TINY_MODEL).eval()
+    mid = model.model_id
+    model.clamp_temperature()  # already in range: nothing changed, nor does the id
+    assert model.model_id == mid
+    again = load_model(save_model(model, tmp_path / "m"))
+    assert again.model_id == mid
+    again.clamp_temperature()
+    assert again.model_id == mid
+    assert load_model(shutil.copytree(tmp_path / "m", tmp_path / "moved")).model_id == mid  # not its location
+    with torch.no_grad():
+        model.temp.fill_(5.0)
+    model.clamp_temperature()  # clamped to 0.5: other weights, another id
+    assert model.model_id != mid
 
 
 def test_load_errors(tmp_path):

@@ -120,5 +120,5 @@ def test_launcher_reports_a_bad_config_in_one_line(tmp_path):
                            str(root / "configs" / "pretrain" / "smoke_cpu.yaml"), "--out", str(tmp_path / "run"),
                            "data.reverse_pairs=2"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2
-    assert "error: data.reverse_pairs is a probability in [0, 1], got 2" in proc.stderr
+    assert "pretrain/run.py: data.reverse_pairs is a probability in [0, 1], got 2" in proc.stderr
     assert "Traceback" not in proc.stderr

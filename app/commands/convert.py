@@ -7,7 +7,6 @@ and `vmr eval`; the load report lists every checkpoint key that retrieval does n
 from __future__ import annotations
 
 import argparse
-import sys
 
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -29,14 +28,10 @@ def run(args) -> int:
 
     from retrieval import load_retrieval_model, save_model
 
-    try:
-        model = load_retrieval_model(args.checkpoint, vocab=args.vocab, context_length=args.context_length,
-                                     strict=args.strict)
-        print(model.load_report)
-        path = save_model(model, args.out, dtype=getattr(torch, args.dtype))
-    except (FileNotFoundError, ValueError) as e:  # CheckpointError is a ValueError
-        print(f"vmr convert: {e}", file=sys.stderr)
-        return 2
+    model = load_retrieval_model(args.checkpoint, vocab=args.vocab, context_length=args.context_length,
+                                 strict=args.strict)
+    print(model.load_report)
+    path = save_model(model, args.out, dtype=getattr(torch, args.dtype))
     cfg = model.config
     print(f"wrote {path}: VideoMamba {cfg.video.encoder_config().embed_dim} x {cfg.video.encoder_config().depth} "
           f"+ BERT {cfg.text.hidden_size} x {cfg.text.num_layers} (fusion from layer {cfg.text.fusion_layer}), "

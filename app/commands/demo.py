@@ -7,7 +7,6 @@ the example queries.
 from __future__ import annotations
 
 import argparse
-import sys
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,12 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    from app.demo import DemoError, run_demo
+    from app.demo import run_demo
 
-    try:
-        return run_demo(videos=args.videos, library=args.library, model=args.model, seed=args.seed,
-                        device=args.device, workers=args.workers, progress=not args.no_progress,
-                        app=not args.no_app, host=args.host, port=args.port)
-    except DemoError as e:
-        print(f"vmr demo: {e}", file=sys.stderr)
-        return 2
+    return run_demo(videos=args.videos, library=args.library, model=args.model, seed=args.seed,
+                    device=args.device, workers=args.workers, progress=not args.no_progress,
+                    app=not args.no_app, host=args.host, port=args.port)

@@ -47,23 +47,16 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     import os
 
-    import torch
-
-    from index.evaluate import EvalError, append_table, evaluate, format_report, write_report
+    from index.embedder import resolve_device
+    from index.evaluate import append_table, evaluate, format_report, write_report
+    from index.ingest import default_workers
     from retrieval import load_model, load_retrieval_model
-    from retrieval.data.annotations import AnnotationError
 
-    device = args.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        if args.vocab and os.path.isfile(args.model):
-            model = load_retrieval_model(args.model, vocab=args.vocab, device=device)
-        else:
-            model = load_model(args.model, device=device)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"vmr eval: cannot load model: {e}", file=sys.stderr)
-        return 2
+    device = resolve_device(args.device)
+    if args.vocab and os.path.isfile(args.model):
+        model = load_retrieval_model(args.model, vocab=args.vocab, device=device)
+    else:
+        model = load_model(args.model, device=device)
     if getattr(model, "load_report", None) is not None and not args.no_progress:
         print(model.load_report, file=sys.stderr)
     if args.dataset == "temporal":  # two-way temporal score of time-twin pairs, not a retrieval protocol
@@ -72,17 +65,13 @@ def run(args) -> int:
                             permutations=args.permutations, batch_size=args.batch_size, out=args.out,
                             progress=not args.no_progress)
     cache_dir = os.path.expanduser(args.cache_dir) if args.cache_dir else None
-    workers = max(0, min(8, (os.cpu_count() or 1) - 1)) if args.workers is None else args.workers
+    workers = default_workers() if args.workers is None else args.workers
     log = (lambda msg: None) if args.no_progress else (lambda msg: print(msg, file=sys.stderr))
-    try:
-        report = evaluate(model, args.dataset, args.anno, args.videos, num_frames=args.frames,
-                          context_length=args.context_length, allow_missing=args.allow_missing,
-                          batch_size=args.batch_size, workers=workers, cache_dir=cache_dir,
-                          use_dual_softmax=args.dual_softmax, progress=not args.no_progress,
-                          model_dir=args.model, log=log, rerank=args.rerank)
-    except (EvalError, AnnotationError) as e:
-        print(f"vmr eval: {e}", file=sys.stderr)
-        return 2
+    report = evaluate(model, args.dataset, args.anno, args.videos, num_frames=args.frames,
+                      context_length=args.context_length, allow_missing=args.allow_missing,
+                      batch_size=args.batch_size, workers=workers, cache_dir=cache_dir,
+                      use_dual_softmax=args.dual_softmax, progress=not args.no_progress,
+                      model_dir=args.model, log=log, rerank=args.rerank)
     print(format_report(report))
     if args.out:
         print(f"report: {write_report(report, args.out)}")

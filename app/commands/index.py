@@ -65,17 +65,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    from index.errors import IndexBusyError, IndexCorruptError, IndexMissingError, ModelMismatchError
+    from retrieval.errors import UsageError
 
     if not getattr(args, "action", None):
-        print("vmr index: choose an action: build | add | remove | info (see `vmr index --help`)", file=sys.stderr)
-        return 2
-    try:
-        return {"build": _build, "add": _add, "remove": _remove, "info": _info}[args.action](args)
-    except (IndexMissingError, IndexCorruptError, ModelMismatchError, IndexBusyError, OSError,
-            ValueError) as e:  # OSError: also disk full / read-only output (FileNotFoundError, TimeoutError)
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        raise UsageError("choose an action: build | add | remove | info (see `vmr index --help`)")
+    if args.action == "build" and not args.merge and not (args.videos and args.model):
+        raise UsageError("build needs --videos and --model (or --merge)")
+    if args.action == "remove" and not (args.videos or args.missing):
+        raise UsageError("remove needs --videos PATH... and/or --missing")
+    return {"build": _build, "add": _add, "remove": _remove, "info": _info}[args.action](args)
 
 
 def _config(args, **extra):
@@ -111,9 +109,6 @@ def _build(args) -> int:
     if args.merge:
         _print_commit(merge(args.out), args.out)
         return 0
-    if not args.videos or not args.model:
-        print("error: vmr index build needs --videos and --model (or --merge)", file=sys.stderr)
-        return 2
     cfg = _config(args, segment_seconds=args.segment_seconds, stride=args.stride, frames=args.frames,
                   memory_budget=args.memory_budget, target_recall=args.target_recall)
     _warn_domain(args.model, [library_root(args.videos, args.video_root)], "index build")
@@ -135,9 +130,6 @@ def _add(args) -> int:
 def _remove(args) -> int:
     from index.update import remove
 
-    if not args.videos and not args.missing:
-        print("error: give --videos PATH... and/or --missing", file=sys.stderr)
-        return 2
     result, unmatched = remove(args.index, args.videos, args.missing)
     for path in unmatched:
         print(f"not in the index: {path}", file=sys.stderr)

@@ -35,6 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def parse_like(text: str) -> tuple[str, float | None, float | None]:
     """"clip.mp4", "clip.mp4@12-20" or "clip.mp4@0:12-0:20" -> (path, start, end); ValueError when malformed."""
+    from retrieval.errors import UsageError
+
     path, sep, span = text.rpartition("@")
     if not sep or os.path.isfile(text):
         return text, None, None
@@ -42,7 +44,7 @@ def parse_like(text: str) -> tuple[str, float | None, float | None]:
     try:
         return path, _seconds(m.group(1)), _seconds(m.group(2))
     except (AttributeError, ValueError):
-        raise ValueError(f"--like {text}: START-END must be seconds or m:ss, e.g. clip.mp4@12-20 or "
+        raise UsageError(f"--like {text}: START-END must be seconds or m:ss, e.g. clip.mp4@12-20 or "
                          "clip.mp4@0:12-0:20") from None
 
 
@@ -59,35 +61,28 @@ def _seconds(text: str) -> float:
 def run(args) -> int:
     from app.card import domain_warning
     from app.table import hits_table
-    from index.errors import IndexCorruptError, IndexMissingError, ModelMismatchError
     from index.searcher import Searcher, check_clip
-    from retrieval.data.video import VideoError
+    from retrieval.errors import UsageError
 
     text = " ".join(args.query).strip()
     if text and args.like:
-        print("vmr search: give a text query or --like VIDEO[@START-END], not both", file=sys.stderr)
-        return 2
+        raise UsageError("give a text query or --like VIDEO[@START-END], not both")
     if args.rerank and args.like:
-        print("vmr search: --rerank re-scores text queries; it does not apply to --like", file=sys.stderr)
-        return 2
-    try:
-        like = parse_like(args.like) if args.like else None
-        if like:
-            check_clip(*like)  # a bad clip is reported before the model loads
-        searcher = Searcher(args.index, model=args.model, device=args.device)
-        warning = domain_warning(getattr(searcher.model, "card", None), searcher.roots(), "search")
-        if warning:
-            print(warning, file=sys.stderr)
-        opts = dict(k=max(args.k, args.rerank), group_by_video=not args.segments, threshold=args.threshold)
-        hits = searcher.search_video(*like, **opts) if like else searcher.search(text, **opts)
-        if args.rerank:
-            from index.rerank import rerank_hits
+        raise UsageError("--rerank re-scores text queries; it does not apply to --like")
+    like = parse_like(args.like) if args.like else None
+    if like:
+        check_clip(*like)  # a bad clip is reported before the model loads
+    searcher = Searcher(args.index, model=args.model, device=args.device)
+    warning = domain_warning(getattr(searcher.model, "card", None), searcher.roots(), "search")
+    if warning:
+        print(warning, file=sys.stderr)
+    opts = dict(k=max(args.k, args.rerank), group_by_video=not args.segments, threshold=args.threshold)
+    hits = searcher.search_video(*like, **opts) if like else searcher.search(text, **opts)
+    if args.rerank:
+        from index.rerank import rerank_hits
 
-            hits = rerank_hits(searcher, text, hits, args.rerank)
-        hits = hits[:args.k]
-    except (IndexMissingError, IndexCorruptError, ModelMismatchError, ValueError, VideoError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        hits = rerank_hits(searcher, text, hits, args.rerank)
+    hits = hits[:args.k]
     if args.json:
         print(json.dumps([h.to_dict() for h in hits], indent=2))
         return 0

@@ -5,7 +5,6 @@ Example: vmr app --index lib.idx --port 7860
 from __future__ import annotations
 
 import argparse
-import sys
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -19,14 +18,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    from index.errors import IndexCorruptError, IndexMissingError, ModelMismatchError
     from index.searcher import Searcher
 
-    try:
-        searcher = Searcher(args.index, model=args.model, device=args.device)
-    except (IndexMissingError, IndexCorruptError, ModelMismatchError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    searcher = Searcher(args.index, model=args.model, device=args.device)
     from app.ui import launch
 
     info = searcher.info()

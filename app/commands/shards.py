@@ -8,7 +8,6 @@ finishes the missing shards and yields the same shard contents.
 from __future__ import annotations
 
 import argparse
-import sys
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,14 +25,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pretrain.shards import ShardOptions, read_annotations, write_shards
 
-    try:
-        items = read_annotations(args.anno, args.videos)
-        report = write_shards(items, args.videos, args.out,
-                              ShardOptions(shard_size=args.shard_size, max_side=args.max_side, fps=args.fps,
-                                           workers=args.workers), progress=not args.quiet)
-    except (ValueError, OSError) as e:  # OSError: a missing file, and also disk full / read-only output
-        print(f"vmr shards: {e}", file=sys.stderr)
-        return 2
+    items = read_annotations(args.anno, args.videos)
+    report = write_shards(items, args.videos, args.out,
+                          ShardOptions(shard_size=args.shard_size, max_side=args.max_side, fps=args.fps,
+                                       workers=args.workers), progress=not args.quiet)
     print(f"wrote {report['samples']} samples from {report['items']} items into {len(report['shards'])} shards: "
           f"{report['urls']}")
     if report["skipped"]:

@@ -7,7 +7,6 @@ time: reversed playback or swapped event order, with the twin's caption recorded
 from __future__ import annotations
 
 import argparse
-import sys
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,11 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pretrain.synth import generate
 
-    try:
-        records = generate(args.out, args.videos, args.split, seed=args.seed, size=args.size, frames=args.frames,
-                           fps=args.fps, paraphrase=args.paraphrase, workers=args.workers)
-    except ValueError as e:
-        print(f"vmr synth: {e}", file=sys.stderr)
-        return 2
+    records = generate(args.out, args.videos, args.split, seed=args.seed, size=args.size, frames=args.frames,
+                       fps=args.fps, paraphrase=args.paraphrase, workers=args.workers)
     print(f"wrote {len(records)} {args.split} videos to {args.out}/videos and {args.out}/annotations.json")
     return 0

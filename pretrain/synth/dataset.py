@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from retrieval.errors import UsageError
+
 from .captions import STYLES, caption, captions
 from .render import render_video
 from .world import VideoSpec, plan, trainable_reversal
@@ -55,13 +57,13 @@ def generate(out_dir: str | os.PathLike, num_videos: int, split: str, seed: int 
     """Write out_dir/videos/<id>.mp4 and out_dir/annotations.json; return the annotation records.
     Output depends only on the arguments other than workers/progress."""
     if size < 16 or size % 2:
-        raise ValueError(f"--size must be an even number >= 16 (yuv420p), got {size}")
+        raise UsageError(f"--size must be an even number >= 16 (yuv420p), got {size}")
     if frames < 4:
-        raise ValueError(f"--frames must be >= 4, got {frames}")
+        raise UsageError(f"--frames must be >= 4, got {frames}")
     if fps <= 0:
-        raise ValueError(f"--fps must be > 0, got {fps}")
+        raise UsageError(f"--fps must be > 0, got {fps}")
     if paraphrase not in STYLES:
-        raise ValueError(f"unknown paraphrase style {paraphrase!r}; choose from {', '.join(STYLES)}")
+        raise UsageError(f"unknown paraphrase style {paraphrase!r}; choose from {', '.join(STYLES)}")
     items = plan(split, num_videos, seed, size, frames)
     records = annotate(items, split, paraphrase, fps)
     out_dir = Path(out_dir)

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from retrieval.errors import UsageError
+
 # Object colours, spread out in RGB so they stay tellable apart after H.264 and resizing.
 COLOURS = {
     "red": (220, 30, 30),
@@ -214,7 +216,7 @@ def _plan_test(n: int, seed: int) -> list[dict]:
     pools = held_out_pools()
     total = sum(len(p) for p in pools.values())
     if n > total:
-        raise ValueError(f"the test split holds at most {total} videos with unique attribute tuples; asked for {n}")
+        raise UsageError(f"the test split holds at most {total} videos with unique attribute tuples; asked for {n}")
     rng = np.random.default_rng([int(seed), SPLITS["test"], 2**31 - 1])
     keys = sorted(pools)
     order = [keys[i] for i in rng.permutation(len(keys))]
@@ -247,9 +249,9 @@ def _sample_temporal(rng: np.random.Generator, kind: str) -> tuple[dict, dict]:
 def plan(split: str, n: int, seed: int = 0, size: int = 224, frames: int = 32) -> list[PlannedVideo]:
     """The videos of one split, in order; cheap (no rendering)."""
     if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; choose from {', '.join(SPLITS)}")
+        raise UsageError(f"unknown split {split!r}; choose from {', '.join(SPLITS)}")
     if n < 0:
-        raise ValueError("the number of videos must be >= 0")
+        raise UsageError("the number of videos must be >= 0")
     if split == "train":
         return [PlannedVideo(VideoSpec(f"train_{i:06d}", sample_train(np.random.default_rng(_seed(seed, split, i, 0))),
                                        _seed(seed, split, i, 1), size, frames), _seed(seed, split, i, 2))
@@ -258,7 +260,7 @@ def plan(split: str, n: int, seed: int = 0, size: int = 224, frames: int = 32) -
         return [PlannedVideo(VideoSpec(f"test_{i:06d}", a, _seed(seed, split, i, 1), size, frames),
                              _seed(seed, split, i, 2)) for i, a in enumerate(_plan_test(n, seed))]
     if n % 2:
-        raise ValueError(f"the temporal split is made of pairs; ask for an even number of videos, not {n}")
+        raise UsageError(f"the temporal split is made of pairs; ask for an even number of videos, not {n}")
     out = []
     for p in range(n // 2):
         kind = "reverse" if p % 2 == 0 else "order"

@@ -8,6 +8,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..errors import VmrError
+
 # Extensions `find_video_file` and `load_folder` look for, most common first. Images are
 # one-frame videos (image-text pairs).
 VIDEO_EXTENSIONS = ("mp4", "webm", "mkv", "avi", "mov", "gif", "m4v")
@@ -16,7 +18,7 @@ MEDIA_EXTENSIONS = VIDEO_EXTENSIONS + IMAGE_EXTENSIONS
 DATASETS = ("msrvtt", "activitynet", "lsmdc", "generic")
 
 
-class AnnotationError(ValueError):
+class AnnotationError(VmrError, ValueError):
     """An annotation file is unreadable, malformed, or of another dataset than requested."""
 
 

@@ -9,11 +9,13 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import VmrError
+
 # Demuxers FFmpeg uses for single still images; such a file is a one-frame video.
 _IMAGE_FORMATS = {"image2", "jpeg_pipe", "png_pipe", "webp_pipe", "bmp_pipe", "tiff_pipe"}
 
 
-class VideoError(RuntimeError):
+class VideoError(VmrError, RuntimeError):
     """A video cannot be used; `reason` says why (e.g. "no video stream", "cannot open: ...")."""
 
     def __init__(self, reason: str, path: str | None = None):
