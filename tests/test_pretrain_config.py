@@ -39,7 +39,9 @@ def test_every_deepspeed_json_resolves(path):
     ds, opt = resolve_optimization(cfg, world_size=1)
     raw = json.loads(path.read_text())
     assert opt["zero_stage"] == raw["zero_optimization"]["stage"]
-    assert "optimizer" not in ds and ds["bf16"]["enabled"] == (opt["precision"] == "bf16")
+    # DeepSpeed's bf16 weights, unless its torch_autocast section keeps them fp32
+    assert "optimizer" not in ds and ds["bf16"]["enabled"] == (opt["precision"] == "bf16" and not opt["autocast"])
+    assert ("torch_autocast" in ds) == opt["autocast"] == bool(raw.get("torch_autocast", {}).get("enabled"))
 
 
 def test_release_recipe_values():
