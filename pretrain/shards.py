@@ -4,16 +4,15 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import re
 import tarfile
-import uuid
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from retrieval.data.annotations import AnnotationError
 from retrieval.errors import UsageError
+from retrieval.io import atomic_write
 
 VIDEO_EXTS = ("mp4", "webm", "mkv", "avi", "mov", "m4v", "gif")
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
@@ -258,50 +257,55 @@ def _write_shard(job: tuple) -> dict:
     shard, first_index, items, media_dir, out_dir, opts = job
     out_dir, media_dir = Path(out_dir), Path(media_dir)
     final = out_dir / (SHARD_PATTERN % shard)
-    # a temp name of its own: after kill -9 of the parent, an orphaned pool worker may still be writing this
-    # shard while the rerun writes it too; both then finish and rename identical bytes into place
-    own = f"{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
-    tmp = final.with_name(f"{final.name}.{own}")
-    keys, skipped = [], []
-    with tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
-        for offset, item in enumerate(items):
-            reason = None
-            path = _resolve(media_dir, item.name)
-            ext = media_ext(path.name)
-            if not item.captions:
-                reason = "no caption"
-            elif ext not in MEDIA_EXTS:
-                reason = f"unsupported file type {path.suffix or '(none)'}"
-            elif not path.is_file():
-                reason = "missing file"
-            if reason is None:
-                import av
-
-                from retrieval.data.video import VideoError
-
-                try:
-                    data = path.read_bytes()
-                    info = check_media(data, item.name)
-                    if _needs_reencode(info, opts.max_side, opts.fps):
-                        data, ext = reencode(data, opts.max_side, opts.fps, ext in IMAGE_EXTS)
-                except (VideoError, av.FFmpegError, OSError, ValueError, EOFError, StopIteration) as e:
-                    reason = getattr(e, "reason", None) or f"{type(e).__name__}: {e}"
-            if reason is not None:
-                skipped.append({"video": item.name, "reason": reason})
-                continue
-            key = sample_key(first_index + offset, item.name)
-            meta = {"captions": item.captions, "video": item.name, **item.meta}
-            _add(tar, f"{key}.{ext}", data)
-            _add(tar, f"{key}.json", json.dumps(meta, ensure_ascii=False).encode("utf-8"))
-            _add(tar, f"{key}.txt", item.captions[0].encode("utf-8"))
-            keys.append(key)
-    record = {"shard": final.name, "samples": len(keys), "keys": keys, "skipped": skipped}
     progress = out_dir / PROGRESS_DIR / (final.stem + ".json")
-    ptmp = progress.with_name(f"{progress.name}.{own}")
-    ptmp.write_text(json.dumps(record, ensure_ascii=False), encoding="utf-8")
-    os.replace(ptmp, progress)   # record first: a tar without its record is never "done"
-    os.replace(tmp, final)
+    record = {"shard": final.name, "samples": 0, "keys": [], "skipped": []}
+
+    def pack(tmp: Path) -> None:
+        with tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
+            for offset, item in enumerate(items):
+                sample = _sample(item, media_dir, opts)
+                if isinstance(sample, str):
+                    record["skipped"].append({"video": item.name, "reason": sample})
+                    continue
+                key = sample_key(first_index + offset, item.name)
+                meta = {"captions": item.captions, "video": item.name, **item.meta}
+                _add(tar, f"{key}.{sample[1]}", sample[0])
+                _add(tar, f"{key}.json", json.dumps(meta, ensure_ascii=False).encode("utf-8"))
+                _add(tar, f"{key}.txt", item.captions[0].encode("utf-8"))
+                record["keys"].append(key)
+        record["samples"] = len(record["keys"])
+        # the record is renamed before the tar: a tar without its record is never "done". Both "file": a power
+        # cut may undo a rename (the shard is then redone), never leave a shard or record that is not whole.
+        atomic_write(progress, json.dumps(record, ensure_ascii=False), durable="file")
+
+    # atomic_write's temp names are unique per writer: after kill -9 of the parent, an orphaned pool worker may
+    # still be writing this shard while the rerun writes it too; both then finish and rename identical bytes
+    atomic_write(final, pack, durable="file")
     return record
+
+
+def _sample(item: Item, media_dir: Path, opts: ShardOptions) -> tuple[bytes, str] | str:
+    """(media bytes, extension) to store for an item, or the reason it is skipped."""
+    path = _resolve(media_dir, item.name)
+    ext = media_ext(path.name)
+    if not item.captions:
+        return "no caption"
+    if ext not in MEDIA_EXTS:
+        return f"unsupported file type {path.suffix or '(none)'}"
+    if not path.is_file():
+        return "missing file"
+    import av
+
+    from retrieval.data.video import VideoError
+
+    try:
+        data = path.read_bytes()
+        info = check_media(data, item.name)
+        if _needs_reencode(info, opts.max_side, opts.fps):
+            data, ext = reencode(data, opts.max_side, opts.fps, ext in IMAGE_EXTS)
+    except (VideoError, av.FFmpegError, OSError, ValueError, EOFError, StopIteration) as e:
+        return getattr(e, "reason", None) or f"{type(e).__name__}: {e}"
+    return data, ext
 
 
 def _done(out_dir: Path, shard: int) -> dict | None:
@@ -357,7 +361,6 @@ def write_shards(items: list[Item], media_dir: str | Path, out_dir: str | Path,
         "urls": f"{out_dir}/shard-{{{0:06d}..{max(n_shards - 1, 0):06d}}}.tar" if n_shards else "",
         "skipped": [s for r in ordered for s in r["skipped"]],
     }
-    tmp = out_dir / "report.json.tmp"
-    tmp.write_text(json.dumps(report, indent=1, ensure_ascii=False), encoding="utf-8")
-    os.replace(tmp, out_dir / "report.json")
+    # "none": it is rebuilt from the (durable) progress records by every run
+    atomic_write(out_dir / "report.json", json.dumps(report, indent=1, ensure_ascii=False), durable="none")
     return report

@@ -101,3 +101,42 @@ def test_the_level_must_be_named(tmp_path):
     with pytest.raises(ValueError, match="none, file, full"):
         atomic_write(tmp_path / "x", b"", durable="fsync")
     assert _left(tmp_path) == []
+
+
+# ---------------------------------------------------------------- the writers whose level was a slip
+
+def test_faiss_file_and_embedding_shard_are_durable_with_their_names(tmp_path, fsyncs):
+    """The SQLite commit right after names these files: their folder must be fsynced after the rename (it was
+    not: a power cut could leave a committed index pointing at a file whose name never reached the disk)."""
+    faiss = pytest.importorskip("faiss")
+    from index import ann
+    from index.store import save_npy
+
+    index = faiss.IndexFlatIP(4)
+    index.add(np.eye(4, dtype=np.float32))
+    (tmp_path / "faiss").mkdir()
+    (tmp_path / "shards").mkdir()
+    ann.write_index(index, str(tmp_path / "faiss" / "v000001.faiss"))
+    save_npy(np.ones((2, 4), np.float16), str(tmp_path / "shards" / "s.npy"))
+    assert fsyncs[1::2] == [str(tmp_path / "faiss"), str(tmp_path / "shards")]
+    assert ann.read_index(str(tmp_path / "faiss" / "v000001.faiss")).ntotal == 4
+
+
+def test_webdataset_shard_and_its_record_reach_the_disk_before_their_renames(tmp_path, fsyncs):
+    """`_done` trusts a shard with its progress record, so a power cut must not leave either named but empty
+    (neither was fsynced); the report is rebuilt by every run and stays at "none"."""
+    pytest.importorskip("av")
+    from helpers_media import write_test_video
+    from pretrain.shards import ShardOptions, read_annotations, write_shards
+
+    for i in range(3):
+        write_test_video(tmp_path / "lib" / f"c{i}.mp4", num_frames=4, size=(16, 16))
+        (tmp_path / "lib" / f"c{i}.txt").write_text(f"clip {i}")
+    out = tmp_path / "out"
+    write_shards(read_annotations(None, tmp_path / "lib"), tmp_path / "lib", out, ShardOptions(shard_size=2),
+                 progress=False)
+    synced = [tuple(Path(p).name.split(".")[1:3]) for p in fsyncs]  # .shard-000000.tar.<pid>-<random>.tmp
+    assert synced == [("shard-000000", "json"), ("shard-000000", "tar"), ("shard-000001", "json"),
+                      ("shard-000001", "tar")]
+    assert sorted(p.name for p in out.iterdir()) == [".progress", "report.json", "shard-000000.tar",
+                                                     "shard-000001.tar"]
