@@ -1,8 +1,7 @@
-"""File output for the synthetic world: mp4 encoding with PyAV and atomic JSON writes."""
+"""File output for the synthetic world: mp4 encoding with PyAV."""
 from __future__ import annotations
 
 import functools
-import json
 import os
 from fractions import Fraction
 from pathlib import Path
@@ -61,7 +60,3 @@ def _yuv420p_frame(rgb: np.ndarray):
             np.frombuffer(plane, np.uint8).reshape(-1, plane.line_size)[:, plane.width:] = 0
     return frame
 
-
-def write_json(path: str | os.PathLike, obj) -> None:
-    """Atomic: readers never see a half-written file."""
-    atomic_write(path, json.dumps(obj, indent=1, ensure_ascii=False) + "\n", durable="none")
