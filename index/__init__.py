@@ -5,7 +5,7 @@
     embedder.py  the mapper: the only code that runs the model (video batches, text queries)
     writer.py    checkpoint encoded files into a part: embedding shards + part.sqlite
     update.py    commit parts / removals as the next index version (FAISS file + one SQLite transaction)
-    store.py     on-disk layout, SQLite schema, writer lock, crash-test failpoints
+    store.py     on-disk layout, SQLite schema, writer lock
     ann.py       FAISS: index-type rule, build, recall measurement and nprobe tuning
     ingest.py    build/add orchestration (ranks, resume, progress) and `info`
     searcher.py  Searcher: text -> ranked videos/segments, live reload, thread-safe

@@ -22,6 +22,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from retrieval.io import atomic_write
+
 from .errors import IndexCorruptError
 
 log = logging.getLogger(__name__)
@@ -268,14 +270,10 @@ def spec_of(index) -> IndexSpec:
 
 
 def write_index(index, path: str) -> int:
-    """Write to a temp name, fsync, rename: a crash leaves either no file or a complete one. Returns bytes."""
+    """Write atomically, durable with its name: the SQLite commit that names the file comes next. Returns bytes."""
     import faiss
 
-    tmp = f"{path}.tmp{os.getpid()}"
-    faiss.write_index(index, tmp)
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: faiss.write_index(index, str(tmp)), durable="full")
     return os.path.getsize(path)
 
 

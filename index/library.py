@@ -6,9 +6,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from retrieval.data.annotations import VIDEO_EXTENSIONS, detect_dataset, find_video_file, load_annotations
 from retrieval.errors import UsageError
 
-VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".avi", ".mov", ".gif", ".m4v")
 LIST_SUFFIXES = (".txt", ".lst", ".list")  # anything else is read as an annotation file
 
 
@@ -53,7 +53,7 @@ def resolve_inside(root: str, rel: str) -> str:
 
 
 def is_video_name(name: str) -> bool:
-    return name.lower().endswith(VIDEO_EXTENSIONS)
+    return name.lower().endswith(tuple(f".{ext}" for ext in VIDEO_EXTENSIONS))  # videos only: cut into segments
 
 
 def discover(source: str | os.PathLike, video_root: str | os.PathLike | None = None,
@@ -125,8 +125,6 @@ def _read_list(path: str) -> list[str]:
 
 def _read_annotations(path: str, root: str) -> list[tuple[str, str]]:
     """Videos named by a retrieval annotation file (VINDLU json list, MSRVTT, ActivityNet, LSMDC), each once."""
-    from retrieval.data.annotations import detect_dataset, find_video_file, load_annotations
-
     dataset = detect_dataset(path)
     out, seen = [], set()
     for item in load_annotations(path, dataset):

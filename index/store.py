@@ -19,13 +19,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import sqlite3
 import time
 import uuid
 from pathlib import Path
 
 import numpy as np
+
+from retrieval.io import atomic_write
 
 from .errors import IndexBusyError, IndexCorruptError, IndexMissingError
 
@@ -60,15 +61,6 @@ CREATE VIEW IF NOT EXISTS segment_rows AS
 """
 
 
-def failpoint(name: str) -> None:
-    """Crash-test hook: VMR_FAILPOINT=<name> SIGKILLs the process here; raise:<name> raises instead."""
-    fp = os.environ.get("VMR_FAILPOINT")
-    if fp == name:
-        os.kill(os.getpid(), signal.SIGKILL)
-    if fp == f"raise:{name}":
-        raise RuntimeError(f"failpoint {name}")
-
-
 def connect(path: str | os.PathLike) -> sqlite3.Connection:
     """A connection in rollback-journal mode: no -wal/-shm side files, so read-only copies of an index work."""
     conn = sqlite3.connect(os.fspath(path), timeout=60, isolation_level=None, check_same_thread=False)
@@ -91,13 +83,11 @@ def transaction(conn: sqlite3.Connection, write: bool = True):
 
 
 def save_npy(array: np.ndarray, path: str) -> None:
-    """np.save through a temp file + fsync + rename, so a shard is either whole or absent."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-        np.save(f, array)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """np.save atomically, durable with its name: the transaction that lists the shard's rows comes next."""
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            np.save(f, array)
+    atomic_write(path, write, durable="full")
 
 
 def new_shard_name() -> str:

@@ -17,9 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
+from retrieval.io import failpoint
+
 from . import ann
 from .errors import IndexCorruptError
-from .store import FAISS_DIR, SHARDS_DIR, IndexStore, WriterLock, failpoint, transaction
+from .store import FAISS_DIR, SHARDS_DIR, IndexStore, WriterLock, transaction
 from .writer import PartFile, read_parts
 
 log = logging.getLogger(__name__)

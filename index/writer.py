@@ -17,9 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
+from retrieval.io import atomic_write, failpoint
+
 from .embedder import Encoded
 from .reader import Failed, Unchanged
-from .store import PARTS_DIR, SHARDS_DIR, connect, failpoint, new_shard_name, save_npy, transaction
+from .store import PARTS_DIR, SHARDS_DIR, connect, new_shard_name, save_npy, transaction
 
 PART_SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -129,7 +131,8 @@ class PartWriter:
         finally:
             self.conn.close()
         if done:
-            (self.dir / "DONE").write_text(json.dumps({"finished": time.time(), "pid": os.getpid()}))
+            # rank 0 polls for it, so it is written whole; a power cut ends the launch and its rerun writes it again
+            atomic_write(self.dir / "DONE", json.dumps({"finished": time.time(), "pid": os.getpid()}), durable="none")
 
 
 @dataclass

@@ -24,10 +24,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from .shards import IMAGE_EXTS, VIDEO_EXTS
+from retrieval.data.annotations import MEDIA_EXTENSIONS
 
 log = logging.getLogger(__name__)
-MEDIA_KEYS = VIDEO_EXTS + IMAGE_EXTS
 WARN_FIRST = 5          # warnings printed per worker before only counting
 WARN_EVERY = 100        # then one warning every N skipped samples
 
@@ -178,7 +177,7 @@ def decode_sample(raw: dict, spec: StreamSpec, epoch: int, source: int) -> dict:
     from retrieval.data.video import VideoError, read_frames_bytes
 
     key = raw["__key__"]
-    ext = next((e for e in MEDIA_KEYS if e in raw), None)
+    ext = next((e for e in MEDIA_EXTENSIONS if e in raw), None)
     if ext is None:
         raise VideoError(f"no media entry (has {sorted(k for k in raw if not k.startswith('__'))})", key)
     captions = sample_captions(raw)

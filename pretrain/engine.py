@@ -9,16 +9,15 @@ import math
 import os
 import re
 import shutil
-import signal
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 
-from retrieval.data import fsync_dir, fsync_tree
 from retrieval.config import ConfigError
 from retrieval.errors import VmrError
+from retrieval.io import atomic_write, failpoint, fsync_dir, fsync_tree
 
 log = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -362,14 +361,14 @@ class Engine:
         def publish():
             if main:
                 fsync_tree(tmp)  # (DeepSpeed's own small files; the tensors were synced as written)
-                _failpoint("ckpt_before_rename")
+                failpoint("ckpt_before_rename")
                 if final.exists():  # the same step again, by a run resumed from an older checkpoint
                     shutil.rmtree(ckpt_dir / (tag + OLD), ignore_errors=True)
                     final.rename(ckpt_dir / (tag + OLD))
                 tmp.rename(final)
                 fsync_dir(ckpt_dir)
-                _failpoint("ckpt_before_latest")
-                _write_latest(ckpt_dir, tag)
+                failpoint("ckpt_before_latest")
+                atomic_write(ckpt_dir / LATEST, tag, durable="full")  # the checkpoint it names is on disk
                 shutil.rmtree(ckpt_dir / (tag + OLD), ignore_errors=True)
 
         # Every stage ends with all ranks agreeing it went well everywhere (in place of a barrier): a rank that
@@ -467,10 +466,10 @@ class Engine:
             for b in buffers.values():
                 if b.is_floating_point():
                     b.data = b.data.float()
-            _failpoint("export_start")
+            failpoint("export_start")
             save_model(model, path, dtype=dtype, reference_pretrained=reference_pretrained,  # RUN/model.tmp, renamed
                        card=card)
-            _failpoint("export_saved")
+            failpoint("export_saved")
         finally:
             for n, p in params.items():
                 p.data = saved[n]
@@ -508,12 +507,12 @@ def latest_checkpoint(ckpt_dir: Path) -> str | None:
 
 
 def prune_checkpoints(ckpt_dir: Path, keep: int) -> None:
-    """Delete all but the newest `keep` step checkpoints, and what killed saves left (TAG.tmp, TAG.old).
+    """Delete all but the newest `keep` step checkpoints, and what killed saves left (TAG.tmp, TAG.old, `latest` temps).
 
     Rank 0 only, after every rank has saved. A pruned folder is renamed before it is deleted, so a kill half-way
     through the deletion never leaves a partial folder under a checkpoint's name."""
     ckpt_dir = Path(ckpt_dir)
-    _failpoint("prune_start")
+    failpoint("prune_start")
     latest = (ckpt_dir / LATEST).read_text().strip() if (ckpt_dir / LATEST).is_file() else None
     tags = _step_checkpoints(ckpt_dir)
     for old in tags[:-keep] if keep > 0 else []:
@@ -522,20 +521,16 @@ def prune_checkpoints(ckpt_dir: Path, keep: int) -> None:
         trash = old.with_name(old.name + OLD)
         shutil.rmtree(trash, ignore_errors=True)
         old.rename(trash)
-        _failpoint("prune_renamed")
+        failpoint("prune_renamed")
         shutil.rmtree(trash, ignore_errors=True)
     for left in ckpt_dir.glob("step_*"):
         if left.is_dir() and left.name.endswith((TMP, OLD)):
             shutil.rmtree(left, ignore_errors=True)
+    for left in ckpt_dir.glob(f".{LATEST}.*.tmp"):  # atomic_write's temp file of a `latest` killed mid-write
+        left.unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------- writing checkpoints to disk
-
-def _failpoint(name: str) -> None:
-    """Crash-test hook (as in index/store.py): VMR_FAILPOINT=<name> SIGKILLs the process here."""
-    if os.environ.get("VMR_FAILPOINT") == name:
-        os.kill(os.getpid(), signal.SIGKILL)
-
 
 def _write_torch(obj, path: Path, **kwargs) -> None:
     """torch.save through a file object, flushed to disk. A failed write raises OSError with the file's name:
@@ -563,16 +558,6 @@ def _sync_deepspeed_writes(ds) -> None:
     if type(engine) is TorchCheckpointEngine:  # not Nebula / decoupled / fast engines: they write their own way
         engine.save = lambda state_dict, path: _write_torch(
             state_dict, Path(path), _use_new_zipfile_serialization=engine.zipfile_serialization)
-
-
-def _write_latest(ckpt_dir: Path, tag: str) -> None:
-    tmp = ckpt_dir / (LATEST + TMP)
-    with open(tmp, "w") as f:
-        f.write(tag)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, ckpt_dir / LATEST)
-    fsync_dir(ckpt_dir)
 
 
 def _save_error(e: OSError, ckpt_dir: Path, tag: str) -> OSError:

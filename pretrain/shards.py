@@ -1,23 +1,19 @@
 """Caption annotations + media files -> WebDataset tar shards, deterministic, atomic per shard and resumable."""
 from __future__ import annotations
 
-import csv
 import io
 import json
-import os
 import re
 import tarfile
-import uuid
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from retrieval.data.annotations import AnnotationError
+from retrieval.data.annotations import (IMAGE_EXTENSIONS, MEDIA_EXTENSIONS, find_video_file, load_folder,
+                                        read_annotation_file)
 from retrieval.errors import UsageError
+from retrieval.io import atomic_write
 
-VIDEO_EXTS = ("mp4", "webm", "mkv", "avi", "mov", "m4v", "gif")
-IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
-MEDIA_EXTS = VIDEO_EXTS + IMAGE_EXTS
 SHARD_PATTERN = "shard-%06d.tar"
 PROGRESS_DIR = ".progress"  # one JSON per finished shard: its samples and skipped items
 
@@ -39,121 +35,31 @@ class ShardOptions:
     workers: int = 1                # shards written in parallel (output is identical for any value)
 
 
-# ---------------------------------------------------------------- annotation readers
+# ---------------------------------------------------------------- annotation reading
 
-def _captions(value) -> list[str]:
-    if value is None:
-        return []
-    if isinstance(value, str):
-        return [value.strip()] if value.strip() else []
-    if not isinstance(value, list) or not all(isinstance(c, str) for c in value):
-        raise AnnotationError(f"a caption must be a string or a list of strings, got {json.dumps(value)[:60]}")
-    return [c.strip() for c in value if c.strip()]
-
-
-def _merge(records: list[tuple[str, list[str], dict]]) -> list[Item]:
+def _merge(entries) -> list[Item]:
     """Group by media name in order of first appearance; captions keep their order, duplicates dropped."""
     items: dict[str, Item] = {}
-    for name, caps, meta in records:
-        item = items.get(name)
-        if item is None:
-            item = items[name] = Item(name, [], dict(meta))
-        for c in caps:
-            if c not in item.captions:
-                item.captions.append(c)
+    for name, entry in entries:
+        item = items.setdefault(name, Item(name, [], entry.meta))
+        item.captions += [c for c in dict.fromkeys(entry.captions) if c not in item.captions]
     return list(items.values())
 
 
-def _read_json(path: Path) -> list[Item]:
-    data = json.loads(path.read_text(encoding="utf-8"))
-    if isinstance(data, dict) and "sentences" in data and "videos" in data:  # MSRVTT_data.json
-        sentences = data["sentences"]
-        if not isinstance(sentences, list) or not all(isinstance(s, dict) and "video_id" in s for s in sentences):
-            raise AnnotationError(f"{path}: MSRVTT 'sentences' must be a list of {{video_id, caption}} records")
-        try:
-            return _merge([(f"{s['video_id']}.mp4", _captions(s.get("caption")), {}) for s in sentences])
-        except ValueError as e:
-            raise AnnotationError(f"{path}: {e}") from None
-    if not isinstance(data, list):
-        raise AnnotationError(f"{path}: expected a list of {{video|image, caption}} records or MSRVTT_data.json")
-    records = []
-    for i, rec in enumerate(data):
-        if not isinstance(rec, dict):
-            raise AnnotationError(f"{path}: record {i} is {json.dumps(rec)[:40]}, expected {{video|image, caption}}")
-        name = rec.get("video") or rec.get("image") or rec.get("video_id")
-        if not name:
-            raise AnnotationError(f"{path}: record {i} has no 'video' or 'image' field")
-        if not isinstance(name, (str, int)):
-            raise AnnotationError(f"{path}: record {i}: the video name must be a string, got {json.dumps(name)[:40]}")
-        try:
-            caps = _captions(rec.get("caption", rec.get("captions", rec.get("sentence"))))
-        except ValueError as e:
-            raise AnnotationError(f"{path}: record {i}: {e}") from None
-        meta = {k: rec[k] for k in ("duration", "start", "end") if k in rec}
-        if rec.get("reverse_caption") is not None:  # the clip played backwards (data.reverse_pairs)
-            try:
-                meta["reverse_caption"] = _captions(rec["reverse_caption"])
-            except ValueError as e:
-                raise AnnotationError(f"{path}: record {i}: reverse_caption: {e}") from None
-        records.append((str(name), caps, meta))
-    return _merge(records)
-
-
-def _read_csv(path: Path) -> list[Item]:
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
-    if not rows or "video_id" not in rows[0]:
-        raise AnnotationError(f"{path}: expected a CLIP4Clip MSRVTT csv with a video_id column")
-    if "sentence" in rows[0]:  # MSRVTT_JSFUSION_test.csv: one caption per video
-        return _merge([(f"{r['video_id']}.mp4", _captions(r["sentence"]), {}) for r in rows])
-    # MSRVTT_train.9k.csv lists only ids; the captions sit in MSRVTT_data.json beside it.
-    data_json = path.parent / "MSRVTT_data.json"
-    if not data_json.is_file():
-        raise AnnotationError(f"{path} lists only video ids; its captions come from {data_json}, which is missing")
-    wanted = [r["video_id"] for r in rows]
-    by_video = {it.name: it for it in _read_json(data_json)}
-    return [by_video.get(f"{v}.mp4", Item(f"{v}.mp4")) for v in wanted]
-
-
-def _read_folder(folder: Path) -> list[Item]:
-    """name.mp4 (or an image) + name.txt with one caption per line, sorted by name."""
-    items = []
-    for media in sorted(p for p in folder.rglob("*") if p.suffix.lower().lstrip(".") in MEDIA_EXTS):
-        txt = media.with_suffix(".txt")
-        caps = [line.strip() for line in txt.read_text(encoding="utf-8").splitlines()] if txt.is_file() else []
-        items.append(Item(media.relative_to(folder).as_posix(), [c for c in caps if c]))
-    return items
-
-
 def read_annotations(anno: str | Path | None, media_dir: str | Path) -> list[Item]:
-    """Items in a deterministic order from a VINDLU/UMT json list, MSRVTT json/csv, or a plain folder (anno None or a dir)."""
-    media_dir = Path(media_dir)
+    """Items in a deterministic order from any annotation file `retrieval.data.annotations` reads (VINDLU/UMT
+    list, MSRVTT csv / MSRVTT_data.json, ActivityNet, LSMDC) or a plain folder (anno None or a dir).
+
+    The file is read as training data (`strict=False`): an entry without a caption is kept, then skipped with
+    that reason; a video listed several times is one item with all its captions."""
     if anno is None or Path(anno).is_dir():
-        return _read_folder(Path(anno) if anno is not None else media_dir)
-    path = Path(anno)
-    if not path.is_file():
-        raise FileNotFoundError(f"annotation file not found: {path}")
-    try:
-        return _read_csv(path) if path.suffix.lower() == ".csv" else _read_json(path)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:  # not text, or not JSON
-        raise AnnotationError(f"{path}: {e}") from None
+        folder = Path(anno if anno is not None else media_dir)
+        return _merge((Path(v.path).relative_to(folder.resolve()).as_posix(), v)
+                      for v in load_folder(folder, require_captions=False))
+    return _merge((v.path or v.video_id, v) for v in read_annotation_file(anno, strict=False))
 
 
 # ---------------------------------------------------------------- media checks and re-encoding
-
-def media_ext(name: str) -> str:
-    return Path(name).suffix.lower().lstrip(".")
-
-
-def _resolve(media_dir: Path, name: str) -> Path:
-    path = media_dir / name
-    if path.is_file() or media_ext(name) in MEDIA_EXTS:
-        return path
-    for ext in VIDEO_EXTS:  # annotations sometimes give ids without an extension
-        if (media_dir / f"{name}.{ext}").is_file():
-            return media_dir / f"{name}.{ext}"
-    return path
-
 
 def _needs_reencode(info: "MediaSize", max_side: int | None, fps: float | None) -> bool:
     return bool((max_side and max(info.width, info.height) > max_side) or (fps and info.fps > fps * 1.01))
@@ -258,50 +164,56 @@ def _write_shard(job: tuple) -> dict:
     shard, first_index, items, media_dir, out_dir, opts = job
     out_dir, media_dir = Path(out_dir), Path(media_dir)
     final = out_dir / (SHARD_PATTERN % shard)
-    # a temp name of its own: after kill -9 of the parent, an orphaned pool worker may still be writing this
-    # shard while the rerun writes it too; both then finish and rename identical bytes into place
-    own = f"{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
-    tmp = final.with_name(f"{final.name}.{own}")
-    keys, skipped = [], []
-    with tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
-        for offset, item in enumerate(items):
-            reason = None
-            path = _resolve(media_dir, item.name)
-            ext = media_ext(path.name)
-            if not item.captions:
-                reason = "no caption"
-            elif ext not in MEDIA_EXTS:
-                reason = f"unsupported file type {path.suffix or '(none)'}"
-            elif not path.is_file():
-                reason = "missing file"
-            if reason is None:
-                import av
-
-                from retrieval.data.video import VideoError
-
-                try:
-                    data = path.read_bytes()
-                    info = check_media(data, item.name)
-                    if _needs_reencode(info, opts.max_side, opts.fps):
-                        data, ext = reencode(data, opts.max_side, opts.fps, ext in IMAGE_EXTS)
-                except (VideoError, av.FFmpegError, OSError, ValueError, EOFError, StopIteration) as e:
-                    reason = getattr(e, "reason", None) or f"{type(e).__name__}: {e}"
-            if reason is not None:
-                skipped.append({"video": item.name, "reason": reason})
-                continue
-            key = sample_key(first_index + offset, item.name)
-            meta = {"captions": item.captions, "video": item.name, **item.meta}
-            _add(tar, f"{key}.{ext}", data)
-            _add(tar, f"{key}.json", json.dumps(meta, ensure_ascii=False).encode("utf-8"))
-            _add(tar, f"{key}.txt", item.captions[0].encode("utf-8"))
-            keys.append(key)
-    record = {"shard": final.name, "samples": len(keys), "keys": keys, "skipped": skipped}
     progress = out_dir / PROGRESS_DIR / (final.stem + ".json")
-    ptmp = progress.with_name(f"{progress.name}.{own}")
-    ptmp.write_text(json.dumps(record, ensure_ascii=False), encoding="utf-8")
-    os.replace(ptmp, progress)   # record first: a tar without its record is never "done"
-    os.replace(tmp, final)
+    record = {"shard": final.name, "samples": 0, "keys": [], "skipped": []}
+
+    def pack(tmp: Path) -> None:
+        with tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
+            for offset, item in enumerate(items):
+                sample = _sample(item, media_dir, opts)
+                if isinstance(sample, str):
+                    record["skipped"].append({"video": item.name, "reason": sample})
+                    continue
+                key = sample_key(first_index + offset, item.name)
+                meta = {"captions": item.captions, "video": item.name, **item.meta}
+                _add(tar, f"{key}.{sample[1]}", sample[0])
+                _add(tar, f"{key}.json", json.dumps(meta, ensure_ascii=False).encode("utf-8"))
+                _add(tar, f"{key}.txt", item.captions[0].encode("utf-8"))
+                record["keys"].append(key)
+        record["samples"] = len(record["keys"])
+        # the record is renamed before the tar: a tar without its record is never "done". Both "file": a power
+        # cut may undo a rename (the shard is then redone), never leave a shard or record that is not whole.
+        atomic_write(progress, json.dumps(record, ensure_ascii=False), durable="file")
+
+    # atomic_write's temp names are unique per writer: after kill -9 of the parent, an orphaned pool worker may
+    # still be writing this shard while the rerun writes it too; both then finish and rename identical bytes
+    atomic_write(final, pack, durable="file")
     return record
+
+
+def _sample(item: Item, media_dir: Path, opts: ShardOptions) -> tuple[bytes, str] | str:
+    """(media bytes, extension) to store for an item, or the reason it is skipped."""
+    # found as eval finds it: the name as given, else its stem with any media extension (ids often come without)
+    path = find_video_file(media_dir, item.name) or media_dir / item.name
+    ext = path.suffix.lower().lstrip(".")
+    if not item.captions:
+        return "no caption"
+    if ext not in MEDIA_EXTENSIONS:
+        return f"unsupported file type {path.suffix or '(none)'}"
+    if not path.is_file():
+        return "missing file"
+    import av
+
+    from retrieval.data.video import VideoError
+
+    try:
+        data = path.read_bytes()
+        info = check_media(data, item.name)
+        if _needs_reencode(info, opts.max_side, opts.fps):
+            data, ext = reencode(data, opts.max_side, opts.fps, ext in IMAGE_EXTENSIONS)
+    except (VideoError, av.FFmpegError, OSError, ValueError, EOFError, StopIteration) as e:
+        return getattr(e, "reason", None) or f"{type(e).__name__}: {e}"
+    return data, ext
 
 
 def _done(out_dir: Path, shard: int) -> dict | None:
@@ -357,7 +269,6 @@ def write_shards(items: list[Item], media_dir: str | Path, out_dir: str | Path,
         "urls": f"{out_dir}/shard-{{{0:06d}..{max(n_shards - 1, 0):06d}}}.tar" if n_shards else "",
         "skipped": [s for r in ordered for s in r["skipped"]],
     }
-    tmp = out_dir / "report.json.tmp"
-    tmp.write_text(json.dumps(report, indent=1, ensure_ascii=False), encoding="utf-8")
-    os.replace(tmp, out_dir / "report.json")
+    # "none": it is rebuilt from the (durable) progress records by every run
+    atomic_write(out_dir / "report.json", json.dumps(report, indent=1, ensure_ascii=False), durable="none")
     return report

@@ -4,7 +4,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import ConfigError, from_dict, load_yaml, save_yaml, to_dict
-from .data import fsync_dir, fsync_tree
+from .io import atomic_write, fsync_dir, fsync_tree
 from .text import TextConfig, create_text_tower
 from .tokenizer import check_compatible, load_tokenizer
 from .videomamba import VideoMamba, VideoMambaConfig, video_encoder_config
@@ -403,10 +402,4 @@ def write_card(path: str | Path, card: ModelCard) -> Path:
     cfg_file = Path(path) / "config.yaml"
     data = load_yaml(cfg_file)
     data["card"] = to_dict(card.validate())
-    tmp = cfg_file.with_name(cfg_file.name + ".tmp")
-    save_yaml(data, tmp)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    tmp.replace(cfg_file)
-    fsync_dir(cfg_file.parent)
-    return cfg_file
+    return atomic_write(cfg_file, lambda tmp: save_yaml(data, tmp), durable="full")

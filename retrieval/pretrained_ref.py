@@ -12,8 +12,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .data import sha256_file
 from .errors import VmrError
+from .io import sha256_file
 from .tokenizer import resolve_hf_folder
 
 WEIGHTS_FILE = "model.safetensors"  # the HF folder's weights, the only format referenced

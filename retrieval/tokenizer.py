@@ -476,23 +476,16 @@ def check_compatible(tokenizer: Tokenizer, text_cfg) -> None:
 
 
 def read_caption_file(path: str | Path) -> list[str]:
-    """Captions of one file: .json = VINDLU annotation list (`caption`: str or list of str), else one per line."""
+    """Captions of one file: .json = an annotation file read as `vmr shards` reads it, else one per line."""
     path = Path(path)
     if path.suffix.lower() == ".json":
-        with open(path, encoding="utf-8") as f:
-            items = json.load(f)
-        if not isinstance(items, list):
-            raise TokenizerError(f"{path}: expected a JSON list of annotations, got {type(items).__name__}")
-        captions = []
-        for i, item in enumerate(items):
-            cap = item.get("caption") if isinstance(item, dict) else None
-            if isinstance(cap, str):
-                captions.append(cap)
-            elif isinstance(cap, list) and all(isinstance(c, str) for c in cap):
-                captions.extend(cap)
-            else:
-                raise TokenizerError(f"{path}: annotation #{i} has no string or list-of-strings 'caption'")
-        return [c.strip() for c in captions if c.strip()]
+        from .data.annotations import read_annotation_file
+
+        entries = read_annotation_file(path, strict=False)
+        bare = [e.path or e.video_id for e in entries if not e.captions]
+        if bare:
+            raise TokenizerError(f"{path}: {len(bare)} annotation(s) without a caption, e.g. {bare[0]}")
+        return [c for e in entries for c in e.captions]
     with open(path, encoding="utf-8") as f:
         return [line.strip() for line in f if line.strip()]
 

@@ -218,3 +218,69 @@ def test_load_folder_pairs_media_with_caption_files(tmp_path):
         ("a", ["a red ball", "rolls left"]), ("d", ["a still image"]), ("sub/c", ["a cat"])]
     assert Path(items[0].path) == (tmp_path / "a.mp4").resolve()
     assert [x.video_id for x in load_folder(tmp_path, require_captions=False)] == ["a", "b", "d", "sub/c"]
+
+
+# --- one parser for every reader -----------------------------------------------------------------
+
+def _msrvtt_data(folder: Path) -> Path:
+    data = {"videos": [{"video_id": "video2", "split": "train"}, {"video_id": "video1", "split": "train"}],
+            "sentences": [{"video_id": "video2", "caption": "b", "sen_id": 0},
+                          {"video_id": "video1", "caption": "a", "sen_id": 1},
+                          {"video_id": "video2", "caption": "c", "sen_id": 2}]}
+    (folder / "MSRVTT_data.json").write_text(json.dumps(data))
+    return folder / "MSRVTT_data.json"
+
+
+def test_msrvtt_data_json_is_read_by_the_eval_loader(tmp_path):
+    """It was understood by the shard writer only; now one entry per video with all its captions."""
+    data = _msrvtt_data(tmp_path)
+    items = load_msrvtt(data)
+    assert [(x.video_id, x.captions, x.path) for x in items] == [("video2", ["b", "c"], "video2.mp4"),
+                                                                 ("video1", ["a"], "video1.mp4")]
+    assert detect_dataset(data) == "msrvtt" and load_annotations(data) == items
+    with pytest.raises(AnnotationError, match="looks like MSRVTT_data.json.*not an annotation file"):
+        load_activitynet(data)
+    split = tmp_path / "MSRVTT_train.9k.csv"  # ids only: the captions come from MSRVTT_data.json beside it
+    split.write_text("video_id\nvideo1\nvideo2\n")
+    assert [(x.video_id, x.captions) for x in load_msrvtt(split)] == [("video1", ["a"]), ("video2", ["b", "c"])]
+    split.write_text("video_id\nvideo1\nvideo7\n")
+    with pytest.raises(AnnotationError, match="line 3: video7 has no caption in .*MSRVTT_data.json"):
+        load_msrvtt(split)
+    data.write_text(json.dumps({"videos": [], "sentences": [{"video_id": "video1", "caption": " "}]}))
+    with pytest.raises(AnnotationError, match="sentence 0: empty caption"):
+        load_msrvtt(data)
+
+
+def test_shards_tokenizer_and_eval_read_each_file_the_same_way(tmp_path):
+    """Training reads (`strict=False`) give the same entries as eval's loader, merged by file; they only differ
+    where eval refuses: an entry without a caption is kept (the shard writer then skips it with the reason)."""
+    from pretrain.shards import read_annotations
+    from retrieval.data.annotations import read_annotation_file
+    from retrieval.tokenizer import read_caption_file
+
+    listed = tmp_path / "list.json"
+    listed.write_text(json.dumps([{"video": "a.mp4", "caption": ["one", " two "], "duration": 3},
+                                  {"image": "b.webp", "caption": "three"}, {"video": "a.mp4", "caption": "four"}]))
+    for path in (MSRVTT_CSV, MSRVTT_JSON, _msrvtt_data(tmp_path), listed):
+        entries = load_annotations(path, "generic" if path == listed else "auto")
+        merged = {}
+        for e in entries:
+            merged.setdefault(e.path, []).extend(c.strip() for c in e.captions)
+        assert [(i.name, i.captions) for i in read_annotations(path, tmp_path)] == list(merged.items()), path
+        if path.suffix == ".json":
+            assert read_caption_file(path) == [c.strip() for e in entries for c in e.captions]
+    assert read_annotations(listed, tmp_path)[0].meta == {"duration": 3}
+    assert [e.video_id for e in load_generic(listed)] == ["a", "b", "a"]  # .webp is a media extension
+    gaps = tmp_path / "gaps.json"
+    gaps.write_text(json.dumps([{"video": "a.mp4", "caption": ["", "ok"]}, {"video": "b.mp4"}]))
+    assert [(e.path, e.captions) for e in read_annotation_file(gaps, strict=False)] == [("a.mp4", ["ok"]),
+                                                                                          ("b.mp4", [])]
+    with pytest.raises(AnnotationError, match=r"record 0 \(a.mp4\): empty caption"):
+        load_generic(gaps)
+
+
+def test_webp_is_found_by_id_like_the_other_media(tmp_path):
+    (tmp_path / "still.webp").write_bytes(b"")
+    (tmp_path / "still.txt").write_text("a still image\n")
+    assert find_video_file(tmp_path, "still") == tmp_path / "still.webp"
+    assert [x.video_id for x in load_folder(tmp_path)] == ["still"]

@@ -232,6 +232,58 @@ def test_vmr_eval_reports_an_ambiguous_id_as_one_line(same_stem, tmp_path, capsy
     assert "x.mp4" in err and "x.webm" in err
 
 
+def _write_webp(path, k: int) -> None:
+    """A lossless flat-colour .webp image of colour index_color(k) (a one-frame video to eval)."""
+    import av
+
+    frame = av.VideoFrame.from_ndarray(np.zeros((24, 32, 3), np.uint8) + np.array(index_color(k), np.uint8),
+                                       format="rgb24")
+    with av.open(str(path), "w", format="image2") as out:
+        stream = out.add_stream("libwebp", rate=1)
+        stream.width, stream.height, stream.pix_fmt, stream.options = 32, 24, "bgra", {"lossless": "1"}
+        for packet in [*stream.encode(frame.reformat(format="bgra")), *stream.encode()]:
+            out.mux(packet)
+
+
+def test_a_webp_image_that_vmr_shards_packs_is_found_by_eval(tmp_path):
+    """One list of media extensions: a folder's still.webp went into the shards, but eval (and the training
+    check's folder reader) looked for jpg/jpeg/png only, so the id `still` was missing."""
+    from pretrain.shards import ShardOptions, read_annotations, write_shards
+    from retrieval.data.annotations import load_folder
+
+    _, videos = make_msrvtt(tmp_path, {}, num_videos=2)
+    _write_webp(videos / "still.webp", 2)
+    for k, name in enumerate(("video0", "video1", "still")):
+        (videos / f"{name}.txt").write_text(f"clip number {k}")
+    report = write_shards(read_annotations(None, videos), videos, tmp_path / "shards", ShardOptions(), progress=False)
+    assert report["samples"] == 3 and not report["skipped"]
+    entries = load_folder(videos)
+    assert [e.video_id for e in entries] == ["still", "video0", "video1"]
+    anno = tmp_path / "anno.json"  # the folder's ids, as annotation lists often give them (no extension)
+    anno.write_text(json.dumps([{"video": e.video_id, "caption": e.captions} for e in entries]))
+    report = evaluate(ColourModel(), "generic", anno, videos, workers=0, progress=False, log=lambda m: None)
+    assert (report["num_videos"], report["num_missing"], report["complete"]) == (3, 0, True)
+    assert report["t2v"]["R1"] == 100.0
+
+
+def test_msrvtt_data_json_and_a_split_list_beside_it_are_read_by_eval(tmp_path):
+    """MSRVTT_data.json (every caption of every video) was understood by the shard writer only."""
+    _, videos = make_msrvtt(tmp_path, {}, num_videos=4)
+    data = tmp_path / "MSRVTT_data.json"
+    pairs = [(w, k) for w in ("a", "the") for k in range(4)]  # two captions per video
+    data.write_text(json.dumps({"videos": [{"video_id": f"video{k}", "split": "test"} for k in range(4)],
+                                "sentences": [{"video_id": f"video{k}", "caption": f"{w} clip number {k}", "sen_id": i}
+                                              for i, (w, k) in enumerate(pairs)]}))
+    kw = dict(workers=0, progress=False, log=lambda m: None)
+    report = evaluate(ColourModel(), "msrvtt", data, videos, **kw)
+    assert (report["num_videos"], report["num_queries"], report["complete"]) == (4, 8, True)
+    assert report["t2v"]["R1"] == 100.0
+    split = tmp_path / "MSRVTT_train.9k.csv"
+    split.write_text("video_id\nvideo3\nvideo1\n")
+    report = evaluate(ColourModel(), "msrvtt", split, videos, **kw)
+    assert (report["num_videos"], report["num_queries"]) == (2, 4) and report["t2v"]["R1"] == 100.0
+
+
 def test_append_table_starts_with_the_published_numbers(msrvtt, tmp_path):
     anno, videos = msrvtt
     report = evaluate(ColourModel(), "msrvtt", anno, videos, workers=0, progress=False, log=lambda m: None)

@@ -69,7 +69,7 @@ def test_a_malformed_card_is_refused_with_the_file_named(saved, tmp_path):
 
 def test_the_demo_model_card():
     from app.demo import DEFAULT_MODEL
-    from retrieval.data import sha256_file
+    from retrieval.io import sha256_file
 
     card = read_card(DEFAULT_MODEL)
     assert card.domain == "synthetic" and card.clips == 30000 and card.steps == 2340

@@ -1,9 +1,9 @@
 """Pack captioned videos (and images) into WebDataset tar shards for pretraining.
 
-Reads a VINDLU/UMT json list of {video|image, caption}, a CLIP4Clip MSRVTT csv/json, or a plain folder of
-name.mp4 + name.txt. Video bytes are stored as they are unless --max-side/--fps ask for a re-encode; bad or
-missing files are skipped and listed with reasons in OUT/report.json. Rerunning after an interruption
-finishes the missing shards and yields the same shard contents.
+Reads any annotation file `vmr eval` reads (VINDLU/UMT json list of {video|image, caption}, MSRVTT csv or
+MSRVTT_data.json, ActivityNet, LSMDC) or a plain folder of name.mp4 + name.txt. Video bytes are stored as they
+are unless --max-side/--fps ask for a re-encode; bad or missing files are skipped and listed with reasons in
+OUT/report.json. Rerunning after an interruption finishes the missing shards and yields the same shard contents.
 """
 from __future__ import annotations
 

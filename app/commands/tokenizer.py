@@ -1,8 +1,8 @@
 """Train a SentencePiece caption tokenizer, or show how a tokenizer splits a text.
 
 `vmr tokenizer train --captions FILE... --vocab-size N --out DIR` reads plain-text files (one caption
-per line) or VINDLU JSON annotation lists (.json); `vmr tokenizer encode --tokenizer DIR "text"`
-prints ids and pieces.
+per line) or JSON annotation files (.json, read as `vmr shards` reads them); `vmr tokenizer encode
+--tokenizer DIR "text"` prints ids and pieces.
 """
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     train = sub.add_parser("train", help="train a SentencePiece tokenizer on caption files",
                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     train.add_argument("--captions", nargs="+", required=True, metavar="FILE",
-                       help="caption files: .txt one per line, or .json VINDLU annotation lists")
+                       help="caption files: .txt one per line, or .json annotation files (VINDLU lists, "
+                            "MSRVTT_data.json, ActivityNet)")
     train.add_argument("--vocab-size", type=int, required=True, help="target vocabulary size (soft limit)")
     train.add_argument("--out", required=True, help="output tokenizer folder")
     train.add_argument("--model-type", choices=("unigram", "bpe"), default="unigram")

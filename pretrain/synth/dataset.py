@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import os
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -9,11 +10,12 @@ from pathlib import Path
 import numpy as np
 
 from retrieval.errors import UsageError
+from retrieval.io import atomic_write
 
 from .captions import STYLES, caption, captions
 from .render import render_video
 from .world import VideoSpec, plan, trainable_reversal
-from .writer import write_json, write_mp4
+from .writer import write_mp4
 
 TRAIN_CAPTIONS = (2, 3)  # paraphrases per train video, min and max
 
@@ -82,5 +84,6 @@ def generate(out_dir: str | os.PathLike, num_videos: int, split: str, seed: int 
             _render_and_write(job)
             bar.update()
     bar.close()
-    write_json(out_dir / "annotations.json", records)  # last, so its presence means the videos are complete
+    # last, so its presence means the videos are complete; "none": the world is regenerated from its seed
+    atomic_write(out_dir / "annotations.json", json.dumps(records, indent=1, ensure_ascii=False) + "\n", durable="none")
     return records

@@ -1,13 +1,14 @@
-"""File output for the synthetic world: mp4 encoding with PyAV and atomic JSON writes."""
+"""File output for the synthetic world: mp4 encoding with PyAV."""
 from __future__ import annotations
 
 import functools
-import json
 import os
 from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
+
+from retrieval.io import atomic_write
 
 
 @functools.lru_cache(maxsize=1)
@@ -29,10 +30,9 @@ def write_mp4(path: str | os.PathLike, frames: np.ndarray, fps: float) -> None:
     T, H, W, _ = frames.shape
     if H % 2 or W % 2:
         raise ValueError(f"yuv420p needs even frame sizes, got {W}x{H}")
-    path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.mp4")
     codec = video_codec()
-    try:
+
+    def encode(tmp: Path) -> None:
         with av.open(str(tmp), "w", format="mp4") as container:
             stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
             stream.width, stream.height, stream.pix_fmt = W, H, "yuv420p"
@@ -45,10 +45,8 @@ def write_mp4(path: str | os.PathLike, frames: np.ndarray, fps: float) -> None:
             for f in frames:
                 container.mux(stream.encode(_yuv420p_frame(f)))
             container.mux(stream.encode())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+
+    atomic_write(path, encode, durable="none")  # the world is regenerated from its seed, identical
 
 
 def _yuv420p_frame(rgb: np.ndarray):
@@ -62,16 +60,3 @@ def _yuv420p_frame(rgb: np.ndarray):
             np.frombuffer(plane, np.uint8).reshape(-1, plane.line_size)[:, plane.width:] = 0
     return frame
 
-
-def write_json(path: str | os.PathLike, obj) -> None:
-    """Atomic: readers never see a half-written file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=1, ensure_ascii=False)
-            f.write("\n")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()

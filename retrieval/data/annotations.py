@@ -10,10 +10,10 @@ from pathlib import Path
 
 from ..errors import VmrError
 
-# Extensions `find_video_file` and `load_folder` look for, most common first. Images are
-# one-frame videos (image-text pairs).
+# The one list of media files (eval, shards, training's data and check, index, folders), most common first.
+# Images are one-frame videos (image-text pairs); the index takes only videos, which it cuts into segments.
 VIDEO_EXTENSIONS = ("mp4", "webm", "mkv", "avi", "mov", "gif", "m4v")
-IMAGE_EXTENSIONS = ("jpg", "jpeg", "png")
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 MEDIA_EXTENSIONS = VIDEO_EXTENSIONS + IMAGE_EXTENSIONS
 DATASETS = ("msrvtt", "activitynet", "lsmdc", "generic")
 
@@ -28,10 +28,12 @@ class VideoText:
 
     video_id: the id the dataset uses for the file, without extension ("video9770", "v_uqiMw7tQ1Cc",
       an LSMDC clip id, or a relative path for VINDLU lists and folders).
-    captions: non-empty strings (an ActivityNet paragraph is one caption).
+    captions: non-empty strings (an ActivityNet paragraph is one caption); none at all only from a
+      `strict=False` read.
     start, end: segment in seconds within the file, None = the whole file.
     path: the file as the annotation names it ("video9770.mp4", "<movie>/<clip>.avi") relative
-      to the videos folder, or the absolute path for `load_folder`; None when not named.
+      to the videos folder, or the absolute path for `load_folder` (the folder resolved, the file's own
+      name kept); None when not named.
     """
 
     video_id: str
@@ -39,6 +41,7 @@ class VideoText:
     start: float | None = None
     end: float | None = None
     path: str | None = field(default=None, compare=False)
+    meta: dict = field(default_factory=dict, compare=False)  # fields a training sample keeps (duration, ...)
 
 
 # --- reading ---------------------------------------------------------------------------------
@@ -88,36 +91,41 @@ _KIND_TEXT = {
     "msrvtt_list": "a VINDLU/UMT MSRVTT list (videoN.mp4 entries)",
     "json_list": "a VINDLU/UMT list of {video, caption}",
     "msrvtt_csv": "an MSRVTT CLIP4Clip csv (header key,vid_key,video_id,sentence)",
+    "msrvtt_data": "MSRVTT_data.json (every caption of every MSRVTT video)",
     "msrvtt_split": "an MSRVTT split list (video_id only, no captions)",
     "lsmdc_tsv": "an LSMDC tab-separated file (6 fields, no header)",
 }
 # Which file kinds each dataset accepts; a kind outside its row is the wrong dataset.
 _ACCEPTS = {
-    "msrvtt": {"msrvtt_csv", "msrvtt_list", "json_list"},
+    "msrvtt": {"msrvtt_csv", "msrvtt_list", "msrvtt_data", "msrvtt_split", "json_list"},
     "activitynet": {"anet_dict", "anet_list", "json_list"},
     "lsmdc": {"lsmdc_tsv", "json_list"},
     "generic": {"json_list", "msrvtt_list", "anet_list"},
 }
 _AUTO = {"anet_dict": "activitynet", "anet_list": "activitynet", "msrvtt_list": "msrvtt", "json_list": "generic",
-         "msrvtt_csv": "msrvtt", "lsmdc_tsv": "lsmdc"}
+         "msrvtt_csv": "msrvtt", "msrvtt_data": "msrvtt", "msrvtt_split": "msrvtt", "lsmdc_tsv": "lsmdc"}
+_NAME_KEYS = ("video", "image", "video_id")          # a list record's media file, first one set wins
+_CAPTION_KEYS = ("caption", "captions", "sentence")  # and its caption(s)
+MSRVTT_DATA = "MSRVTT_data.json"  # the captions of an MSRVTT split list sit in this file beside it
 
 
 def _json_kind(obj) -> str:
     if isinstance(obj, dict):
+        if "videos" in obj and "sentences" in obj:
+            return "msrvtt_data"
         values = list(obj.values())
         if values and all(isinstance(v, dict) and "sentences" in v for v in values[:50]):
             return "anet_dict"
-        raise AnnotationError("JSON object is not an ActivityNet Captions file (values need 'sentences')")
+        raise AnnotationError("JSON object is neither an ActivityNet Captions file (values need 'sentences') "
+                              f"nor {MSRVTT_DATA} ('videos' and 'sentences')")
     if isinstance(obj, list):
         if not obj:
             raise AnnotationError("JSON list is empty")
-        head = obj[:50]
-        if not all(isinstance(r, dict) and "video" in r and "caption" in r for r in head):
-            raise AnnotationError("JSON list records need 'video' and 'caption' keys")
-        videos = [str(r["video"]) for r in head]
-        if any("timestamp" in r for r in head) and all(Path(v).name.startswith("v_") for v in videos):
+        head = [r for r in obj[:50] if isinstance(r, dict)]
+        names = [str(_first(r, _NAME_KEYS)) for r in head]
+        if any("timestamp" in r for r in head) and all(Path(v).name.startswith("v_") for v in names):
             return "anet_list"
-        if all(re.fullmatch(r"video\d+(\.\w+)?", v) for v in videos):
+        if names and all(re.fullmatch(r"video\d+(\.\w+)?", v) for v in names):
             return "msrvtt_list"
         return "json_list"
     raise AnnotationError(f"JSON top level is a {type(obj).__name__}, expected a list or an object")
@@ -138,29 +146,32 @@ def _text_kind(text: str) -> str:
 
 
 def _parse(path):
-    """-> (kind, text, parsed JSON or None)."""
+    """-> (kind, the parsed JSON or, for text formats, the text)."""
     text = _read_text(path)
-    if text.lstrip()[:1] in ("[", "{"):
-        obj = _load_json(text, path)
-        try:
-            return _json_kind(obj), text, obj
-        except AnnotationError as e:
-            raise AnnotationError(f"{path}: {e}") from None
+    data = _load_json(text, path) if text.lstrip()[:1] in ("[", "{") else text
     try:
-        return _text_kind(text), text, None
+        return (_text_kind(text) if data is text else _json_kind(data)), data
     except AnnotationError as e:
         raise AnnotationError(f"{path}: {e}") from None
 
 
 def detect_dataset(path) -> str:
     """The dataset a file's shape says it belongs to: "msrvtt", "activitynet", "lsmdc" or "generic"."""
-    kind, _, _ = _parse(path)
-    if kind not in _AUTO:
-        raise AnnotationError(f"{path}: looks like {_KIND_TEXT[kind]}, which has no captions")
-    return _AUTO[kind]
+    return _AUTO[_parse(path)[0]]
 
 
 # --- loaders ---------------------------------------------------------------------------------
+
+def read_annotation_file(path, paragraph: bool = False, strict: bool = True) -> list[VideoText]:
+    """Every entry of an annotation file of any format above, in file order (a video listed twice stays twice).
+
+    strict (evaluation): every entry has captions, each non-empty and kept as written. Not strict (training
+    data, `vmr shards`, the tokenizer trainer): captions are stripped, empty ones dropped, and an entry may be
+    left with none. Malformed files raise AnnotationError either way.
+    """
+    kind, data = _parse(path)
+    return _PARSERS[kind](data, path, paragraph, strict)
+
 
 def load_annotations(path, dataset: str = "auto", paragraph: bool = True) -> list[VideoText]:
     """Load a retrieval annotation file; `dataset` "auto" detects it, otherwise the file must match.
@@ -171,23 +182,13 @@ def load_annotations(path, dataset: str = "auto", paragraph: bool = True) -> lis
     """
     if dataset not in DATASETS + ("auto",):
         raise AnnotationError(f"unknown dataset {dataset!r}; choose from {', '.join(DATASETS)} or auto")
-    kind, text, obj = _parse(path)
-    if kind == "msrvtt_split":
-        raise AnnotationError(f"{path}: looks like {_KIND_TEXT[kind]}; use the captioned test file "
-                              "(MSRVTT_JSFUSION_test.csv or msrvtt_ret_test1k.json)")
+    kind, data = _parse(path)
     if dataset == "auto":
         dataset = _AUTO[kind]
     elif kind not in _ACCEPTS[dataset]:
         raise AnnotationError(f"{path}: looks like {_KIND_TEXT[kind]}, not an annotation file for "
                               f"dataset {dataset!r}")
-    if kind == "msrvtt_csv":
-        items = _parse_msrvtt_csv(text, path)
-    elif kind == "anet_dict":
-        items = _parse_anet_dict(obj, path, paragraph)
-    elif kind == "lsmdc_tsv":
-        items = _parse_lsmdc(text, path)
-    else:
-        items = _parse_json_list(obj, path, paragraph and dataset == "activitynet")
+    items = _PARSERS[kind](data, path, paragraph and dataset == "activitynet", True)
     if dataset != "generic" and (dataset != "activitynet" or paragraph):
         _check_unique(items, path)
     return items
@@ -231,46 +232,115 @@ def _strip_ext(name: str) -> str:
     return stem if dot and ext.lower() in MEDIA_EXTENSIONS else name
 
 
-def _parse_msrvtt_csv(text: str, path) -> list[VideoText]:
+def _first(record: dict, keys: tuple[str, ...]):
+    return next((record[k] for k in keys if record.get(k) not in (None, "")), None)
+
+
+def _captions(value, where: str, strict: bool, paragraph: bool = False) -> list[str]:
+    """A caption field (a string or a list of strings) -> the entry's captions, by the rules of `strict`."""
+    if value is None and not strict:
+        return []
+    captions = [value] if isinstance(value, str) else value
+    if not isinstance(captions, list) or not all(isinstance(c, str) for c in captions) or (strict and not captions):
+        raise AnnotationError(f"{where}: 'caption' must be a string or a non-empty list of strings")
+    if paragraph:
+        return [_paragraph(captions, where)]
+    if not strict:
+        return [c.strip() for c in captions if c.strip()]
+    if any(not c.strip() for c in captions):
+        raise AnnotationError(f"{where}: empty caption")
+    return list(captions)
+
+
+def _seconds(value, where: str) -> float | None:
+    try:
+        return None if value is None else float(value)
+    except (TypeError, ValueError):
+        raise AnnotationError(f"{where}: a time must be a number of seconds, got {value!r}") from None
+
+
+def _csv_rows(text: str, path, columns: tuple[str, ...]):
+    """(line number, {column: field}) of a comma-separated file after its header row, blank rows skipped."""
     # Read like CLIP4Clip's pandas.read_csv (header row, comma separated, quoted fields allowed).
     reader = csv.reader(io.StringIO(text, newline=""))
-    header = [c.strip() for c in next(reader)]
-    vid_col, sent_col = header.index("video_id"), header.index("sentence")
-    items = []
+    header = next(([c.strip() for c in row] for row in reader if any(c.strip() for c in row)), [])
+    if not set(columns) <= set(header):
+        raise AnnotationError(f"{path}: the header row needs the columns {', '.join(columns)}")
     for row in reader:
-        if not row or not any(c.strip() for c in row):
-            continue
-        line = reader.line_num
-        if len(row) != len(header):
-            raise AnnotationError(f"{path}: line {line}: expected {len(header)} fields "
-                                  f"({','.join(header)}), got {len(row)}")
-        video_id, sentence = row[vid_col].strip(), row[sent_col]
+        if row and any(c.strip() for c in row):
+            if len(row) != len(header):
+                raise AnnotationError(f"{path}: line {reader.line_num}: expected {len(header)} fields "
+                                      f"({','.join(header)}), got {len(row)}")
+            yield reader.line_num, dict(zip(header, row))
+
+
+def _parse_msrvtt_csv(text: str, path, paragraph: bool, strict: bool) -> list[VideoText]:
+    items = []
+    for line, row in _csv_rows(text, path, ("video_id", "sentence")):
+        video_id, sentence = row["video_id"].strip(), row["sentence"]
         if not video_id:
             raise AnnotationError(f"{path}: line {line}: empty video_id")
-        if not sentence.strip():
+        if strict and not sentence.strip():
             raise AnnotationError(f"{path}: line {line}: empty caption for {video_id}")
-        items.append(VideoText(video_id, [sentence], path=f"{video_id}.mp4"))
+        captions = [sentence] if strict else [sentence.strip()] if sentence.strip() else []
+        items.append(VideoText(video_id, captions, path=f"{video_id}.mp4"))
     if not items:
         raise AnnotationError(f"{path}: no rows after the header")
     return items
 
 
-def _parse_anet_dict(obj: dict, path, paragraph: bool) -> list[VideoText]:
+def _parse_msrvtt_split(text: str, path, paragraph: bool, strict: bool) -> list[VideoText]:
+    """MSRVTT_train.9k.csv and the like list only ids; their captions come from MSRVTT_data.json beside them."""
+    data = Path(path).parent / MSRVTT_DATA
+    if not data.is_file():
+        raise AnnotationError(f"{path}: looks like {_KIND_TEXT['msrvtt_split']} and there is no {MSRVTT_DATA} "
+                              "beside it; use a captioned file (MSRVTT_JSFUSION_test.csv or msrvtt_ret_test1k.json)")
+    kind, obj = _parse(data)
+    if kind != "msrvtt_data":  # (also keeps a split list named MSRVTT_data.json from reading itself)
+        raise AnnotationError(f"{data}: expected {_KIND_TEXT['msrvtt_data']}, found {_KIND_TEXT[kind]}")
+    by_id = {v.video_id: v for v in _parse_msrvtt_data(obj, data, False, False)}
+    items = []
+    for line, row in _csv_rows(text, path, ("video_id",)):
+        video_id = row["video_id"].strip()
+        item = by_id.get(video_id, VideoText(video_id, [], path=f"{video_id}.mp4"))
+        if strict and not item.captions:
+            raise AnnotationError(f"{path}: line {line}: {video_id} has no caption in {data}")
+        items.append(item)
+    return items
+
+
+def _parse_msrvtt_data(obj: dict, path, paragraph: bool, strict: bool) -> list[VideoText]:
+    """MSRVTT_data.json: one entry per video (in order of its first sentence) with all its captions."""
+    sentences = obj["sentences"]
+    if not isinstance(sentences, list) or not all(isinstance(s, dict) and "video_id" in s for s in sentences):
+        raise AnnotationError(f"{path}: MSRVTT 'sentences' must be a list of {{video_id, caption}} records")
+    by_video: dict[str, list[str]] = {}
+    for i, sentence in enumerate(sentences):
+        where = f"{path}: sentence {i}"
+        video_id = sentence["video_id"]
+        if not isinstance(video_id, (str, int)) or video_id == "":
+            raise AnnotationError(f"{where}: 'video_id' must be a non-empty string")
+        by_video.setdefault(str(video_id), []).extend(_captions(sentence.get("caption"), where, strict))
+    return [VideoText(v, captions, path=f"{v}.mp4") for v, captions in by_video.items()]
+
+
+def _parse_anet_dict(obj: dict, path, paragraph: bool, strict: bool) -> list[VideoText]:
     items = []
     for key, record in obj.items():
-        sentences = record.get("sentences")
+        sentences = record.get("sentences") if isinstance(record, dict) else None
         if not isinstance(sentences, list) or not all(isinstance(s, str) for s in sentences):
             raise AnnotationError(f"{path}: {key}: 'sentences' must be a list of strings")
         if paragraph:
             items.append(VideoText(key, [_paragraph(sentences, f"{path}: {key}")]))
             continue
         stamps = record.get("timestamps")
-        if not isinstance(stamps, list) or len(stamps) != len(sentences):
+        if not isinstance(stamps, list) or len(stamps) != len(sentences) or \
+                not all(isinstance(t, list) and len(t) == 2 for t in stamps):
             raise AnnotationError(f"{path}: {key}: needs one [start, end] timestamp per sentence")
         for sentence, (start, end) in zip(sentences, stamps):
-            if not sentence.strip():
-                raise AnnotationError(f"{path}: {key}: empty sentence")
-            items.append(VideoText(key, [sentence.strip()], float(start), float(end)))
+            if sentence.strip() or strict:
+                items.append(VideoText(key, _captions(sentence.strip(), f"{path}: {key}", strict),
+                                       _seconds(start, f"{path}: {key}"), _seconds(end, f"{path}: {key}")))
     return items
 
 
@@ -282,27 +352,23 @@ def _paragraph(sentences: list[str], where: str) -> str:
     return text
 
 
-def _parse_json_list(obj: list, path, paragraph: bool) -> list[VideoText]:
+def _parse_json_list(obj: list, path, paragraph: bool, strict: bool) -> list[VideoText]:
     items = []
     for i, record in enumerate(obj):
         where = f"{path}: record {i}"
-        if not isinstance(record, dict) or "video" not in record or "caption" not in record:
-            raise AnnotationError(f"{where}: needs 'video' and 'caption' keys")
-        video = record["video"]
+        if not isinstance(record, dict):
+            raise AnnotationError(f"{where}: expected an object with 'video' (or 'image') and 'caption'")
+        video = _first(record, _NAME_KEYS)
+        video = str(video) if isinstance(video, int) and not isinstance(video, bool) else video
         if not isinstance(video, str) or not video.strip():
-            raise AnnotationError(f"{where}: 'video' must be a non-empty string")
+            raise AnnotationError(f"{where}: 'video' (or 'image') must be a non-empty string")
         where = f"{where} ({video})"
-        caption = record["caption"]
-        captions = [caption] if isinstance(caption, str) else caption
-        if not isinstance(captions, list) or not captions or not all(isinstance(c, str) for c in captions):
-            raise AnnotationError(f"{where}: 'caption' must be a string or a non-empty list of strings")
-        if paragraph:
-            captions = [_paragraph(captions, where)]
-        elif any(not c.strip() for c in captions):
-            raise AnnotationError(f"{where}: empty caption")
-        start, end = record.get("start"), record.get("end")
-        items.append(VideoText(_strip_ext(video), list(captions), None if start is None else float(start),
-                               None if end is None else float(end), path=video))
+        captions = _captions(_first(record, _CAPTION_KEYS), where, strict, paragraph)
+        meta = {k: record[k] for k in ("duration", "start", "end") if k in record}
+        if record.get("reverse_caption") is not None:  # the clip played backwards (pretraining's reverse_pairs)
+            meta["reverse_caption"] = _captions(record["reverse_caption"], f"{where}: reverse_caption", False)
+        items.append(VideoText(_strip_ext(video), captions, _seconds(record.get("start"), where),
+                               _seconds(record.get("end"), where), path=video, meta=meta))
     return items
 
 
@@ -310,7 +376,7 @@ _TIME = re.compile(r"^\d+([.:]\d+)*$")
 _LSMDC_FIELDS = ("CLIP_ID", "START_ALIGNED", "END_ALIGNED", "START_EXTRACTED", "END_EXTRACTED", "SENTENCE")
 
 
-def _parse_lsmdc(text: str, path) -> list[VideoText]:
+def _parse_lsmdc(text: str, path, paragraph: bool, strict: bool) -> list[VideoText]:
     # No header: the first line is data (pandas' default header=0 silently drops it).
     items = []
     for number, line in enumerate(text.splitlines(), 1):
@@ -327,12 +393,19 @@ def _parse_lsmdc(text: str, path) -> list[VideoText]:
         clip_id, sentence = fields[0].strip(), fields[5].strip()
         if not clip_id:
             raise AnnotationError(f"{path}: line {number}: empty CLIP_ID")
-        if not sentence:
+        if strict and not sentence:
             raise AnnotationError(f"{path}: line {number}: empty caption for {clip_id}")
-        items.append(VideoText(clip_id, [sentence], path=f"{lsmdc_movie(clip_id)}/{clip_id}.avi"))
+        items.append(VideoText(clip_id, [sentence] if sentence else [],
+                               path=f"{lsmdc_movie(clip_id)}/{clip_id}.avi"))
     if not items:
         raise AnnotationError(f"{path}: no rows")
     return items
+
+
+# kind -> parser(data, path, paragraph, strict); paragraph matters to ActivityNet only
+_PARSERS = {"msrvtt_csv": _parse_msrvtt_csv, "msrvtt_split": _parse_msrvtt_split, "msrvtt_data": _parse_msrvtt_data,
+            "anet_dict": _parse_anet_dict, "lsmdc_tsv": _parse_lsmdc, "anet_list": _parse_json_list,
+            "msrvtt_list": _parse_json_list, "json_list": _parse_json_list}
 
 
 def lsmdc_movie(clip_id: str) -> str:
@@ -391,6 +464,6 @@ def load_folder(videos_dir, require_captions: bool = True) -> list[VideoText]:
         txt = file.with_suffix(".txt")
         captions = [line.strip() for line in _read_text(txt).splitlines() if line.strip()] if txt.is_file() else []
         if captions or not require_captions:
-            video_id = file.relative_to(root).with_suffix("").as_posix()
-            items.append(VideoText(video_id, captions, path=str(file.resolve())))
+            rel = file.relative_to(root)
+            items.append(VideoText(rel.with_suffix("").as_posix(), captions, path=str(root.resolve() / rel)))
     return items
