@@ -68,7 +68,8 @@ def _needs_reencode(info: "MediaSize", max_side: int | None, fps: float | None) 
 def reencode(data: bytes, max_side: int | None, fps: float | None, is_image: bool) -> tuple[bytes, str]:
     """Downscale (longer side <= max_side, even sizes) and/or drop frames to <= fps; H.264 mp4 (jpg for images)."""
     import av
-    import numpy as np
+
+    from retrieval.data.video import encoder_frame
 
     info = media_size(data)
     scale = min(1.0, max_side / max(info.width, info.height)) if max_side else 1.0
@@ -103,9 +104,7 @@ def reencode(data: bytes, max_side: int | None, fps: float | None, is_image: boo
                 if t + 1e-6 < next_t:
                     continue  # frame-rate reduction: keep the first frame at or after each output tick
                 next_t += 1.0 / out_fps
-                img = frame.to_ndarray(format="rgb24")
-                out = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")
-                dst.mux(vs.encode(out.reformat(width=w, height=h, format="yuv420p")))
+                dst.mux(vs.encode(encoder_frame(frame.to_ndarray(format="rgb24"), w, h)))
             dst.mux(vs.encode())
         return out_buf.getvalue(), "mp4"
     finally:

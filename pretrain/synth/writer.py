@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from retrieval.data.video import encoder_frame
 from retrieval.io import atomic_write
 
 
@@ -43,20 +44,9 @@ def write_mp4(path: str | os.PathLike, frames: np.ndarray, fps: float) -> None:
             else:
                 stream.bit_rate = max(500_000, 8 * H * W)
             for f in frames:
-                container.mux(stream.encode(_yuv420p_frame(f)))
+                container.mux(stream.encode(encoder_frame(f)))
             container.mux(stream.encode())
 
     atomic_write(path, encode, durable="none")  # the world is regenerated from its seed, identical
 
-
-def _yuv420p_frame(rgb: np.ndarray):
-    """The encoder's input frame with its row padding zeroed: x264 reads some of those never-written bytes, so
-    left as allocated they made the same frames encode to different files in different processes."""
-    import av
-
-    frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24").reformat(format="yuv420p")
-    for plane in frame.planes:
-        if plane.line_size > plane.width:
-            np.frombuffer(plane, np.uint8).reshape(-1, plane.line_size)[:, plane.width:] = 0
-    return frame
 

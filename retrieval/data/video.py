@@ -124,6 +124,20 @@ class _open:
         return False
 
 
+def encoder_frame(rgb: np.ndarray, width: int | None = None, height: int | None = None, format: str = "yuv420p"):
+    """rgb: np.uint8 (H, W, 3) -> an av.VideoFrame for an encoder, resized/converted, with its row padding zeroed:
+    x264 reads some of those never-written bytes, so left as allocated the same frames encoded to different files
+    in different processes."""
+    import av
+
+    frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+    frame = frame.reformat(width=width, height=height, format=format)
+    for plane in frame.planes:
+        if plane.line_size > plane.width:
+            np.frombuffer(plane, np.uint8).reshape(-1, plane.line_size)[:, plane.width:] = 0
+    return frame
+
+
 def _msg(e: Exception) -> str:
     # FFmpeg errors repeat the file name; keep only the reason.
     text = getattr(e, "strerror", None) or str(e)
