@@ -16,6 +16,7 @@ from retrieval.data import sha256_file
 from retrieval.data.annotations import DATASETS, MEDIA_EXTENSIONS, find_video_file, load_annotations
 from retrieval.data.transforms import IMAGENET_MEAN, IMAGENET_STD, frames_to_tensor
 from retrieval.data.video import VideoError, read_frames
+from retrieval.inference import device_of, encode_clips, encode_texts
 from retrieval.metrics import TIE_RULE, dual_softmax, t2v_v2t_metrics
 
 CACHE_VERSION = 1
@@ -186,13 +187,6 @@ def _worker_init(_: int) -> None:
     torch.set_num_threads(1)  # one thread per decode worker; the workers are the parallelism
 
 
-def _device_of(model) -> torch.device:
-    try:
-        return next(model.parameters()).device
-    except (AttributeError, StopIteration, TypeError):
-        return torch.device("cpu")
-
-
 def _encode_videos(model, videos: list[_Video], protocol: Protocol, batch_size: int, workers: int,
                    progress: bool, timing: dict, tokens: dict | None = None
                    ) -> tuple[dict[int, np.ndarray], dict[int, str]]:
@@ -200,7 +194,7 @@ def _encode_videos(model, videos: list[_Video], protocol: Protocol, batch_size: 
     With a `tokens` dict (re-ranking) each video's patch tokens are kept there too, as float32 CPU tensors."""
     from tqdm.auto import tqdm
 
-    device = _device_of(model)
+    device = device_of(model)
     mean, std = protocol.normalize
     clips = VideoClips(videos, protocol.num_frames, protocol.img_size, mean, std,
                        crop=getattr(model, "eval_crop", True), mode=getattr(model, "eval_resize_mode", "bilinear"))
@@ -211,65 +205,44 @@ def _encode_videos(model, videos: list[_Video], protocol: Protocol, batch_size: 
     rows: dict[int, np.ndarray] = {}
     errors: dict[int, str] = {}
     bar = tqdm(total=len(videos), desc="videos", unit="video", disable=not progress, dynamic_ncols=True)
-    wait_start = time.perf_counter()
-    for batch in loader:
-        timing["loader_wait_s"] += time.perf_counter() - wait_start
-        timing["decode_s"] += batch["decode_s"]
-        ok = [j for j, e in enumerate(batch["error"]) if not e]
-        for j, e in enumerate(batch["error"]):
-            if e:
-                errors[batch["index"][j]] = e
-        if ok:
-            t = time.perf_counter()
-            with torch.inference_mode():
-                clip = batch["video"][ok].to(device, non_blocking=True)
-                if tokens is None:
-                    emb = model.encode_video(clip, normalize=True)
-                else:
-                    emb, tok = model.video_features(clip)
-                    tok = tok.float().cpu()
-            emb = emb.float().cpu().numpy()  # the copy waits for the GPU, so the timing is honest
-            timing["encode_video_s"] += time.perf_counter() - t
-            for n, (j, row) in enumerate(zip(ok, emb)):
-                rows[batch["index"][j]] = row
-                if tokens is not None:
-                    tokens[batch["index"][j]] = tok[n]
-        bar.update(len(batch["index"]))
+    sent: list = []  # [indices of the batch being encoded, when it was handed to the model]
+
+    def readable():  # each batch's decoded clips; unreadable videos are recorded, not encoded
         wait_start = time.perf_counter()
+        for batch in loader:
+            timing["loader_wait_s"] += time.perf_counter() - wait_start
+            timing["decode_s"] += batch["decode_s"]
+            errors.update((i, e) for i, e in zip(batch["index"], batch["error"]) if e)
+            ok = [j for j, e in enumerate(batch["error"]) if not e]
+            if ok:
+                sent[:] = [[batch["index"][j] for j in ok], time.perf_counter()]
+                yield batch["video"][ok]
+            bar.update(len(batch["index"]))
+            wait_start = time.perf_counter()
+
+    for out in encode_clips(model, readable(), device, tokens=tokens is not None):
+        emb, tok = out if tokens is not None else (out, None)
+        emb = emb.cpu().numpy()  # the copy waits for the GPU, so the timing is honest
+        tok = None if tok is None else tok.float().cpu()
+        timing["encode_video_s"] += time.perf_counter() - sent[1]
+        for n, (i, row) in enumerate(zip(sent[0], emb)):
+            rows[i] = row
+            if tokens is not None:
+                tokens[i] = tok[n]
     bar.close()
     return rows, errors
 
 
-def _encode_texts_itm(model, texts: list[str], context_length: int, batch_size: int = 256):
-    """A model with an ITM head (retrieval.umt): -> (embeddings (N, E) numpy, states (N, L, H), masks (N, L))."""
-    emb, states, masks = [], [], []
-    for a in range(0, len(texts), batch_size):
-        with torch.inference_mode():
-            st, mask = model.text_states(model.tokenize(texts[a:a + batch_size], context_length=context_length))
-            emb.append(model.embed_text_states(st).float().cpu().numpy())
-        states.append(st.float().cpu())
-        masks.append(mask.cpu())
-    return np.concatenate(emb), torch.cat(states), torch.cat(masks)
-
-
-def _encode_texts(model, texts: list[str], context_length: int, default_length: int, batch_size: int = 256):
-    if getattr(model, "has_itm", False):  # its own cleaning + tokenising at any length up to BERT's positions
-        return _encode_texts_itm(model, texts, context_length, batch_size)[0]
-    out = []
-    for a in range(0, len(texts), batch_size):
-        chunk = texts[a:a + batch_size]
-        with torch.inference_mode():
-            if context_length != default_length:
-                try:
-                    tokens = model.tokenizer(chunk, context_length=context_length)
-                    emb = model.encode_text(tokens, normalize=True)
-                except Exception as e:  # noqa: BLE001 - report which setting failed, not a deep trace
-                    raise EvalError(f"the model cannot encode texts with context length {context_length} "
-                                    f"(its default is {default_length}): {type(e).__name__}: {e}") from e
-            else:
-                emb = model.encode_text(chunk, normalize=True)
-        out.append(emb.float().cpu().numpy())
-    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+def _encode_texts(model, texts: list[str], context_length: int, default_length: int, states: bool = False):
+    """-> (N, E) embeddings; with `states` (re-ranking) also the text states and masks for the matching head."""
+    length = None if context_length == default_length else context_length
+    try:
+        return encode_texts(model, texts, context_length=length, states=states)
+    except Exception as e:  # noqa: BLE001 - report which setting failed, not a deep trace
+        if length is None or getattr(model, "has_itm", False):  # an ITM model tokenises at any length up to BERT's
+            raise
+        raise EvalError(f"the model cannot encode texts with context length {context_length} "
+                        f"(its default is {default_length}): {type(e).__name__}: {e}") from e
 
 
 # --- cache ---------------------------------------------------------------------------------------
@@ -425,7 +398,7 @@ def evaluate(model, dataset: str, anno, videos_dir, *, num_frames: int | None = 
         text_emb = cache.text_emb
     elif rerank:  # the fusion layers start from every text's layer states
         t = time.perf_counter()
-        text_emb, text_states, text_masks = _encode_texts_itm(model, texts, protocol.context_length)
+        text_emb, text_states, text_masks = _encode_texts(model, texts, protocol.context_length, default_length, True)
         timing["encode_text_s"] = time.perf_counter() - t
     else:
         t = time.perf_counter()
@@ -503,7 +476,7 @@ def _rerank_metrics(model, sim: np.ndarray, t2v_idx: list[int], states, masks, t
     from retrieval.umt import itm_rerank
 
     t = time.perf_counter()
-    device = _device_of(model)
+    device = device_of(model)
     if device.type == "cuda":  # every query reads k videos' tokens: keep them on the GPU (MSRVTT: 3.6 GB fp32)
         tokens, states, masks = tokens.to(device), states.to(device), masks.to(device)
     sim_t = torch.from_numpy(np.ascontiguousarray(sim))

@@ -162,8 +162,8 @@ class ZeroShotCheck:
         self.entries = keep
         return clips
 
-    @torch.no_grad()
     def __call__(self, model, device, dtype) -> dict[str, float]:
+        from retrieval.inference import encode_clips, encode_texts
         from retrieval.metrics import retrieval_metrics
 
         vcfg = model.config.video
@@ -177,13 +177,12 @@ class ZeroShotCheck:
         was_training = model.training
         model.eval()
         try:
-            vfeats = [model.encode_video(torch.stack(self._clips[i:i + bs]).to(device, dtype)).float()
-                      for i in range(0, len(self._clips), bs)]
-            tfeats = [model.encode_text(model.tokenize(captions[i:i + bs]).to(device)).float()
-                      for i in range(0, len(captions), bs)]
+            batches = (torch.stack(self._clips[i:i + bs]) for i in range(0, len(self._clips), bs))
+            vfeats = torch.cat(list(encode_clips(model, batches, device, dtype=dtype)))
+            tfeats = torch.from_numpy(encode_texts(model, captions, bs)).to(device)  # the same float32 values
         finally:
             model.train(was_training)
-        sim = (torch.cat(tfeats) @ torch.cat(vfeats).t()).cpu()  # (texts, videos)
+        sim = (tfeats @ vfeats.t()).cpu()  # (texts, videos)
         m = retrieval_metrics(sim, text_to_video)
         return {"t2v_r1": m["R1"], "t2v_r5": m["R5"], "t2v_medr": m["MdR"], "videos": float(len(self._clips))}
 

@@ -13,7 +13,7 @@ def _loaded_after(code: str) -> set[str]:
 
 
 def test_import_retrieval_needs_only_core_dependencies():
-    assert _loaded_after("import retrieval, retrieval.data.video, retrieval.metrics") == set()
+    assert _loaded_after("import retrieval, retrieval.data.video, retrieval.metrics, retrieval.inference") == set()
 
 
 def test_cli_help_imports_nothing_heavy():
