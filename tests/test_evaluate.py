@@ -13,7 +13,8 @@ import torch.nn.functional as F
 pytest.importorskip("av")
 
 from helpers_media import index_color, write_test_video  # noqa: E402
-from index.evaluate import EvalError, append_table, evaluate, format_report, write_report  # noqa: E402
+from evaluation.evaluate import EvalError, evaluate  # noqa: E402
+from evaluation.report import append_table, format_report, write_report  # noqa: E402
 from retrieval.data.transforms import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 
 E = 16

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 pytest.importorskip("av")
 
 from helpers_media import write_test_video  # noqa: E402
-from index.temporal import clip_embeddings, frame_orders, load_pairs, temporal_two_way, two_way_scores  # noqa: E402
+from evaluation.temporal import clip_embeddings, frame_orders, load_pairs, temporal_two_way, two_way_scores  # noqa: E402
 
 T = 8
 # Caption -> direction in a 4-d space: brightness up/down (reverse pair), red-then-blue / blue-then-red (order pair).
@@ -130,7 +130,7 @@ def test_ties_count_half():
 
 
 def test_load_pairs_rejects_files_without_pairs(tmp_path):
-    from index.temporal import TemporalError
+    from evaluation.temporal import TemporalError
 
     (tmp_path / "a.json").write_text(json.dumps([{"video": "x.mp4", "caption": "c"}]))
     with pytest.raises(TemporalError, match="split temporal"):

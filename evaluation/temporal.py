@@ -198,26 +198,3 @@ def format_table(results: list[dict]) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     lines.append(f"\nchance is 50.0%; {results[0]['frames']} frames per clip; a tie counts as half.")
     return "\n".join(lines)
-
-
-def run_temporal(model, anno, videos, frames: int | None = None, shuffle: bool = False,
-                 permutations: int = DEFAULT_PERMUTATIONS, seed: int = 0, batch_size: int = 16,
-                 out: str | None = None, progress: bool = True) -> int:
-    """`vmr eval --dataset temporal`: print the table (plus the order-blind row with shuffle); exit code."""
-    import sys
-
-    try:
-        results = [temporal_two_way(model, anno, videos, frames, "true", seed, permutations, batch_size, progress)]
-        if shuffle:
-            results.append(temporal_two_way(model, anno, videos, frames, "shuffled", seed, permutations,
-                                            batch_size, progress))
-    except TemporalError as e:
-        print(f"vmr eval: {e}", file=sys.stderr)
-        return 2
-    print(format_table(results))
-    if out:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(json.dumps({"model_id": str(getattr(model, "model_id", "")), "anno": str(anno),
-                                         "results": results}, indent=2) + "\n")
-        print(f"report: {out}")
-    return 0

@@ -1,4 +1,4 @@
-"""Zero-shot retrieval evaluation: annotations -> video files -> decode (DataLoader) -> embed (cached) -> metrics -> report."""
+"""Zero-shot retrieval evaluation: annotations -> video files -> decode (DataLoader) -> embed (cached) -> metrics -> report dict."""
 from __future__ import annotations
 
 import hashlib
@@ -19,33 +19,9 @@ from retrieval.data.video import VideoError, read_frames
 from retrieval.inference import device_of, encode_clips, encode_texts
 from retrieval.metrics import TIE_RULE, dual_softmax, t2v_v2t_metrics
 
+from .report import shorten
+
 CACHE_VERSION = 1
-# Published VideoMamba-M zero-shot text-to-video R@1 by pretraining corpus size (VideoMamba paper, as
-# quoted in the evaluation issue). They come after the release's re-ranking step, so similarity-only
-# numbers (this runner) are expected to be lower.
-PUBLISHED_T2V_R1 = {
-    "msrvtt": {"5M": 32.0, "17M": 34.7, "25M": 35.6},
-    "activitynet": {"5M": 35.9, "17M": 40.1, "25M": 41.0},
-    "lsmdc": {"5M": 18.0, "17M": 18.4, "25M": 20.4},
-}
-# The release's MODEL_ZOO.md (videomamba/video_mm, commit f3427e4), zero-shot, per checkpoint
-# videomamba_m16_{5M,17M,25M}_f8_res224.pth: (t2v R@1, R@5, R@10), (v2t R@1, R@5, R@10). Its evaluation reports
-# both scores and picks checkpoints by the ITM re-ranked one (k_test 128), so these are re-ranked numbers; it
-# publishes no similarity-only figures.
-PUBLISHED_RELEASE = {
-    "msrvtt": {"5M": ((32.0, 53.1, 63.6), (28.2, 47.6, 56.5)), "17M": ((34.7, 58.9, 68.0), (29.5, 49.9, 60.1)),
-               "25M": ((35.6, 58.1, 69.5), (29.1, 51.6, 62.2))},
-    "didemo": {"5M": ((36.6, 61.7, 70.3), (38.3, 64.7, 73.3)), "17M": ((42.0, 67.3, 76.8), (42.3, 68.2, 76.9)),
-               "25M": ((43.1, 68.1, 77.7), (43.8, 69.7, 77.8))},
-    "activitynet": {"5M": ((35.9, 61.1, 72.3), (32.8, 58.8, 69.9)), "17M": ((40.1, 65.7, 76.1), (34.2, 61.8, 73.2)),
-                    "25M": ((41.0, 67.5, 77.8), (37.1, 65.0, 75.1))},
-    "lsmdc": {"5M": ((18.0, 36.1, 43.4), (15.9, 31.0, 39.2)), "17M": ((18.4, 35.3, 43.0), (16.5, 32.1, 40.0)),
-              "25M": ((20.4, 37.1, 45.7), (17.9, 34.6, 42.1))},
-    "msvd": {"5M": ((38.0, 68.6, 79.0), (57.5, 79.9, 85.4)), "17M": ((40.3, 70.0, 79.7), (61.8, 81.0, 87.0)),
-             "25M": ((42.0, 71.6, 81.2), (62.7, 82.8, 87.6))},
-}
-
-
 class EvalError(RuntimeError):
     """The evaluation cannot give comparable results (missing/unreadable videos, bad arguments)."""
 
@@ -123,9 +99,10 @@ def _same_stem(file: Path, listings: dict[Path, dict[str, list[str]]]) -> list[s
     return sorted(listings[folder].get(file.name.rpartition(".")[0], [file.name]))
 
 
-def _locate(videos: list[_Video], videos_dir: Path, dataset: str) -> list[str]:
-    """Set each video's file -> keys of the missing ones. The file the annotation names wins; an id without an
-    extension is looked up by stem and must match one file only (x.mp4 and x.webm side by side: EvalError)."""
+def _locate(videos: list[_Video], videos_dir: Path, dataset: str, allow_missing: bool) -> list[str]:
+    """Set each video's file -> keys of the missing ones (EvalError unless `allow_missing`). The file the annotation
+    names wins; an id without an extension is looked up by stem and must match one file only (x.mp4 and x.webm side
+    by side: EvalError)."""
     missing, ambiguous = [], []
     listings: dict[Path, dict[str, list[str]]] = {}
     for v in videos:
@@ -139,14 +116,14 @@ def _locate(videos: list[_Video], videos_dir: Path, dataset: str) -> list[str]:
         if v.file is None:
             missing.append(v.key)
     if ambiguous:
-        raise EvalError(f"{len(ambiguous)} video id(s) match more than one file: {_shorten(ambiguous, 10)}. "
+        raise EvalError(f"{len(ambiguous)} video id(s) match more than one file: {shorten(ambiguous, 10)}. "
                         "Name the file with its extension in the annotations (e.g. \"video\": \"x.webm\") "
                         "or remove the other copy.")
+    if missing and not allow_missing:
+        raise EvalError(f"{len(missing)} of {len(videos)} videos not found under {videos_dir}: {shorten(missing)}. "
+                        "Results would not be comparable with published numbers; pass --allow-missing to "
+                        "evaluate the rest anyway.")
     return missing
-
-
-def _shorten(names: list[str], limit: int = 20) -> str:
-    return ", ".join(names[:limit]) + (f" ... (+{len(names) - limit} more)" if len(names) > limit else "")
 
 
 # --- decoding ------------------------------------------------------------------------------------
@@ -187,50 +164,46 @@ def _worker_init(_: int) -> None:
     torch.set_num_threads(1)  # one thread per decode worker; the workers are the parallelism
 
 
-def _encode_videos(model, videos: list[_Video], protocol: Protocol, batch_size: int, workers: int,
-                   progress: bool, timing: dict, tokens: dict | None = None
-                   ) -> tuple[dict[int, np.ndarray], dict[int, str]]:
-    """-> (row per decoded video, reason per unreadable video). Workers decode while the model encodes.
-    With a `tokens` dict (re-ranking) each video's patch tokens are kept there too, as float32 CPU tensors."""
+def _encode_videos(model, videos: list[_Video], todo: list[int], protocol: Protocol, emb: _Embedded,
+                   batch_size: int, workers: int, progress: bool, timing: dict) -> None:
+    """Decode + encode videos[i] for i in `todo` into emb.rows (or emb.errors: why it is unreadable); workers decode
+    while the model encodes. With emb.tokens (re-ranking) each video's patch tokens go there too (float32, CPU)."""
     from tqdm.auto import tqdm
 
     device = device_of(model)
     mean, std = protocol.normalize
-    clips = VideoClips(videos, protocol.num_frames, protocol.img_size, mean, std,
+    clips = VideoClips([videos[i] for i in todo], protocol.num_frames, protocol.img_size, mean, std,
                        crop=getattr(model, "eval_crop", True), mode=getattr(model, "eval_resize_mode", "bilinear"))
     loader = torch.utils.data.DataLoader(
         clips, batch_size=batch_size,
         num_workers=workers, collate_fn=_collate, pin_memory=device.type == "cuda",
         worker_init_fn=_worker_init if workers > 0 else None, prefetch_factor=4 if workers > 0 else None)
-    rows: dict[int, np.ndarray] = {}
-    errors: dict[int, str] = {}
-    bar = tqdm(total=len(videos), desc="videos", unit="video", disable=not progress, dynamic_ncols=True)
-    sent: list = []  # [indices of the batch being encoded, when it was handed to the model]
+    bar = tqdm(total=len(todo), desc="videos", unit="video", disable=not progress, dynamic_ncols=True)
+    sent: list = []  # [video indices of the batch being encoded, when it was handed to the model]
 
     def readable():  # each batch's decoded clips; unreadable videos are recorded, not encoded
         wait_start = time.perf_counter()
         for batch in loader:
             timing["loader_wait_s"] += time.perf_counter() - wait_start
             timing["decode_s"] += batch["decode_s"]
-            errors.update((i, e) for i, e in zip(batch["index"], batch["error"]) if e)
-            ok = [j for j, e in enumerate(batch["error"]) if not e]
+            emb.errors.update((todo[j], e) for j, e in zip(batch["index"], batch["error"]) if e)
+            ok = [n for n, e in enumerate(batch["error"]) if not e]
             if ok:
-                sent[:] = [[batch["index"][j] for j in ok], time.perf_counter()]
+                sent[:] = [[todo[batch["index"][n]] for n in ok], time.perf_counter()]
                 yield batch["video"][ok]
             bar.update(len(batch["index"]))
             wait_start = time.perf_counter()
 
-    for out in encode_clips(model, readable(), device, tokens=tokens is not None):
-        emb, tok = out if tokens is not None else (out, None)
-        emb = emb.cpu().numpy()  # the copy waits for the GPU, so the timing is honest
+    for out in encode_clips(model, readable(), device, tokens=emb.tokens is not None):
+        rows, tok = out if emb.tokens is not None else (out, None)
+        rows = rows.cpu().numpy()  # the copy waits for the GPU, so the timing is honest
         tok = None if tok is None else tok.float().cpu()
         timing["encode_video_s"] += time.perf_counter() - sent[1]
-        for n, (i, row) in enumerate(zip(sent[0], emb)):
-            rows[i] = row
-            if tokens is not None:
-                tokens[i] = tok[n]
+        for n, (i, row) in enumerate(zip(sent[0], rows)):
+            emb.rows[i] = row
+            if tok is not None:
+                emb.tokens[i] = tok[n]
     bar.close()
-    return rows, errors
 
 
 def _encode_texts(model, texts: list[str], context_length: int, default_length: int, states: bool = False):
@@ -309,7 +282,7 @@ class _Cache:
         tmp.replace(self.dir / "index.json")
 
 
-# --- the runner ----------------------------------------------------------------------------------
+# --- the runner: locate -> embed (cached) -> score -> report -------------------------------------------
 
 def evaluate(model, dataset: str, anno, videos_dir, *, num_frames: int | None = None,
              context_length: int | None = None, allow_missing: bool = False, batch_size: int = 16,
@@ -331,102 +304,31 @@ def evaluate(model, dataset: str, anno, videos_dir, *, num_frames: int | None = 
     t_start = time.perf_counter()
     if dataset not in DATASETS:
         raise EvalError(f"unknown dataset {dataset!r}; choose from {', '.join(DATASETS)}")
-    has_itm = bool(getattr(model, "has_itm", False))
     if rerank < 0:
         raise EvalError(f"--rerank must be >= 0 (0 = off), got {rerank}")
-    if rerank and not has_itm:
+    if rerank and not getattr(model, "has_itm", False):
         raise EvalError("--rerank needs a model with a video-text matching (ITM) head, e.g. the release's "
                         "videomamba_m16_25M_f8_res224.pth; this model is a dual encoder: evaluate without --rerank")
     anno, videos_dir = Path(anno), Path(videos_dir)
     if not videos_dir.is_dir():
         raise EvalError(f"videos folder not found: {videos_dir}")
-    items = load_annotations(anno, dataset, paragraph=paragraph)
-    texts, text_to_video, videos = _build(items)
-    missing = _locate(videos, videos_dir, dataset)
-    if missing and not allow_missing:
-        raise EvalError(f"{len(missing)} of {len(videos)} videos not found under {videos_dir}: {_shorten(missing)}. "
-                        "Results would not be comparable with published numbers; pass --allow-missing to "
-                        "evaluate the rest anyway.")
+    texts, text_to_video, videos = _build(load_annotations(anno, dataset, paragraph=paragraph))
+    missing = _locate(videos, videos_dir, dataset, allow_missing)
 
-    cfg = model.config
-    default_length = int(cfg.text.context_length)
-    mean = tuple(getattr(cfg.video, "mean", IMAGENET_MEAN))
-    std = tuple(getattr(cfg.video, "std", IMAGENET_STD))
-    if context_length is None and has_itm:
-        from retrieval.umt import RELEASE_CONTEXT_LENGTH
-
-        context_length = RELEASE_CONTEXT_LENGTH.get(dataset)
-    extra = {}
-    if not getattr(model, "eval_crop", True):
-        extra["resize"] = f"whole frame squashed to img_size ({getattr(model, 'eval_resize_mode', 'bilinear')}, antialiased)"
-    if getattr(model, "similarity", None):
-        extra["similarity"] = str(model.similarity)
-    protocol = Protocol(num_frames=int(num_frames or cfg.video.num_frames), img_size=int(cfg.video.img_size),
-                        context_length=int(context_length or default_length),
-                        paragraph=paragraph and dataset == "activitynet", normalize=(mean, std), **extra)
+    protocol = _protocol(model, dataset, num_frames, context_length, paragraph)
     anno_sha = sha256_file(anno)
     cache = _Cache(cache_dir, model.model_id, dataset, anno_sha, protocol)
     timing = {"decode_s": 0.0, "loader_wait_s": 0.0, "encode_video_s": 0.0, "encode_text_s": 0.0}
-
-    # Videos: reuse cached rows, decode + encode the rest.
-    present = [i for i, v in enumerate(videos) if v.file is not None]
-    rows: dict[int, np.ndarray] = {}
-    errors: dict[int, str] = {}
-    todo = []
-    video_tokens: dict[int, torch.Tensor] | None = {} if rerank else None
-    for i in present:
-        hit = None if rerank else cache.lookup(videos[i])  # re-ranking needs every video's tokens: no reuse
-        if hit is None:
-            todo.append(i)
-        elif hit[0] == "row":
-            rows[i] = hit[1]
-        else:
-            errors[i] = hit[1]
-    if todo:
-        log(f"encoding {len(todo)} videos ({len(present) - len(todo)} cached) with {workers} decode workers")
-        new_tokens = {} if rerank else None
-        new_rows, new_errors = _encode_videos(model, [videos[i] for i in todo], protocol, batch_size, workers,
-                                              progress, timing, new_tokens)
-        if rerank:
-            video_tokens.update({todo[j]: t for j, t in new_tokens.items()})
-        rows.update({todo[j]: r for j, r in new_rows.items()})
-        errors.update({todo[j]: e for j, e in new_errors.items()})
-
-    # Texts: all at once (cheap next to video), cached with the videos.
-    text_cached = not rerank and cache.text_emb is not None and len(cache.text_emb) == len(texts)
-    if text_cached:
-        text_emb = cache.text_emb
-    elif rerank:  # the fusion layers start from every text's layer states
-        t = time.perf_counter()
-        text_emb, text_states, text_masks = _encode_texts(model, texts, protocol.context_length, default_length, True)
-        timing["encode_text_s"] = time.perf_counter() - t
-    else:
-        t = time.perf_counter()
-        text_emb = _encode_texts(model, texts, protocol.context_length, default_length)
-        timing["encode_text_s"] = time.perf_counter() - t
-    reused = len(present) - len(todo)
-    cache_state = "hit" if not todo and text_cached else "partial" if reused or text_cached else "miss"
-    if todo or not text_cached:
-        cache.save(videos, rows, errors, text_emb)
-
-    unreadable = [{"video": videos[i].key, "file": str(videos[i].file), "reason": errors[i]} for i in sorted(errors)]
+    emb = _embed(model, videos, texts, protocol, cache, bool(rerank), batch_size, workers, progress, log, timing)
+    unreadable = [{"video": videos[i].key, "file": str(videos[i].file), "reason": emb.errors[i]}
+                  for i in sorted(emb.errors)]
     if unreadable and not allow_missing:
         shown = "; ".join(f"{u['video']}: {u['reason']}" for u in unreadable[:20])
         raise EvalError(f"{len(unreadable)} of {len(videos)} videos could not be decoded: {shown}"
                         + (" ..." if len(unreadable) > 20 else "")
                         + ". Pass --allow-missing to evaluate the rest anyway (embeddings are cached).")
 
-    # Keep readable videos and the queries that point at them.
-    keep = sorted(rows)
-    if not keep:
-        raise EvalError("no video could be evaluated")
-    new_index = {i: j for j, i in enumerate(keep)}
-    query_idx = [q for q, v in enumerate(text_to_video) if v in new_index]
-    video_emb = np.stack([rows[i] for i in keep]).astype(np.float32)
-    sim = text_emb[query_idx].astype(np.float32) @ video_emb.T  # (texts, videos)
-    t2v_idx = [new_index[text_to_video[q]] for q in query_idx]
-    metrics = t2v_v2t_metrics(sim, t2v_idx)
-
+    scores = _score(model, emb, text_to_video, rerank, rerank_batch, use_dual_softmax, progress, timing)
     report = {
         "dataset": dataset,
         "annotations": str(anno),
@@ -435,8 +337,8 @@ def evaluate(model, dataset: str, anno, videos_dir, *, num_frames: int | None = 
         "model": str(model_dir) if model_dir is not None else None,
         "model_id": str(model.model_id),
         "protocol": asdict(protocol),
-        "num_queries": len(query_idx),
-        "num_videos": len(keep),
+        "num_queries": scores.pop("num_queries"),
+        "num_videos": scores.pop("num_videos"),
         "num_queries_total": len(texts),
         "num_videos_total": len(videos),
         "num_missing": len(missing),
@@ -445,27 +347,109 @@ def evaluate(model, dataset: str, anno, videos_dir, *, num_frames: int | None = 
         "unreadable": unreadable,
         "allow_missing": allow_missing,
         "complete": not missing and not unreadable,
-        "t2v": metrics["t2v"],
-        "v2t": metrics["v2t"],
-        "cache": {"dir": str(cache.dir) if cache.dir else None, "state": cache_state},
+        "t2v": scores.pop("t2v"),
+        "v2t": scores.pop("v2t"),
+        "cache": {"dir": str(cache.dir) if cache.dir else None, "state": emb.cache_state},
+        **scores,  # rerank, dual_softmax
     }
+    timing["total_s"] = time.perf_counter() - t_start
+    timing["videos_encoded"] = emb.encoded
+    report["timing"] = {k: round(v, 4) if isinstance(v, float) else v for k, v in timing.items()}
+    return report
+
+
+def _protocol(model, dataset: str, num_frames: int | None, context_length: int | None, paragraph: bool) -> Protocol:
+    """The settings this run uses: the model's own unless overridden (ITM models: the release's caption lengths)."""
+    cfg = model.config
+    if context_length is None and getattr(model, "has_itm", False):
+        from retrieval.umt import RELEASE_CONTEXT_LENGTH
+
+        context_length = RELEASE_CONTEXT_LENGTH.get(dataset)
+    extra = {}
+    if not getattr(model, "eval_crop", True):
+        extra["resize"] = f"whole frame squashed to img_size ({getattr(model, 'eval_resize_mode', 'bilinear')}, antialiased)"
+    if getattr(model, "similarity", None):
+        extra["similarity"] = str(model.similarity)
+    mean, std = tuple(getattr(cfg.video, "mean", IMAGENET_MEAN)), tuple(getattr(cfg.video, "std", IMAGENET_STD))
+    return Protocol(num_frames=int(num_frames or cfg.video.num_frames), img_size=int(cfg.video.img_size),
+                    context_length=int(context_length or cfg.text.context_length),
+                    paragraph=paragraph and dataset == "activitynet", normalize=(mean, std), **extra)
+
+
+@dataclass
+class _Embedded:
+    """What `_embed` found: rows/errors per video index, every text's embedding, and how much the cache gave."""
+
+    rows: dict[int, np.ndarray]
+    errors: dict[int, str]
+    tokens: dict[int, torch.Tensor] | None  # re-ranking: patch tokens per video (then text_states/masks too)
+    text_emb: np.ndarray | None = None
+    text_states: torch.Tensor | None = None
+    text_masks: torch.Tensor | None = None
+    encoded: int = 0
+    cache_state: str = "miss"
+
+
+def _embed(model, videos: list[_Video], texts: list[str], protocol: Protocol, cache: _Cache, rerank: bool,
+           batch_size: int, workers: int, progress: bool, log: Callable[[str], Any], timing: dict) -> _Embedded:
+    """Videos: cached rows where the file is unchanged, decode + encode the rest; texts: all at once (cheap next to
+    video), cached with the videos. Re-ranking needs every video's tokens and every text's states: no reuse."""
+    present = [i for i, v in enumerate(videos) if v.file is not None]
+    emb = _Embedded({}, {}, {} if rerank else None)
+    todo = []
+    for i in present:
+        hit = None if rerank else cache.lookup(videos[i])
+        if hit is None:
+            todo.append(i)
+        elif hit[0] == "row":
+            emb.rows[i] = hit[1]
+        else:
+            emb.errors[i] = hit[1]
+    if todo:
+        log(f"encoding {len(todo)} videos ({len(present) - len(todo)} cached) with {workers} decode workers")
+        _encode_videos(model, videos, todo, protocol, emb, batch_size, workers, progress, timing)
+    text_cached = not rerank and cache.text_emb is not None and len(cache.text_emb) == len(texts)
+    if text_cached:
+        emb.text_emb = cache.text_emb
+    else:
+        t = time.perf_counter()
+        out = _encode_texts(model, texts, protocol.context_length, int(model.config.text.context_length), rerank)
+        emb.text_emb, emb.text_states, emb.text_masks = out if rerank else (out, None, None)
+        timing["encode_text_s"] = time.perf_counter() - t
+    reused = len(present) - len(todo)
+    emb.encoded = len(todo)
+    emb.cache_state = "hit" if not todo and text_cached else "partial" if reused or text_cached else "miss"
+    if todo or not text_cached:
+        cache.save(videos, emb.rows, emb.errors, emb.text_emb)
+    return emb
+
+
+def _score(model, emb: _Embedded, text_to_video: list[int], rerank: int, rerank_batch: int, use_dual_softmax: bool,
+           progress: bool, timing: dict) -> dict:
+    """Readable videos and the queries that point at them -> counts and metrics (t2v, v2t, rerank, dual_softmax)."""
+    keep = sorted(emb.rows)
+    if not keep:
+        raise EvalError("no video could be evaluated")
+    new_index = {i: j for j, i in enumerate(keep)}
+    query_idx = [q for q, v in enumerate(text_to_video) if v in new_index]
+    video_emb = np.stack([emb.rows[i] for i in keep]).astype(np.float32)
+    sim = emb.text_emb[query_idx].astype(np.float32) @ video_emb.T  # (texts, videos)
+    t2v_idx = [new_index[text_to_video[q]] for q in query_idx]
+    scores = {"num_queries": len(query_idx), "num_videos": len(keep), **t2v_v2t_metrics(sim, t2v_idx)}
     if rerank:
-        report["rerank"] = _rerank_metrics(model, sim, t2v_idx, text_states[query_idx], text_masks[query_idx],
-                                           torch.stack([video_tokens[i] for i in keep]), rerank, rerank_batch,
+        scores["rerank"] = _rerank_metrics(model, sim, t2v_idx, emb.text_states[query_idx], emb.text_masks[query_idx],
+                                           torch.stack([emb.tokens[i] for i in keep]), rerank, rerank_batch,
                                            progress, timing)
     if use_dual_softmax:
         scale = getattr(model, "logit_scale", 100.0)  # the model's own softmax sharpness when it has one
         temperature = float(scale.detach()) if torch.is_tensor(scale) else float(scale)
-        report["dual_softmax"] = {
+        scores["dual_softmax"] = {
             "note": "TRANSDUCTIVE re-scoring over all test queries (not comparable with similarity-only numbers)",
             "temperature": temperature,
             "t2v": t2v_v2t_metrics(dual_softmax(sim, temperature), t2v_idx)["t2v"],
             "v2t": t2v_v2t_metrics(dual_softmax(sim.T, temperature).T, t2v_idx)["v2t"],
         }
-    timing["total_s"] = time.perf_counter() - t_start
-    timing["videos_encoded"] = len(todo)
-    report["timing"] = {k: round(v, 4) if isinstance(v, float) else v for k, v in timing.items()}
-    return report
+    return scores
 
 
 def _rerank_metrics(model, sim: np.ndarray, t2v_idx: list[int], states, masks, tokens, k: int, batch: int,
@@ -493,96 +477,3 @@ def _rerank_metrics(model, sim: np.ndarray, t2v_idx: list[int], states, masks, t
             "v2t": t2v_v2t_metrics(v2t.numpy().T, t2v_idx)["v2t"]}
 
 
-# --- output --------------------------------------------------------------------------------------
-
-def _row(name: str, m: dict) -> str:
-    return f"| {name} | {m['R1']:.1f} | {m['R5']:.1f} | {m['R10']:.1f} | {m['MdR']:g} | {m['MnR']:.1f} |"
-
-
-def format_report(report: dict) -> str:
-    """Markdown: metrics table for both directions + counts + the exact protocol."""
-    p = report["protocol"]
-    lines = [f"### Zero-shot retrieval: {report['dataset']} (model {report['model_id']})", "",
-             "| direction | R@1 | R@5 | R@10 | MdR | MnR |", "|---|---|---|---|---|---|",
-             _row("text-to-video (similarity only)", report["t2v"]),
-             _row("video-to-text (similarity only)", report["v2t"])]
-    if "rerank" in report:
-        r = report["rerank"]
-        lines += [_row(f"text-to-video, ITM re-ranked top {r['k']}", r["t2v"]),
-                  _row(f"video-to-text, ITM re-ranked top {r['k']}", r["v2t"])]
-    if "dual_softmax" in report:
-        d = report["dual_softmax"]
-        lines += [_row("t2v + dual softmax (transductive)", d["t2v"]), _row("v2t + dual softmax (transductive)",
-                                                                            d["v2t"])]
-    lines += ["",
-              f"- queries: {report['num_queries']} of {report['num_queries_total']}; videos: "
-              f"{report['num_videos']} of {report['num_videos_total']}; missing: {report['num_missing']}; "
-              f"unreadable: {report['num_unreadable']}"
-              + ("" if report["complete"] else " — INCOMPLETE (--allow-missing): not comparable with published numbers"),
-              f"- protocol: {p['num_frames']} frames, sampling = {p['sampling']}; {p['img_size']} px, {p['resize']}; "
-              f"text context length {p['context_length']}"
-              + ("; ActivityNet paragraph-to-video" if p["paragraph"] else ""),
-              f"- similarity: {p['similarity']}; ties: {p['tie_rule']}",
-              *([f"- re-ranking: {report['rerank']['note']}; MdR/MnR count a target outside the top k behind every "
-                 "-100 entry (pessimistic ties); R@1/5/10 are exact for k >= 10"] if "rerank" in report else []),
-              f"- annotations: {report['annotations']} (sha256 {report['annotations_sha256'][:12]})"]
-    t = report["timing"]
-    lines.append(f"- time: decode {t['decode_s']:.1f} s (summed over workers; main waited {t['loader_wait_s']:.1f} s), "
-                 f"encode video {t['encode_video_s']:.1f} s, encode text {t['encode_text_s']:.1f} s, "
-                 + (f"re-rank {t['rerank_s']:.1f} s, " if "rerank_s" in t else "")
-                 + f"total {t['total_s']:.1f} s; cache {report['cache']['state']}")
-    if report["unreadable"]:
-        lines.append("- unreadable: " + "; ".join(f"{u['video']} ({u['reason']})" for u in report["unreadable"][:20]))
-    if report["missing"]:
-        lines.append(f"- missing: {_shorten(report['missing'])}")
-    return "\n".join(lines) + "\n"
-
-
-TABLE_HEADER = ("| model | pretraining | dataset | t2v R@1 | t2v R@5 | t2v R@10 | t2v MdR | v2t R@1 "
-                "| t2v R@1 re-ranked | t2v R@5 re-ranked | t2v R@10 re-ranked | v2t R@1 re-ranked "
-                "| queries | videos | missing | frames | size | ctx | note |\n"
-                "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
-TABLE_NOTE = ("Columns without 're-ranked' are similarity only (dual encoder); 're-ranked' columns re-score each "
-              "query's top k with the ITM head (the release's protocol, k 128).\n\n")
-
-
-def _published_rows() -> str:
-    rows = []
-    for dataset, by_size in PUBLISHED_RELEASE.items():
-        for size, ((r1, r5, r10), (v1, _, _)) in by_size.items():
-            rows.append(f"| VideoMamba-M (published) | {size} | {dataset} | n/p | n/p | n/p | n/p | n/p | {r1:.1f} "
-                        f"| {r5:.1f} | {r10:.1f} | {v1:.1f} | | | | 8 | 224 | | release MODEL_ZOO.md, "
-                        f"videomamba_m16_{size}_f8_res224.pth; n/p = not published |\n")
-    return "".join(rows)
-
-
-def append_table(report: dict, path, label: str | None = None) -> Path:
-    """Append the result as a row of a Markdown table; a new file starts with the release's published rows."""
-    path = Path(path)
-    p, t2v, v2t = report["protocol"], report["t2v"], report["v2t"]
-    note = "" if report["complete"] else "INCOMPLETE (--allow-missing)"
-    rr = report.get("rerank")
-    re_cols = (f"{rr['t2v']['R1']:.1f} | {rr['t2v']['R5']:.1f} | {rr['t2v']['R10']:.1f} | {rr['v2t']['R1']:.1f}"
-               if rr else " | | | ")
-    if rr:
-        note = "; ".join(x for x in (note, f"re-ranked top {rr['k']}") if x)
-    if "dual_softmax" in report:
-        note = "; ".join(x for x in (note, f"dual softmax t2v R@1 {report['dual_softmax']['t2v']['R1']:.1f} "
-                                           "(transductive)") if x)
-    row = (f"| {label or report.get('model') or report['model_id']} | | {report['dataset']} | {t2v['R1']:.1f} "
-           f"| {t2v['R5']:.1f} | {t2v['R10']:.1f} | {t2v['MdR']:g} | {v2t['R1']:.1f} | {re_cols} "
-           f"| {report['num_queries']} | {report['num_videos']} | {report['num_missing'] + report['num_unreadable']} "
-           f"| {p['num_frames']} | {p['img_size']} | {p['context_length']} | {note} |\n")
-    if not path.is_file() or not path.read_text().strip():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("# Zero-shot retrieval results\n\n" + TABLE_NOTE + TABLE_HEADER + _published_rows())
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(row)
-    return path
-
-
-def write_report(report: dict, path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=2) + "\n")
-    return path
