@@ -391,7 +391,7 @@ for dt in (torch.float32, torch.bfloat16):
         sys.path.insert(0, str(ROOT / "benchmarks"))
         from bench_train import build, count_flops, matmul_peak_tflops, synthetic_batch, train_config
 
-        from pretrain.engine import DistInfo
+        from pretrain.distributed import DistInfo
 
         dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         if dev.type == "cuda":
