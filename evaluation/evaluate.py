@@ -1,4 +1,4 @@
-"""Zero-shot retrieval evaluation: annotations -> video files -> decode (DataLoader) -> embed (cached) -> metrics -> report dict."""
+"""Zero-shot retrieval evaluation: annotations -> video files -> decode (DataLoader) -> embed (cached) -> metrics -> report."""
 from __future__ import annotations
 
 import hashlib
@@ -22,6 +22,8 @@ from retrieval.metrics import TIE_RULE, dual_softmax, t2v_v2t_metrics
 from .report import shorten
 
 CACHE_VERSION = 1
+
+
 class EvalError(RuntimeError):
     """The evaluation cannot give comparable results (missing/unreadable videos, bad arguments)."""
 
@@ -179,43 +181,25 @@ def _encode_videos(model, videos: list[_Video], todo: list[int], protocol: Proto
         num_workers=workers, collate_fn=_collate, pin_memory=device.type == "cuda",
         worker_init_fn=_worker_init if workers > 0 else None, prefetch_factor=4 if workers > 0 else None)
     bar = tqdm(total=len(todo), desc="videos", unit="video", disable=not progress, dynamic_ncols=True)
-    sent: list = []  # [video indices of the batch being encoded, when it was handed to the model]
-
-    def readable():  # each batch's decoded clips; unreadable videos are recorded, not encoded
-        wait_start = time.perf_counter()
-        for batch in loader:
-            timing["loader_wait_s"] += time.perf_counter() - wait_start
-            timing["decode_s"] += batch["decode_s"]
-            emb.errors.update((todo[j], e) for j, e in zip(batch["index"], batch["error"]) if e)
-            ok = [n for n, e in enumerate(batch["error"]) if not e]
-            if ok:
-                sent[:] = [[todo[batch["index"][n]] for n in ok], time.perf_counter()]
-                yield batch["video"][ok]
-            bar.update(len(batch["index"]))
-            wait_start = time.perf_counter()
-
-    for out in encode_clips(model, readable(), device, tokens=emb.tokens is not None):
-        rows, tok = out if emb.tokens is not None else (out, None)
-        rows = rows.cpu().numpy()  # the copy waits for the GPU, so the timing is honest
-        tok = None if tok is None else tok.float().cpu()
-        timing["encode_video_s"] += time.perf_counter() - sent[1]
-        for n, (i, row) in enumerate(zip(sent[0], rows)):
-            emb.rows[i] = row
+    wait_start = time.perf_counter()
+    for batch in loader:
+        timing["loader_wait_s"] += time.perf_counter() - wait_start
+        timing["decode_s"] += batch["decode_s"]
+        ids = [todo[j] for j in batch["index"]]
+        emb.errors.update((i, e) for i, e in zip(ids, batch["error"]) if e)
+        ok = [n for n, e in enumerate(batch["error"]) if not e]
+        if ok:
+            t = time.perf_counter()
+            (out,) = encode_clips(model, [batch["video"][ok]], device, tokens=emb.tokens is not None)
+            vectors, tok = (out[0], out[1].float().cpu()) if emb.tokens is not None else (out, None)
+            vectors = vectors.cpu().numpy()  # the copy waits for the GPU, so the timing is honest
+            timing["encode_video_s"] += time.perf_counter() - t
+            emb.rows.update(zip([ids[n] for n in ok], vectors))
             if tok is not None:
-                emb.tokens[i] = tok[n]
+                emb.tokens.update(zip([ids[n] for n in ok], tok))
+        bar.update(len(batch["index"]))
+        wait_start = time.perf_counter()
     bar.close()
-
-
-def _encode_texts(model, texts: list[str], context_length: int, default_length: int, states: bool = False):
-    """-> (N, E) embeddings; with `states` (re-ranking) also the text states and masks for the matching head."""
-    length = None if context_length == default_length else context_length
-    try:
-        return encode_texts(model, texts, context_length=length, states=states)
-    except Exception as e:  # noqa: BLE001 - report which setting failed, not a deep trace
-        if length is None or getattr(model, "has_itm", False):  # an ITM model tokenises at any length up to BERT's
-            raise
-        raise EvalError(f"the model cannot encode texts with context length {context_length} "
-                        f"(its default is {default_length}): {type(e).__name__}: {e}") from e
 
 
 # --- cache ---------------------------------------------------------------------------------------
@@ -412,8 +396,15 @@ def _embed(model, videos: list[_Video], texts: list[str], protocol: Protocol, ca
     if text_cached:
         emb.text_emb = cache.text_emb
     else:
-        t = time.perf_counter()
-        out = _encode_texts(model, texts, protocol.context_length, int(model.config.text.context_length), rerank)
+        t, default = time.perf_counter(), int(model.config.text.context_length)
+        length = None if protocol.context_length == default else protocol.context_length
+        try:
+            out = encode_texts(model, texts, context_length=length, states=rerank)
+        except Exception as e:  # noqa: BLE001 - report which setting failed, not a deep trace
+            if length is None or getattr(model, "has_itm", False):  # ITM models take any length up to BERT's
+                raise
+            raise EvalError(f"the model cannot encode texts with context length {length} (its default is "
+                            f"{default}): {type(e).__name__}: {e}") from e
         emb.text_emb, emb.text_states, emb.text_masks = out if rerank else (out, None, None)
         timing["encode_text_s"] = time.perf_counter() - t
     reused = len(present) - len(todo)

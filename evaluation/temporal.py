@@ -102,31 +102,32 @@ def clip_embeddings(model, items: list[TwinVideo], num_frames: int, order: str =
     size = int(video_cfg.img_size)
     mean, std = getattr(video_cfg, "mean", None), getattr(video_cfg, "std", None)
     norm = {} if mean is None or std is None else {"mean": mean, "std": std}
-    owner: list[int] = []  # clip index of each view
+    views: list[torch.Tensor] = []   # (3, T, H, W) each: every clip under every order
+    owner: list[int] = []            # clip index of each view
+    sums: np.ndarray | None = None
 
-    def views():  # every clip under every order, (batch_size, 3, T, H, W) at a time
-        batch = []
-        for i, it in enumerate(tqdm(items, desc=f"temporal ({order})", unit="video", disable=not progress)):
-            try:
-                clip = frames_to_tensor(read_frames(it.file, num_frames, mode="middle"), size, **norm)  # (3, T, H, W)
-            except VideoError as e:
-                raise TemporalError(f"cannot read {it.file}: {e}") from None
-            for perm in frame_orders(num_frames, order, seed, i, permutations):
-                batch.append(clip[:, torch.as_tensor(perm)])
-                owner.append(i)
-                if len(batch) >= batch_size:
-                    yield torch.stack(batch)
-                    batch = []
-        if batch:
-            yield torch.stack(batch)
-
-    sums, done = None, 0
-    for emb in encode_clips(model, views()):
+    def flush():
+        nonlocal sums
+        (emb,) = encode_clips(model, [torch.stack(views)])
         emb = emb.cpu().numpy()
         if sums is None:
             sums = np.zeros((len(items), emb.shape[1]), np.float64)
-        np.add.at(sums, np.asarray(owner[done:done + len(emb)]), emb)
-        done += len(emb)
+        np.add.at(sums, np.asarray(owner), emb)
+        views.clear()
+        owner.clear()
+
+    for i, it in enumerate(tqdm(items, desc=f"temporal ({order})", unit="video", disable=not progress)):
+        try:
+            clip = frames_to_tensor(read_frames(it.file, num_frames, mode="middle"), size, **norm)  # (3, T, H, W)
+        except VideoError as e:
+            raise TemporalError(f"cannot read {it.file}: {e}") from None
+        for perm in frame_orders(num_frames, order, seed, i, permutations):
+            views.append(clip[:, torch.as_tensor(perm)])
+            owner.append(i)
+            if len(views) >= batch_size:
+                flush()
+    if views:
+        flush()
     if sums is None:  # no clips
         return np.zeros((0, 0), np.float32)
     return (sums / np.linalg.norm(sums, axis=1, keepdims=True).clip(1e-12)).astype(np.float32)

@@ -1,5 +1,4 @@
-"""Processes: this rank's place in the run, joining the process group, and the collectives training uses (every
-one a no-op in a single process, and every one to be called by all ranks)."""
+"""Processes: this rank's place, joining the group, and the collectives training uses (no-ops in one process)."""
 from __future__ import annotations
 
 import os
@@ -70,7 +69,7 @@ def barrier() -> None:
 
 
 def all_true(flag: bool, device) -> bool:
-    """True on every rank when it is true on all of them."""
+    """True on every rank when it is true on all of them (a collective, as all below: every rank must call it)."""
     if _group_size() == 1:
         return flag
     t = torch.tensor([1 if flag else 0], device=device)

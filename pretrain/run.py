@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> dict:
     from retrieval.config import save_yaml, to_dict
 
     from pretrain.config import load_train_config
-    from pretrain.distributed import init_distributed
+    from pretrain.distributed import barrier, init_distributed
     from pretrain.engine import resolve_engine_kind
 
     overrides = list(args.overrides)
@@ -117,7 +117,6 @@ def main(argv: list[str] | None = None) -> dict:
     if kind == "torch" and cfg.engine.kind == "auto":
         log.warning("deepspeed is not importable: training with plain PyTorch (single process)")
     run_dir = Path(cfg.run.out)
-    from pretrain.distributed import barrier
     from pretrain.train import train
 
     with ExitStack() as stack:

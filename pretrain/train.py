@@ -477,7 +477,14 @@ def train_loop(run: Run, stop_requested: threading.Event) -> tuple[bool, dict, i
                 if not all_true(all(b is not None for b in micro), dist.device):
                     break  # some rank ran out of data: the epoch ends everywhere
                 t_data = time.perf_counter() - t0
-                terms, lr = _step(run, micro)
+                lr = lr_at(run.step, engine.opt["lr"], cfg.optim.min_lr, run.warmup, run.total_steps)
+                engine.set_lr(lr)
+                terms: dict[str, float] = {}
+                for m, batch in enumerate(micro):
+                    seed = _seed(cfg.run.seed, run.step, m, dist.rank)
+                    out = micro_step(engine, run.teacher, batch, cfg, run.grid, seed)
+                    for k, v in out.items():
+                        terms[k] = terms.get(k, 0.0) + float(v) / len(micro)
                 if dist.device.type == "cuda":
                     torch.cuda.synchronize(dist.device)
                 t_now = time.perf_counter()
@@ -520,19 +527,6 @@ def train_loop(run: Run, stop_requested: threading.Event) -> tuple[bool, dict, i
             batches.close()
         logger.close()
     return stopped, metrics, skipped_total
-
-
-def _step(run: Run, micro: list[dict]) -> tuple[dict[str, float], float]:
-    """One optimizer step over the micro-batches -> (loss terms averaged over them, the step's lr)."""
-    lr = lr_at(run.step, run.engine.opt["lr"], run.cfg.optim.min_lr, run.warmup, run.total_steps)
-    run.engine.set_lr(lr)
-    terms: dict[str, float] = {}
-    for m, batch in enumerate(micro):
-        out = micro_step(run.engine, run.teacher, batch, run.cfg, run.grid, _seed(run.cfg.run.seed, run.step, m,
-                                                                                  run.dist.rank))
-        for k, v in out.items():
-            terms[k] = terms.get(k, 0.0) + float(v) / len(micro)
-    return terms, lr
 
 
 def _log_step(run: Run, logger: Logger, micro: list[dict], terms: dict, lr: float, t_data: float, t_step: float,
