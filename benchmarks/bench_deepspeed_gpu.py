@@ -343,11 +343,11 @@ for dt in (torch.float32, torch.bfloat16):
                            "--device", dev, "--cache-dir", str(cache), "--out", str(report), "--no-progress",
                            "--workers", "4"], env=env)
             rep = json.loads(report.read_text())
-            idx = json.loads(next(cache.rglob("index.json")).read_text())["videos"]
-            emb = np.load(next(cache.rglob("videos.npy")))
+            with np.load(next(cache.rglob("cache.npz"))) as c:  # evaluation's embedding cache
+                idx, emb, texts = json.loads(c["index"].tobytes())["videos"], c["videos"], c["texts"]
             order = sorted(idx)
             arrays[f"eval_video_{dev}"] = np.stack([emb[idx[k]["row"]] for k in order])
-            arrays[f"eval_text_{dev}"] = np.load(next(cache.rglob("texts.npy")))
+            arrays[f"eval_text_{dev}"] = texts
             out[dev] = {"t2v": rep.get("t2v"), "v2t": rep.get("v2t"), "seconds": round(time.monotonic() - t, 1)}
             np.savez_compressed(self.out / "export_embeddings.npz", **arrays)
             self.results["checks"]["export"] = out
@@ -393,7 +393,7 @@ for dt in (torch.float32, torch.bfloat16):
         sys.path.insert(0, str(ROOT / "benchmarks"))
         from bench_train import build, count_flops, matmul_peak_tflops, synthetic_batch, train_config
 
-        from pretrain.engine import DistInfo
+        from pretrain.distributed import DistInfo
 
         dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         if dev.type == "cuda":

@@ -1,4 +1,4 @@
-"""MSRVTT-sized zero-shot eval timing: index.evaluate.evaluate (what `vmr eval --dataset generic` runs) end to end.
+"""MSRVTT-sized zero-shot eval timing: evaluation.evaluate.evaluate (what `vmr eval --dataset generic` runs) end to end.
 
 Writes N synthetic test clips with one caption each (pretrain.synth.generate: videos/ + annotations.json, VINDLU
 layout), saves a randomly initialised videomamba_tiny dual encoder (8 frames, 224 px; CLIP ViT-B/16-sized text
@@ -36,8 +36,8 @@ from benchmarks.bench_ingest import device_name, model_config
 
 
 def decode_all(files: list[Path], cfg, workers: int) -> tuple[dict[str, torch.Tensor], float, float]:
-    """All clips through index.evaluate.VideoClips in DataLoader workers -> ({file: (3, T, H, W)}, wall s, summed s)."""
-    from index.evaluate import VideoClips
+    """All clips through evaluation.evaluate.VideoClips in DataLoader workers -> ({file: (3, T, H, W)}, wall s, summed s)."""
+    from evaluation.evaluate import VideoClips
 
     v = cfg.video
     videos = [SimpleNamespace(file=f, start=None, end=None) for f in files]
@@ -55,7 +55,7 @@ def decode_all(files: list[Path], cfg, workers: int) -> tuple[dict[str, torch.Te
 
 def pre_decoded(memory: dict[str, torch.Tensor]):
     """A VideoClips whose items come from `memory` instead of the decoder (decode_s = 0)."""
-    from index.evaluate import VideoClips
+    from evaluation.evaluate import VideoClips
 
     class Memory(VideoClips):
         def __getitem__(self, i: int) -> dict:
@@ -64,7 +64,7 @@ def pre_decoded(memory: dict[str, torch.Tensor]):
 
 
 def run_eval(model, root: Path, args, workers: int) -> dict:
-    from index.evaluate import evaluate
+    from evaluation.evaluate import evaluate
 
     report = evaluate(model, "generic", root / "annotations.json", root / "videos", batch_size=args.batch_size,
                       workers=workers, cache_dir=None, progress=False, log=lambda _: None)
@@ -98,7 +98,7 @@ def main(argv=None) -> dict:
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-    import index.evaluate as ev
+    import evaluation.evaluate as ev
     from pretrain.synth import generate
     from retrieval import create_model, load_model, save_model
     from retrieval.selective_scan import resolve_backend

@@ -267,7 +267,7 @@ def main(argv=None) -> dict:
     teacher_kind = args.teacher or ("standin" if q else "openclip")
     device = torch.device(args.device)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from pretrain.engine import DistInfo
+    from pretrain.distributed import DistInfo
     from retrieval.selective_scan import resolve_backend
 
     dist = DistInfo(device=device)

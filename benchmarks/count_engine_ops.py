@@ -15,7 +15,8 @@ from torch.profiler import profile, ProfilerActivity
 kind, stage = sys.argv[1], int(sys.argv[2])
 os.environ.setdefault("VMR_SCAN_BACKEND", "torch")
 from pretrain.config import load_train_config
-from pretrain.engine import Engine, init_distributed
+from pretrain.distributed import init_distributed
+from pretrain.engine import Engine
 from pretrain.train import PretrainModule, micro_step
 from retrieval.model import create_model
 cfg = load_train_config(str(__import__('pathlib').Path(__file__).resolve().parents[1] / 'configs/pretrain/tiny_1gpu.yaml'), [

@@ -10,7 +10,6 @@
     ingest.py    build/add orchestration (ranks, resume, progress) and `info`
     searcher.py  Searcher: text -> ranked videos/segments, live reload, thread-safe
     media.py     segment thumbnails for the app
-    evaluate.py  zero-shot retrieval evaluation runner
 
 Public API: `ingest.build(videos, out, model_path=...)`, `ingest.add(index, videos)`, `update.remove(index, paths)`,
 `update.merge(index)`, `ingest.info(index)`, `searcher.Searcher(index).search("a dog catches a frisbee", k=10)`.

@@ -1,4 +1,4 @@
-"""Mapper: the only code that touches the model. Batches decoded segments through the video tower; encodes queries."""
+"""The index's side of the mapper (retrieval.inference): batches decoded segments across files; encodes queries."""
 from __future__ import annotations
 
 import os
@@ -10,6 +10,8 @@ from typing import Iterable, Iterator
 
 import numpy as np
 import torch
+
+from retrieval.inference import encode_clips, encode_texts
 
 from .reader import Chunk, Failed, FileInfo, Unchanged
 
@@ -74,14 +76,9 @@ class Embedder:
     """Runs the model: `encode_video` / `encode_text` on plain arrays, and `run` over the reader's stream."""
 
     def __init__(self, model, device: str | torch.device = "auto", batch_size: int = 16):
-        from retrieval.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         self.batch_size = max(1, batch_size)
-        video_cfg = getattr(getattr(model, "config", None), "video", None)  # the model says how input is normalised
-        self.mean = tuple(getattr(video_cfg, "mean", IMAGENET_MEAN))
-        self.std = tuple(getattr(video_cfg, "std", IMAGENET_STD))
 
     @property
     def num_frames(self) -> int:
@@ -91,23 +88,15 @@ class Embedder:
     def img_size(self) -> int:
         return int(self.model.config.video.img_size)
 
-    # no_grad, not inference_mode: tensors made under inference_mode (e.g. a backend's cached scratch buffers) break
-    # later no_grad/training calls in the same process
-    @torch.no_grad()
     def encode_video(self, video: torch.Tensor) -> np.ndarray:
-        """(B, 3, T, H, W) uint8 frames (normalised here, on the device) or normalised float -> float16 (B, E),
+        """(B, 3, T, H, W) uint8 frames (normalised on the device) or normalised float -> float16 (B, E),
         L2-normalised."""
-        from retrieval.data.transforms import normalize_clips
+        (emb,) = encode_clips(self.model, [video], self.device)
+        return emb.cpu().numpy().astype(np.float16)
 
-        x = video.to(self.device, non_blocking=True)
-        if x.dtype == torch.uint8:
-            x = normalize_clips(x, self.mean, self.std)
-        return self.model.encode_video(x, normalize=True).float().cpu().numpy().astype(np.float16)
-
-    @torch.no_grad()
     def encode_text(self, texts: list[str]) -> np.ndarray:
         """list of B strings -> float32 (B, E), L2-normalised."""
-        return self.model.encode_text(list(texts), normalize=True).float().cpu().numpy()
+        return encode_texts(self.model, texts, batch_size=max(1, len(texts)))
 
     def run(self, items: Iterable[Chunk | Failed | Unchanged]) -> Iterator["Encoded | Failed | Unchanged"]:
         """Batch segments across files (a long video fills many batches, short ones share one) and yield each

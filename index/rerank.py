@@ -24,6 +24,7 @@ def rerank_hits(searcher, query: str, hits: list[Hit], k: int, batch_size: int =
     segment the way the model's evaluation reads them."""
     from retrieval.data.transforms import frames_to_tensor
     from retrieval.data.video import read_frames
+    from retrieval.inference import device_of, encode_clips
 
     model = searcher.model
     if not supports_rerank(model):
@@ -35,19 +36,19 @@ def rerank_hits(searcher, query: str, hits: list[Hit], k: int, batch_size: int =
     if not top:
         return hits
     cfg = model.config.video
-    device = next(model.parameters()).device
+
+    def clips():  # (batch_size, 3, T, H, W) at a time
+        for a in range(0, len(top), batch_size):
+            yield torch.stack([frames_to_tensor(
+                read_frames(searcher.media_path(hit), int(cfg.num_frames), "middle", hit.start, hit.end),
+                int(cfg.img_size), cfg.mean, cfg.std, crop=getattr(model, "eval_crop", True),
+                mode=getattr(model, "eval_resize_mode", "bilinear")) for hit in top[a:a + batch_size]])
+
     text = searcher.clean_query(query)
     with searcher._model_lock:  # one forward at a time, as Searcher.encode
         states, mask = model.text_states([text])
         scores = []
-        for a in range(0, len(top), batch_size):
-            clips = []
-            for hit in top[a:a + batch_size]:
-                frames = read_frames(searcher.media_path(hit), int(cfg.num_frames), "middle", hit.start, hit.end)
-                clips.append(frames_to_tensor(frames, int(cfg.img_size), cfg.mean, cfg.std,
-                                              crop=getattr(model, "eval_crop", True),
-                                              mode=getattr(model, "eval_resize_mode", "bilinear")))
-            _, tokens = model.video_features(torch.stack(clips).to(device))
+        for _, tokens in encode_clips(model, clips(), device_of(model), tokens=True):
             n = tokens.shape[0]
             scores += model.itm_scores(states.expand(n, -1, -1), mask.expand(n, -1), tokens).float().cpu().tolist()
             if progress is not None:

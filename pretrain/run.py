@@ -28,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def prepare_synthetic(cfg, run_dir: Path, is_main: bool) -> None:
     """Generate the synthetic world + shards into RUN/synth when asked and missing; point data/val at them."""
-    from pretrain.engine import barrier
+    from pretrain.distributed import barrier
     from pretrain.shards import ShardOptions, read_annotations, write_shards
 
     s = cfg.synth
@@ -105,7 +105,8 @@ def main(argv: list[str] | None = None) -> dict:
     from retrieval.config import save_yaml, to_dict
 
     from pretrain.config import load_train_config
-    from pretrain.engine import init_distributed, resolve_engine_kind
+    from pretrain.distributed import barrier, init_distributed
+    from pretrain.engine import resolve_engine_kind
 
     overrides = list(args.overrides)
     if args.out:
@@ -117,7 +118,6 @@ def main(argv: list[str] | None = None) -> dict:
     if kind == "torch" and cfg.engine.kind == "auto":
         log.warning("deepspeed is not importable: training with plain PyTorch (single process)")
     run_dir = Path(cfg.run.out)
-    from pretrain.engine import barrier
     from pretrain.train import train
 
     with ExitStack() as stack:

@@ -11,7 +11,8 @@ import signal
 import threading
 import time
 import zlib
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -22,7 +23,8 @@ from retrieval.losses import alignment_loss, mlm_loss, mlm_mask_tokens, total_lo
 from retrieval.masking import create_mask_generator, gather_visible
 
 from .config import TrainConfig
-from .engine import DistInfo, Engine, all_true, barrier, latest_checkpoint, lr_at, prune_checkpoints
+from .distributed import DistInfo, all_gather_objects, all_sum, all_true, any_true, barrier
+from .engine import Engine, latest_checkpoint, lr_at, prune_checkpoints
 
 log = logging.getLogger(__name__)
 CKPT_DIR = "checkpoints"
@@ -162,8 +164,8 @@ class ZeroShotCheck:
         self.entries = keep
         return clips
 
-    @torch.no_grad()
     def __call__(self, model, device, dtype) -> dict[str, float]:
+        from retrieval.inference import encode_clips, encode_texts
         from retrieval.metrics import retrieval_metrics
 
         vcfg = model.config.video
@@ -177,13 +179,12 @@ class ZeroShotCheck:
         was_training = model.training
         model.eval()
         try:
-            vfeats = [model.encode_video(torch.stack(self._clips[i:i + bs]).to(device, dtype)).float()
-                      for i in range(0, len(self._clips), bs)]
-            tfeats = [model.encode_text(model.tokenize(captions[i:i + bs]).to(device)).float()
-                      for i in range(0, len(captions), bs)]
+            batches = (torch.stack(self._clips[i:i + bs]) for i in range(0, len(self._clips), bs))
+            vfeats = torch.cat(list(encode_clips(model, batches, device, dtype=dtype)))
+            tfeats = torch.from_numpy(encode_texts(model, captions, bs)).to(device)  # the same float32 values
         finally:
             model.train(was_training)
-        sim = (torch.cat(tfeats) @ torch.cat(vfeats).t()).cpu()  # (texts, videos)
+        sim = (tfeats @ vfeats.t()).cpu()  # (texts, videos)
         m = retrieval_metrics(sim, text_to_video)
         return {"t2v_r1": m["R1"], "t2v_r5": m["R5"], "t2v_medr": m["MdR"], "videos": float(len(self._clips))}
 
@@ -307,43 +308,88 @@ def stop_requests(signals=(signal.SIGTERM, signal.SIGUSR1)):
             signal.signal(s, h)
 
 
-def _all_max(flag: bool, device) -> bool:
-    """True on every rank when it is true on any (one rank's stop signal stops all at the same step)."""
-    return not all_true(not flag, device)
+@dataclass
+class Run:
+    """What `build_run` sets up and `train_loop` runs: the engine, its data and schedule, and where it continues."""
 
+    cfg: TrainConfig
+    run_dir: Path
+    dist: DistInfo
+    engine: Engine
+    teacher: nn.Module | None  # frozen MVM target, outside the engine
+    grid: tuple[int, int, int]  # the video encoder's token grid, for masks
+    loader: object  # pretrain.data.EpochLoader
+    val: ZeroShotCheck | None
+    steps_per_epoch: int
+    total_steps: int
+    warmup: int
+    step: int = 0
+    epoch: int = 0
+    data_state: dict | None = None  # this rank's position in `epoch` when resuming mid-epoch
+    resumed_at: int = -1  # the step resumed from, -1 for a fresh start
 
-def _all_sum(value: float, device) -> float:
-    import torch.distributed as dist
+    @property
+    def ckpt_dir(self) -> Path:  # new checkpoints always go to this run
+        return self.run_dir / CKPT_DIR
 
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return value
-    t = torch.tensor([float(value)], device=device, dtype=torch.float64)
-    dist.all_reduce(t)
-    return float(t.item())
-
-
-def _gather_objects(obj, world: int) -> list:
-    import torch.distributed as dist
-
-    if world == 1:
-        return [obj]
-    out = [None] * world
-    dist.all_gather_object(out, obj)
-    return out
+    @property
+    def global_batch(self) -> int:
+        return self.cfg.data.batch_size * self.cfg.engine.grad_accum * self.dist.world_size
 
 
 def train(cfg: TrainConfig, run_dir: Path, dist: DistInfo, engine_kind: str, resume: str | None = None) -> dict:
     """Run (or resume) the configured training; returns a summary dict. Every rank calls it."""
+    run = build_run(cfg, Path(run_dir), dist, engine_kind, resume)
+    with stop_requests() as stop_requested:
+        stopped, metrics, skipped = train_loop(run, stop_requested)
+        if not stopped:
+            export(run, metrics)
+    summary = {"step": run.step, "epoch": run.epoch, "total_steps": run.total_steps, "stopped_early": stopped,
+               "data_skipped": all_sum(skipped, dist.device), "val": metrics}
+    if dist.is_main:
+        (run.run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+def build_run(cfg: TrainConfig, run_dir: Path, dist: DistInfo, engine_kind: str, resume: str | None) -> Run:
+    """Model, teacher and objectives, the data stream and its schedule, the engine, and the checkpoint to resume."""
+    from .data import StreamSpec, create_stream, expand_urls
+
+    torch.manual_seed(cfg.run.seed)  # identical initial weights on every rank
+    wrapper, teacher, grid = _build_module(cfg, dist)
+    vcfg = cfg.model.video
+    sources = [(expand_urls(s.urls), s.weight) for s in cfg.data.sources]
+    for (urls, _), s in zip(sources, cfg.data.sources):
+        if not urls:
+            raise ConfigError(f"data source {s.name or s.urls!r} expands to no shard URLs")
+    steps_per_epoch, total_steps = plan_steps(cfg, sources, dist.world_size)
+    spec = StreamSpec(sources=sources, batch_size=cfg.data.batch_size, num_frames=vcfg.num_frames,
+                      img_size=vcfg.img_size, mean=tuple(vcfg.mean), std=tuple(vcfg.std),
+                      context_length=wrapper.model.config.text.context_length, train=True,
+                      crop_scale=tuple(cfg.data.crop_scale), flip=cfg.data.flip, resampled=cfg.data.resampled,
+                      shuffle_buffer=cfg.data.shuffle_buffer, seed=cfg.run.seed + cfg.data.seed_offset,
+                      rank=dist.rank, world_size=dist.world_size, reverse_pairs=cfg.data.reverse_pairs)
+    loader = create_stream(spec, wrapper.model.tokenizer, cfg.data.num_workers, cfg.data.prefetch_factor,
+                           pin_memory=dist.device.type == "cuda")
+    warmup = cfg.optim.warmup_steps or int(round(cfg.optim.warmup_epochs * steps_per_epoch))
+    run = Run(cfg, run_dir, dist, Engine(wrapper, cfg, dist, engine_kind), teacher, grid, loader, None,
+              steps_per_epoch, total_steps, warmup)
+    if resume:
+        _resume(run, resume)
+    if run.resumed_at >= 0 and dist.is_main:  # a kill between a save and its prune can leave one too many
+        prune_checkpoints(run.ckpt_dir, cfg.run.keep_checkpoints)
+    if cfg.val.anno and dist.is_main:
+        run.val = ZeroShotCheck(cfg.val.anno, cfg.val.videos or str(Path(cfg.val.anno).parent),
+                                cfg.val.max_videos, cfg.val.batch_size)
+    return run
+
+
+def _build_module(cfg: TrainConfig, dist: DistInfo) -> tuple[PretrainModule, nn.Module | None, tuple[int, int, int]]:
+    """-> (the dual encoder inside its objectives, the frozen teacher or None, the video token grid)."""
     from retrieval.model import create_model, load_model
 
-    from .data import StreamSpec, create_stream, expand_urls
     from .teachers import create_teacher
 
-    run_dir = Path(run_dir)
-    ckpt_dir = run_dir / CKPT_DIR
-    torch.manual_seed(cfg.run.seed)  # identical initial weights on every rank
-
-    # -- model, teacher, objectives --------------------------------------------------------------------
     model_cfg = cfg.model
     vcfg = model_cfg.video
     grid = vcfg.encoder_config().grid
@@ -374,144 +420,87 @@ def train(cfg: TrainConfig, run_dir: Path, dist: DistInfo, engine_kind: str, res
     wrapper = PretrainModule(model, cfg.objectives, use_mlm)
     if sum(wrapper.weights.values()) == 0:
         raise ConfigError("no objective left to train (MLM was the only one and is unsupported)")
+    return wrapper, teacher, grid
 
-    # -- data and schedule -------------------------------------------------------------------------------
-    sources = [(expand_urls(s.urls), s.weight) for s in cfg.data.sources]
-    for (urls, _), s in zip(sources, cfg.data.sources):
-        if not urls:
-            raise ConfigError(f"data source {s.name or s.urls!r} expands to no shard URLs")
-    steps_per_epoch, total_steps = plan_steps(cfg, sources, dist.world_size)
-    spec = StreamSpec(sources=sources, batch_size=cfg.data.batch_size, num_frames=vcfg.num_frames,
-                      img_size=vcfg.img_size, mean=tuple(vcfg.mean), std=tuple(vcfg.std),
-                      context_length=model.config.text.context_length, train=True,
-                      crop_scale=tuple(cfg.data.crop_scale), flip=cfg.data.flip, resampled=cfg.data.resampled,
-                      shuffle_buffer=cfg.data.shuffle_buffer, seed=cfg.run.seed + cfg.data.seed_offset,
-                      rank=dist.rank, world_size=dist.world_size, reverse_pairs=cfg.data.reverse_pairs)
-    loader = create_stream(spec, model.tokenizer, cfg.data.num_workers, cfg.data.prefetch_factor,
-                           pin_memory=dist.device.type == "cuda")
-    warmup = cfg.optim.warmup_steps or int(round(cfg.optim.warmup_epochs * steps_per_epoch))
 
-    engine = Engine(wrapper, cfg, dist, engine_kind)
-    base_lr, min_lr = engine.opt["lr"], cfg.optim.min_lr
-    step, epoch, data_state, resumed_at = 0, 0, None, -1
-    if resume:
-        tag = resume
-        if resume == "auto":
-            tag = latest_checkpoint(ckpt_dir)
-        elif Path(resume).is_dir():
-            ckpt_dir, tag = Path(resume).parent, Path(resume).name
-        if tag is None:
-            if dist.is_main:
-                log.info("resume auto: no checkpoint in %s, starting fresh", ckpt_dir)
-        else:
-            client = engine.load(ckpt_dir, tag)
-            step, epoch = client["step"], client["epoch"]
-            states = client.get("data") or []
-            if len(states) == dist.world_size:
-                data_state = states[dist.rank]
-            else:
-                log.warning("resume: checkpoint has data positions for %d ranks, this run has %d; "
-                            "epoch %d restarts from its first sample", len(states), dist.world_size, epoch)
-            if client.get("total_steps") and client["total_steps"] != total_steps:
-                log.warning("resume: schedule length changed from %d to %d steps", client["total_steps"], total_steps)
-            if dist.is_main:
-                log.info("resumed from %s/%s at step %d, epoch %d", ckpt_dir, tag, step, epoch)
-            resumed_at = step
-    ckpt_dir = run_dir / CKPT_DIR  # new checkpoints always go to this run
-    if resumed_at >= 0 and dist.is_main:  # a kill between a save and its prune can leave one too many
-        prune_checkpoints(ckpt_dir, cfg.run.keep_checkpoints)
-
-    val = None
-    if cfg.val.anno and dist.is_main:
-        val = ZeroShotCheck(cfg.val.anno, cfg.val.videos or str(Path(cfg.val.anno).parent),
-                            cfg.val.max_videos, cfg.val.batch_size)
-    logger = Logger(run_dir, dist, total_steps, step, cfg.run.progress)
-    global_batch = cfg.data.batch_size * cfg.engine.grad_accum * dist.world_size
-    if dist.is_main:
-        log.info("training %d steps (%d per epoch, global batch %d, %s engine, %s, ZeRO %d)", total_steps,
-                 steps_per_epoch, global_batch, engine_kind, engine.precision, engine.opt["zero_stage"])
-
-    def checkpoint(tag_step: int) -> None:
-        states = _gather_objects(loader.state(), dist.world_size)
-        client = {"step": tag_step, "epoch": epoch, "data": states, "steps_per_epoch": steps_per_epoch,
-                  "total_steps": total_steps, "world_size": dist.world_size, "config": to_dict(cfg)}
-        engine.save(ckpt_dir, f"step_{tag_step:08d}", client)
-        barrier()
+def _resume(run: Run, resume: str) -> None:
+    """Load the checkpoint `resume` names ("auto": this run's newest, if any; a checkpoint folder; a tag of this run)
+    and continue from its step, epoch and this rank's data position."""
+    dist = run.dist
+    ckpt_dir, tag = run.ckpt_dir, resume
+    if resume == "auto":
+        tag = latest_checkpoint(ckpt_dir)
+    elif Path(resume).is_dir():
+        ckpt_dir, tag = Path(resume).parent, Path(resume).name
+    if tag is None:
         if dist.is_main:
-            prune_checkpoints(ckpt_dir, cfg.run.keep_checkpoints)
+            log.info("resume auto: no checkpoint in %s, starting fresh", ckpt_dir)
+        return
+    client = run.engine.load(ckpt_dir, tag)
+    run.step, run.epoch = client["step"], client["epoch"]
+    states = client.get("data") or []
+    if len(states) == dist.world_size:
+        run.data_state = states[dist.rank]
+    else:
+        log.warning("resume: checkpoint has data positions for %d ranks, this run has %d; "
+                    "epoch %d restarts from its first sample", len(states), dist.world_size, run.epoch)
+    if client.get("total_steps") and client["total_steps"] != run.total_steps:
+        log.warning("resume: schedule length changed from %d to %d steps", client["total_steps"], run.total_steps)
+    if dist.is_main:
+        log.info("resumed from %s/%s at step %d, epoch %d", ckpt_dir, tag, run.step, run.epoch)
+    run.resumed_at = run.step
 
-    def run_val() -> dict:
-        if val is None:
-            barrier()
-            return {}
-        metrics = val(engine.module.model, dist.device, engine.input_dtype)
-        if metrics:
-            logger.scalars(step, {f"val/{k}": v for k, v in metrics.items()})
-            log.info("step %d zero-shot: %s", step, " ".join(f"{k}={v:.2f}" for k, v in metrics.items()))
-        barrier()
-        return metrics
 
+def train_loop(run: Run, stop_requested: threading.Event) -> tuple[bool, dict, int]:
+    """Steps from run.step to the schedule's end, or to a stop request (checkpointed there); periodic checkpoints
+    and zero-shot checks, and the final ones. -> (stopped early, last check's metrics, samples skipped here)."""
+    cfg, dist, engine, loader = run.cfg, run.dist, run.engine, run.loader
+    logger = Logger(run.run_dir, dist, run.total_steps, run.step, cfg.run.progress)
+    if dist.is_main:
+        log.info("training %d steps (%d per epoch, global batch %d, %s engine, %s, ZeRO %d)", run.total_steps,
+                 run.steps_per_epoch, run.global_batch, engine.kind, engine.precision, engine.opt["zero_stage"])
     engine.train(True)
-    last_ckpt, stopped, metrics, empty_epochs = resumed_at, False, {}, 0
+    last_ckpt, stopped, metrics, empty_epochs = run.resumed_at, False, {}, 0
     t_last = time.perf_counter()
     skipped_before, skipped_total = 0, 0  # undecodable samples in finished epochs / so far (this rank)
-    cleanup = ExitStack()
-    stop_requested = cleanup.enter_context(stop_requests())
     batches = None
     try:
-        while step < total_steps and not stopped:
-            batches = loader.epoch(epoch, data_state)
-            data_state = None
+        while run.step < run.total_steps and not stopped:
+            batches = loader.epoch(run.epoch, run.data_state)
+            run.data_state = None
             epoch_steps = 0
-            while step < total_steps:
-                if cfg.data.resampled and loader.state()["batches"] >= steps_per_epoch * cfg.engine.grad_accum:
+            while run.step < run.total_steps:
+                if cfg.data.resampled and loader.state()["batches"] >= run.steps_per_epoch * cfg.engine.grad_accum:
                     break
                 t0 = time.perf_counter()
                 micro = [next(batches, None) for _ in range(cfg.engine.grad_accum)]
                 if not all_true(all(b is not None for b in micro), dist.device):
                     break  # some rank ran out of data: the epoch ends everywhere
                 t_data = time.perf_counter() - t0
-                lr = lr_at(step, base_lr, min_lr, warmup, total_steps)
+                lr = lr_at(run.step, engine.opt["lr"], cfg.optim.min_lr, run.warmup, run.total_steps)
                 engine.set_lr(lr)
                 terms: dict[str, float] = {}
                 for m, batch in enumerate(micro):
-                    out = micro_step(engine, teacher, batch, cfg, grid, _seed(cfg.run.seed, step, m, dist.rank))
+                    seed = _seed(cfg.run.seed, run.step, m, dist.rank)
+                    out = micro_step(engine, run.teacher, batch, cfg, run.grid, seed)
                     for k, v in out.items():
                         terms[k] = terms.get(k, 0.0) + float(v) / len(micro)
                 if dist.device.type == "cuda":
                     torch.cuda.synchronize(dist.device)
                 t_now = time.perf_counter()
                 t_step, t_last = t_now - t_last, t_now
-                step += 1
+                run.step += 1
                 epoch_steps += 1
                 skipped_total = skipped_before + loader.skipped
-                keys = [k for b in micro for k in b["keys"]]
-                record = {"step": step, "epoch": epoch, "lr": lr, **terms,
-                          "temp": float(engine.module.model.temp.detach().float()),
-                          "keys_sha1": hashlib.sha1("\n".join(keys).encode()).hexdigest()[:12],
-                          "data_time": t_data, "step_time": t_step}
-                if dist.device.type == "cuda":  # peak since the start of the run (a host-side read, no sync)
-                    record["gpu_mem_gb"] = torch.cuda.max_memory_allocated(dist.device) / 2 ** 30
-                scalars = None
-                if step % max(1, cfg.run.log_every) == 0 or step == total_steps:
-                    scalars = {f"loss/{k}": v for k, v in terms.items()}
-                    scalars.update({"lr": lr, "temperature": record["temp"], "samples_per_s": global_batch / t_step,
-                                    "time/data": t_data, "time/step": t_step,
-                                    "data/skipped": _all_sum(skipped_total, dist.device),  # all ranks
-                                    "epoch": epoch + loader.state()["batches"] / max(1, steps_per_epoch * cfg.engine.grad_accum)})
-                    if engine.last_grad_norm is not None:
-                        scalars["grad_norm"] = engine.last_grad_norm
-                    if "gpu_mem_gb" in record:
-                        scalars["gpu_mem_gb"] = record["gpu_mem_gb"]
-                logger.step(record, scalars)
-                if cfg.run.ckpt_every > 0 and step % cfg.run.ckpt_every == 0 and step < total_steps:
-                    checkpoint(step)
-                    last_ckpt = step
-                if cfg.val.every > 0 and step % cfg.val.every == 0 and step < total_steps:
-                    metrics = run_val()
+                _log_step(run, logger, micro, terms, lr, t_data, t_step, skipped_total)
+                if cfg.run.ckpt_every > 0 and run.step % cfg.run.ckpt_every == 0 and run.step < run.total_steps:
+                    _checkpoint(run)
+                    last_ckpt = run.step
+                if cfg.val.every > 0 and run.step % cfg.val.every == 0 and run.step < run.total_steps:
+                    metrics = _validate(run, logger)
                 t_last = time.perf_counter()  # checkpoint and validation time is not step time
-                asked = cfg.run.stop_after > 0 and step >= cfg.run.stop_after
-                if step < total_steps and _all_max(asked or stop_requested.is_set(), dist.device):
+                asked = cfg.run.stop_after > 0 and run.step >= cfg.run.stop_after
+                if run.step < run.total_steps and any_true(asked or stop_requested.is_set(), dist.device):
                     stopped = True
                     break
             else:
@@ -524,27 +513,77 @@ def train(cfg: TrainConfig, run_dir: Path, dist: DistInfo, engine_kind: str, res
             if epoch_steps == 0 and not cfg.data.resampled:
                 empty_epochs += 1
                 if empty_epochs >= 2:
-                    raise RuntimeError(f"epoch {epoch} produced no batch: the shards hold fewer than "
+                    raise RuntimeError(f"epoch {run.epoch} produced no batch: the shards hold fewer than "
                                        f"{cfg.data.batch_size} usable samples per worker")
             else:
                 empty_epochs = 0
-            epoch += 1
-        if step != last_ckpt:
-            checkpoint(step)
+            run.epoch += 1
+        if run.step != last_ckpt:
+            _checkpoint(run)
         if not stopped:
-            metrics = run_val()
-            from .card import training_card
-            engine.export(run_dir / "model", {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.run.export_dtype],
-                          reference_pretrained=cfg.run.export_reference_pretrained,
-                          card=training_card(cfg, step, metrics, dist.world_size))
-            barrier()
+            metrics = _validate(run, logger)
     finally:
         if batches is not None:  # on an error too: the workers ignore SIGTERM, so exit must not be left to reap them
             batches.close()
         logger.close()
-        cleanup.close()
-    summary = {"step": step, "epoch": epoch, "total_steps": total_steps, "stopped_early": stopped,
-               "data_skipped": _all_sum(skipped_total, dist.device), "val": metrics}
-    if dist.is_main:
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
-    return summary
+    return stopped, metrics, skipped_total
+
+
+def _log_step(run: Run, logger: Logger, micro: list[dict], terms: dict, lr: float, t_data: float, t_step: float,
+              skipped: int) -> None:
+    """steps.jsonl every step; TensorBoard scalars every log_every steps (a collective then: the skip count)."""
+    cfg, engine, device = run.cfg, run.engine, run.dist.device
+    keys = [k for b in micro for k in b["keys"]]
+    record = {"step": run.step, "epoch": run.epoch, "lr": lr, **terms,
+              "temp": float(engine.module.model.temp.detach().float()),
+              "keys_sha1": hashlib.sha1("\n".join(keys).encode()).hexdigest()[:12],
+              "data_time": t_data, "step_time": t_step}
+    if device.type == "cuda":  # peak since the start of the run (a host-side read, no sync)
+        record["gpu_mem_gb"] = torch.cuda.max_memory_allocated(device) / 2 ** 30
+    scalars = None
+    if run.step % max(1, cfg.run.log_every) == 0 or run.step == run.total_steps:
+        scalars = {f"loss/{k}": v for k, v in terms.items()}
+        scalars.update({"lr": lr, "temperature": record["temp"], "samples_per_s": run.global_batch / t_step,
+                        "time/data": t_data, "time/step": t_step,
+                        "data/skipped": all_sum(skipped, device),  # all ranks
+                        "epoch": run.epoch + run.loader.state()["batches"] / max(1, run.steps_per_epoch
+                                                                                 * cfg.engine.grad_accum)})
+        if engine.last_grad_norm is not None:
+            scalars["grad_norm"] = engine.last_grad_norm
+        if "gpu_mem_gb" in record:
+            scalars["gpu_mem_gb"] = record["gpu_mem_gb"]
+    logger.step(record, scalars)
+
+
+def _checkpoint(run: Run) -> None:
+    states = all_gather_objects(run.loader.state())
+    client = {"step": run.step, "epoch": run.epoch, "data": states, "steps_per_epoch": run.steps_per_epoch,
+              "total_steps": run.total_steps, "world_size": run.dist.world_size, "config": to_dict(run.cfg)}
+    run.engine.save(run.ckpt_dir, f"step_{run.step:08d}", client)
+    barrier()
+    if run.dist.is_main:
+        prune_checkpoints(run.ckpt_dir, run.cfg.run.keep_checkpoints)
+
+
+def _validate(run: Run, logger: Logger) -> dict:
+    """The zero-shot check on rank 0 (the others wait at the barrier)."""
+    if run.val is None:
+        barrier()
+        return {}
+    metrics = run.val(run.engine.module.model, run.dist.device, run.engine.input_dtype)
+    if metrics:
+        logger.scalars(run.step, {f"val/{k}": v for k, v in metrics.items()})
+        log.info("step %d zero-shot: %s", run.step, " ".join(f"{k}={v:.2f}" for k, v in metrics.items()))
+    barrier()
+    return metrics
+
+
+def export(run: Run, metrics: dict) -> None:
+    """The trained dual encoder (objective-only heads dropped) with its model card, as run_dir/model."""
+    from .card import training_card
+
+    cfg = run.cfg
+    run.engine.export(run.run_dir / "model", {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.run.export_dtype],
+                      reference_pretrained=cfg.run.export_reference_pretrained,
+                      card=training_card(cfg, run.step, metrics, run.dist.world_size))
+    barrier()

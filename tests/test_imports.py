@@ -13,9 +13,17 @@ def _loaded_after(code: str) -> set[str]:
 
 
 def test_import_retrieval_needs_only_core_dependencies():
-    assert _loaded_after("import retrieval, retrieval.data.video, retrieval.metrics") == set()
+    assert _loaded_after("import retrieval, retrieval.data.video, retrieval.metrics, retrieval.inference") == set()
 
 
 def test_cli_help_imports_nothing_heavy():
     code = "from app.cli import build_parser\nbuild_parser().format_help()"
     assert _loaded_after(code) == set()
+
+
+def test_evaluation_sits_beside_index():
+    """evaluation/ imports retrieval/ only: never pretrain/, app/, index/ or the index's FAISS."""
+    code = "import evaluation.evaluate, evaluation.report, evaluation.temporal"
+    probe = f"{code}\nimport sys\nprint(' '.join(sorted({{m.split('.')[0] for m in sys.modules}})))"
+    loaded = set(subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.split())
+    assert not loaded & {"pretrain", "app", "index", "faiss", "gradio", "deepspeed"}

@@ -37,7 +37,8 @@ def _rank_main(rank: int, world: int, port: int, out: str) -> None:
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    from pretrain.engine import Engine, init_distributed
+    from pretrain.distributed import init_distributed
+    from pretrain.engine import Engine
 
     dist = init_distributed("deepspeed")
     cfg, wrapper, video, text, ids = _setup()
@@ -78,7 +79,8 @@ def _save_rank_main(rank: int, world: int, port: int, ckpt_dir: str, out: str) -
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    from pretrain.engine import Engine, init_distributed
+    from pretrain.distributed import init_distributed
+    from pretrain.engine import Engine
 
     dist = init_distributed("deepspeed")
     cfg, wrapper, *_ = _setup()

@@ -91,7 +91,8 @@ def test_mlm_step_with_bidirectional_hf_tower(monkeypatch):
     import torch
 
     from pretrain.config import load_train_config
-    from pretrain.engine import DistInfo, Engine
+    from pretrain.distributed import DistInfo
+    from pretrain.engine import Engine
     from pretrain.train import PretrainModule, micro_step, mlm_supported
     from retrieval.model import create_model
 

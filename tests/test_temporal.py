@@ -12,7 +12,7 @@ import torch.nn.functional as F
 pytest.importorskip("av")
 
 from helpers_media import write_test_video  # noqa: E402
-from index.temporal import encode_clips, frame_orders, load_pairs, temporal_two_way, two_way_scores  # noqa: E402
+from evaluation.temporal import clip_embeddings, frame_orders, load_pairs, temporal_two_way, two_way_scores  # noqa: E402
 
 T = 8
 # Caption -> direction in a 4-d space: brightness up/down (reverse pair), red-then-blue / blue-then-red (order pair).
@@ -102,8 +102,8 @@ def test_shuffling_takes_the_order_away(pairs):
     """Averaged over many random frame orders a clip and its reversed twin embed alike; in true order they don't."""
     items = load_pairs(pairs / "annotations.json", pairs / "videos")
     ramps = [i for i, it in enumerate(items) if it.kind == "reverse"]
-    true = encode_clips(OrderAware(), items, T, "true")[ramps]
-    shuffled = encode_clips(OrderAware(), items, T, "shuffled", seed=3, permutations=256)[ramps]
+    true = clip_embeddings(OrderAware(), items, T, "true")[ramps]
+    shuffled = clip_embeddings(OrderAware(), items, T, "shuffled", seed=3, permutations=256)[ramps]
     assert float(true[0] @ true[1]) < 0.1 and float(shuffled[0] @ shuffled[1]) > 0.95
     r = temporal_two_way(OrderAware(), pairs / "annotations.json", pairs / "videos", order="shuffled",
                          permutations=16, seed=3)
@@ -130,7 +130,7 @@ def test_ties_count_half():
 
 
 def test_load_pairs_rejects_files_without_pairs(tmp_path):
-    from index.temporal import TemporalError
+    from evaluation.temporal import TemporalError
 
     (tmp_path / "a.json").write_text(json.dumps([{"video": "x.mp4", "caption": "c"}]))
     with pytest.raises(TemporalError, match="split temporal"):

@@ -40,15 +40,16 @@ def add_arguments(parser) -> None:
                         help="embedding cache folder ('' disables)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--shuffle-frames", action="store_true",
-                        help="temporal: also score the order-blind baseline (frames shuffled, see index/temporal.py)")
+                        help="temporal: also score the order-blind baseline (frames shuffled, see evaluation/temporal.py)")
     parser.add_argument("--permutations", type=int, default=8, help="temporal: frame orders averaged per clip")
 
 
 def run(args) -> int:
     import os
 
+    from evaluation.evaluate import evaluate
+    from evaluation.report import append_table, format_report, write_report
     from index.embedder import resolve_device
-    from index.evaluate import append_table, evaluate, format_report, write_report
     from index.ingest import default_workers
     from retrieval import load_model, load_retrieval_model
 
@@ -60,10 +61,7 @@ def run(args) -> int:
     if getattr(model, "load_report", None) is not None and not args.no_progress:
         print(model.load_report, file=sys.stderr)
     if args.dataset == "temporal":  # two-way temporal score of time-twin pairs, not a retrieval protocol
-        from index.temporal import run_temporal
-        return run_temporal(model, args.anno, args.videos, frames=args.frames, shuffle=args.shuffle_frames,
-                            permutations=args.permutations, batch_size=args.batch_size, out=args.out,
-                            progress=not args.no_progress)
+        return _temporal(model, args)
     cache_dir = os.path.expanduser(args.cache_dir) if args.cache_dir else None
     workers = default_workers() if args.workers is None else args.workers
     log = (lambda msg: None) if args.no_progress else (lambda msg: print(msg, file=sys.stderr))
@@ -79,3 +77,18 @@ def run(args) -> int:
         print(f"table: {append_table(report, args.table, label=args.label)}")
     return 0
 
+
+def _temporal(model, args) -> int:
+    """The two-way table (plus the order-blind row with --shuffle-frames) and the JSON report."""
+    from evaluation.report import write_report
+    from evaluation.temporal import format_table, temporal_two_way
+
+    results = [temporal_two_way(model, args.anno, args.videos, args.frames, order, 0, args.permutations,
+                                args.batch_size, not args.no_progress)
+               for order in (("true", "shuffled") if args.shuffle_frames else ("true",))]
+    print(format_table(results))
+    if args.out:
+        write_report({"model_id": str(getattr(model, "model_id", "")), "anno": str(args.anno), "results": results},
+                     args.out)
+        print(f"report: {args.out}")
+    return 0

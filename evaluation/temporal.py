@@ -90,37 +90,28 @@ def frame_orders(num_frames: int, order: str, seed: int, index: int, permutation
     return [rng.permutation(num_frames) for _ in range(permutations)]
 
 
-def _device_of(model):
-    import torch
-
-    try:
-        return next(model.parameters()).device
-    except (AttributeError, StopIteration):
-        return torch.device("cpu")
-
-
-def encode_clips(model, items: list[TwinVideo], num_frames: int, order: str = "true", seed: int = 0,
-                 permutations: int = DEFAULT_PERMUTATIONS, batch_size: int = 16, progress: bool = False) -> np.ndarray:
+def clip_embeddings(model, items: list[TwinVideo], num_frames: int, order: str = "true", seed: int = 0,
+                    permutations: int = DEFAULT_PERMUTATIONS, batch_size: int = 16, progress: bool = False) -> np.ndarray:
     """(N, E) float32 L2-normalised video embeddings, each averaged over its frame orders."""
     import torch
     from tqdm import tqdm
 
     from retrieval.data.transforms import frames_to_tensor
     from retrieval.data.video import VideoError, read_frames
+    from retrieval.inference import encode_clips
 
     video_cfg = model.config.video
     size = int(video_cfg.img_size)
     mean, std = getattr(video_cfg, "mean", None), getattr(video_cfg, "std", None)
     norm = {} if mean is None or std is None else {"mean": mean, "std": std}
-    device = _device_of(model)
     views: list[torch.Tensor] = []   # (3, T, H, W) each: every clip under every order
     owner: list[int] = []            # clip index of each view
     sums: np.ndarray | None = None
 
     def flush():
         nonlocal sums
-        with torch.inference_mode():
-            emb = model.encode_video(torch.stack(views).to(device), normalize=True).float().cpu().numpy()
+        (emb,) = encode_clips(model, [torch.stack(views)])
+        emb = emb.cpu().numpy()
         if sums is None:
             sums = np.zeros((len(items), emb.shape[1]), np.float64)
         np.add.at(sums, np.asarray(owner), emb)
@@ -142,16 +133,6 @@ def encode_clips(model, items: list[TwinVideo], num_frames: int, order: str = "t
     if sums is None:  # no clips
         return np.zeros((0, 0), np.float32)
     return (sums / np.linalg.norm(sums, axis=1, keepdims=True).clip(1e-12)).astype(np.float32)
-
-
-def encode_captions(model, texts: list[str], batch_size: int = 256) -> np.ndarray:
-    import torch
-
-    rows = []
-    with torch.inference_mode():
-        for i in range(0, len(texts), batch_size):
-            rows.append(model.encode_text(list(texts[i:i + batch_size]), normalize=True).float().cpu().numpy())
-    return np.concatenate(rows).astype(np.float32)
 
 
 def _wins(own: np.ndarray, other: np.ndarray) -> np.ndarray:
@@ -192,12 +173,14 @@ def temporal_two_way(model, anno_path, videos_dir, frames: int | None = None, or
     Returns accuracy, n_pairs, n_videos, per_kind {reverse, order}, ties, the caption-side t2v_*
     counterparts, and the settings (order, frames, permutations, seed).
     """
+    from retrieval.inference import encode_texts
+
     if order not in ORDERS:
         raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
     items = load_pairs(anno_path, videos_dir)
     num_frames = int(frames or model.config.video.num_frames)
-    video_emb = encode_clips(model, items, num_frames, order, seed, permutations, batch_size, progress)
-    result = two_way_scores(video_emb, encode_captions(model, [it.caption for it in items]), items)
+    video_emb = clip_embeddings(model, items, num_frames, order, seed, permutations, batch_size, progress)
+    result = two_way_scores(video_emb, encode_texts(model, [it.caption for it in items]), items)
     result.update(order=order, frames=num_frames, seed=seed,
                   permutations=permutations if order == "shuffled" else 1)
     return result
@@ -218,26 +201,3 @@ def format_table(results: list[dict]) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     lines.append(f"\nchance is 50.0%; {results[0]['frames']} frames per clip; a tie counts as half.")
     return "\n".join(lines)
-
-
-def run_temporal(model, anno, videos, frames: int | None = None, shuffle: bool = False,
-                 permutations: int = DEFAULT_PERMUTATIONS, seed: int = 0, batch_size: int = 16,
-                 out: str | None = None, progress: bool = True) -> int:
-    """`vmr eval --dataset temporal`: print the table (plus the order-blind row with shuffle); exit code."""
-    import sys
-
-    try:
-        results = [temporal_two_way(model, anno, videos, frames, "true", seed, permutations, batch_size, progress)]
-        if shuffle:
-            results.append(temporal_two_way(model, anno, videos, frames, "shuffled", seed, permutations,
-                                            batch_size, progress))
-    except TemporalError as e:
-        print(f"vmr eval: {e}", file=sys.stderr)
-        return 2
-    print(format_table(results))
-    if out:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(json.dumps({"model_id": str(getattr(model, "model_id", "")), "anno": str(anno),
-                                         "results": results}, indent=2) + "\n")
-        print(f"report: {out}")
-    return 0
