@@ -125,9 +125,8 @@ def create_ui(searcher, max_k: int = 50):
     k, min_score, group) -> (html, hits json); /info -> dict."""
     import gradio as gr
 
-    from index.searcher import MAX_QUERY_CHARS
-
     from index.rerank import rerank_hits, supports_rerank
+    from index.searcher import MAX_QUERY_CHARS
     from retrieval.data.video import VideoError
 
     can_rerank = supports_rerank(searcher.model)  # the release's multimodal models: re-score with the ITM head

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import statistics
 
@@ -164,8 +163,8 @@ def main(argv=None):
     base = f"videomamba_tiny_{variants[0]}"
     names = [k for k in rows[0] if k != "frames"]
     print("\n| frames | batch | " + " | ".join(f"{n} v/s (MB/video)" for n in names)
-          + f" | " + " | ".join(f"{n} vs SDPA" for n in names if n.startswith("videomamba"))
-          + f" | " + " | ".join(f"{n} vs {variants[0]}" for n in names if n.startswith("videomamba") and n != base) + " |")
+          + " | " + " | ".join(f"{n} vs SDPA" for n in names if n.startswith("videomamba"))
+          + " | " + " | ".join(f"{n} vs {variants[0]}" for n in names if n.startswith("videomamba") and n != base) + " |")
     print("|" + "---|" * (2 + len(names) + 2 * sum(n.startswith("videomamba") for n in names) - 1))
     for r in rows:
         sd, b0 = r["vit_ti_sdpa"]["videos_per_s"], r[base]["videos_per_s"]

@@ -21,7 +21,6 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch.nn.functional as F
-
 from bench_ingest import decode_only, model_config
 
 

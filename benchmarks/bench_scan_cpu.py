@@ -15,7 +15,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from retrieval.selective_scan import selective_scan_fn, selective_scan_ref  # noqa: E402
 
 
-
 def make_inputs(batch: int, dim: int, dstate: int, seqlen: int, seed: int = 0) -> dict:
     """Inputs shaped and laid out like BiMambaMixer's: delta and z are (B, D, L) views of time-major buffers."""
     g = torch.Generator().manual_seed(seed)

@@ -176,7 +176,8 @@ def write_shards(root: Path, videos: int, kind: str, quick: bool, workers: int, 
     """Pre-write the loader benchmark's shards; returns (urls, description)."""
     from concurrent.futures import ProcessPoolExecutor
 
-    from pretrain.shards import ShardOptions, read_annotations, write_shards as _write
+    from pretrain.shards import ShardOptions, read_annotations
+    from pretrain.shards import write_shards as _write
 
     raw = root / "raw"
     if kind == "synth":  # the project's synthetic world: flat shapes, decodes far faster than real footage

@@ -8,10 +8,14 @@ on CUDA it is fused and does not.
     python benchmarks/count_engine_ops.py torch 0
     python benchmarks/count_engine_ops.py deepspeed 0 [engine.deepspeed_config=X.json engine.precision=fp32 ...]
 """
-import os, sys, json
+import json
+import os
+import sys
+
 sys.path.insert(0, str(__import__('pathlib').Path(__file__).resolve().parents[1]))
 import torch
-from torch.profiler import profile, ProfilerActivity
+from torch.profiler import ProfilerActivity, profile
+
 kind, stage = sys.argv[1], int(sys.argv[2])
 os.environ.setdefault("VMR_SCAN_BACKEND", "torch")
 from pretrain.config import load_train_config
@@ -19,6 +23,7 @@ from pretrain.distributed import init_distributed
 from pretrain.engine import Engine
 from pretrain.train import PretrainModule, micro_step
 from retrieval.model import create_model
+
 cfg = load_train_config(str(__import__('pathlib').Path(__file__).resolve().parents[1] / 'configs/pretrain/tiny_1gpu.yaml'), [
     'model.video.encoder={num_frames: 2, img_size: 32}', 'objectives.mvm=0', 'teacher.kind=none', 'engine.precision=bf16',
     f'engine.zero_stage={stage}', 'data.batch_size=2', f'engine.kind={kind}',

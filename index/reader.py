@@ -9,6 +9,7 @@ import torch
 
 from .library import content_hash
 
+
 @dataclass(frozen=True)
 class FileTask:
     """One video to encode; `known_hash` is the indexed content hash, so a touched-but-identical file is cheap."""

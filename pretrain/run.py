@@ -102,11 +102,10 @@ def _setup_logging(rank: int) -> None:
 def main(argv: list[str] | None = None) -> dict:
     """Parse, resolve the config, write it to the run folder, train; returns the run summary."""
     args = build_parser().parse_args(argv)
-    from retrieval.config import save_yaml, to_dict
-
     from pretrain.config import load_train_config
     from pretrain.distributed import barrier, init_distributed
     from pretrain.engine import resolve_engine_kind
+    from retrieval.config import save_yaml, to_dict
 
     overrides = list(args.overrides)
     if args.out:

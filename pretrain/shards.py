@@ -9,8 +9,13 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from retrieval.data.annotations import (IMAGE_EXTENSIONS, MEDIA_EXTENSIONS, find_video_file, load_folder,
-                                        read_annotation_file)
+from retrieval.data.annotations import (
+    IMAGE_EXTENSIONS,
+    MEDIA_EXTENSIONS,
+    find_video_file,
+    load_folder,
+    read_annotation_file,
+)
 from retrieval.errors import UsageError
 from retrieval.io import atomic_write
 

@@ -304,9 +304,9 @@ def load_retrieval_model(path_or_state_dict, vocab: str | Path | None = None, co
     clip_decoder, MLM head, position_ids) are listed in `model.load_report.ignored`; `strict=True` raises on any
     missing or unexpected key. A plain video checkpoint has no text tower and raises CheckpointError.
     """
+    from .model import VideoTowerConfig
     from .tokenizer import WordPieceTokenizer, bert_uncased_vocab
     from .umt import UMTConfig, UMTModel, UMTTextConfig
-    from .model import VideoTowerConfig
 
     obj, source = read_checkpoint(path_or_state_dict)
     layout = checkpoint_layout(obj)

@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from pathlib import Path
 from typing import Any, Mapping, TypeVar
-
-import re
 
 import yaml
 

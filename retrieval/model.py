@@ -285,6 +285,7 @@ def _write_umt_files(model, tmp: Path, dtype: torch.dtype | None) -> None:
 def _write_dual_files(model: VideoTextModel, tmp: Path, dtype: torch.dtype | None, reference_pretrained: bool,
                       card: ModelCard | None) -> None:
     from safetensors.torch import save_file
+
     from .text import export_hf_files, text_tower_source
 
     text = dataclasses.replace(model.config.text, init_checkpoint=None, tokenizer_path=_TOKENIZER_DIR)

@@ -9,8 +9,17 @@ from pathlib import Path
 import pytest
 
 from retrieval.data.annotations import (
-    AnnotationError, VideoText, detect_dataset, find_video_file, load_activitynet, load_annotations, load_folder,
-    load_generic, load_lsmdc, load_msrvtt, lsmdc_movie,
+    AnnotationError,
+    VideoText,
+    detect_dataset,
+    find_video_file,
+    load_activitynet,
+    load_annotations,
+    load_folder,
+    load_generic,
+    load_lsmdc,
+    load_msrvtt,
+    lsmdc_movie,
 )
 
 FIXTURES = Path(__file__).parent / "fixtures" / "annotations"

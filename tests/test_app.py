@@ -11,7 +11,6 @@ from urllib.parse import quote
 
 import httpx
 import pytest
-
 from test_index_support import ColorModel, make_library, model_dir, write_color_video
 
 from index import ingest

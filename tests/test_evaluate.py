@@ -13,6 +13,7 @@ import torch.nn.functional as F
 pytest.importorskip("av")
 
 from helpers_media import index_color, write_test_video  # noqa: E402
+
 from evaluation.evaluate import EvalError, evaluate  # noqa: E402
 from evaluation.report import append_table, format_report, write_report  # noqa: E402
 from retrieval.data.transforms import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402

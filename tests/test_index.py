@@ -3,14 +3,19 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
-
-from test_index_support import (LIBRARY_SEGMENTS, ColorModel, index_contents, install_fake_loader, make_library,
-                                model_dir, write_color_video)
+from test_index_support import (
+    LIBRARY_SEGMENTS,
+    ColorModel,
+    index_contents,
+    install_fake_loader,
+    make_library,
+    model_dir,
+    write_color_video,
+)
 
 from index import ingest
 from index.errors import IndexCorruptError, ModelMismatchError

@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from test_index_support import LIBRARY_SEGMENTS, ColorModel, index_contents, make_library, model_dir, write_color_video
 
 from index import ingest

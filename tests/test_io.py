@@ -127,6 +127,7 @@ def test_webdataset_shard_and_its_record_reach_the_disk_before_their_renames(tmp
     (neither was fsynced); the report is rebuilt by every run and stays at "none"."""
     pytest.importorskip("av")
     from helpers_media import write_test_video
+
     from pretrain.shards import ShardOptions, read_annotations, write_shards
 
     for i in range(3):

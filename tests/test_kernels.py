@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from retrieval.kernels import bimamba_scan, biconv1d_fn, biconv1d_ref, bimamba_scan_fn, bimamba_scan_ref
+from retrieval.kernels import biconv1d_fn, biconv1d_ref, bimamba_scan, bimamba_scan_fn, bimamba_scan_ref
 from retrieval.kernels.support import _triton_import_error
 
 TOL = 2e-5  # fp32 kernel vs float64 reference, max |a - b| / max |b|

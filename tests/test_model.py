@@ -1,13 +1,11 @@
 """Dual encoder: build, encode, save/load round trip, pooling choices, and that a tiny model learns."""
-import dataclasses
 import shutil
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import retrieval
-from retrieval import ModelConfig, create_model, load_model, save_model
+from retrieval import create_model, load_model, save_model
 from retrieval.losses import vtc_loss
 
 TINY_MODEL = {

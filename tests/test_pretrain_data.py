@@ -5,12 +5,11 @@ import io
 import json
 import logging
 import tarfile
-from pathlib import Path
 
 import pytest
 import torch
-
 from helpers_media import write_test_image, write_test_video
+
 from pretrain.data import EpochLoader, ShardStream, StreamSpec, create_stream, expand_urls, role_shards
 from pretrain.shards import ShardOptions, read_annotations, write_shards
 

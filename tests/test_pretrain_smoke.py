@@ -54,8 +54,8 @@ def test_smoke_config_end_to_end(tmp_path, monkeypatch):
         t = model.encode_text(["a red square moves left"])
     assert v.shape == t.shape == (1, 64)
 
-    from torch.utils.tensorboard.summary import __name__ as _  # noqa: F401 - tensorboard importable
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from torch.utils.tensorboard.summary import __name__ as _  # noqa: F401 - tensorboard importable
 
     acc = EventAccumulator(str(run / "tb"))
     acc.Reload()

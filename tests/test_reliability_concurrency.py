@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from test_index_support import COLORS, ColorModel, make_library, model_dir, write_color_video
 
 from index import ingest

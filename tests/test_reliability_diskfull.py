@@ -13,9 +13,15 @@ import tarfile
 from pathlib import Path
 
 import pytest
-
-from test_index_support import (LIBRARY_SEGMENTS, ColorModel, index_contents, install_fake_loader, make_library,
-                                model_dir, write_color_video)
+from test_index_support import (
+    LIBRARY_SEGMENTS,
+    ColorModel,
+    index_contents,
+    install_fake_loader,
+    make_library,
+    model_dir,
+    write_color_video,
+)
 
 from index import ingest
 
@@ -108,9 +114,9 @@ def test_shards_on_a_full_disk(tmp_path, monkeypatch, capsys):
 
 def test_save_model_on_a_full_disk(tmp_path, monkeypatch):
     import safetensors.torch
+    from test_demo import TINY_MODEL
 
     import retrieval
-    from test_demo import TINY_MODEL
 
     model = retrieval.create_model(TINY_MODEL).eval()
     path = retrieval.save_model(model, tmp_path / "model")

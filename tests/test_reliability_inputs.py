@@ -14,9 +14,14 @@ pytest.importorskip("av")
 
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
-
-from reliability_corpus import (bad_annotation_files, corrupt_tar_member, make_corpus,  # noqa: E402
-                                truncation_survivors, write_captions, write_generic_annotations)
+from reliability_corpus import (  # noqa: E402
+    bad_annotation_files,
+    corrupt_tar_member,
+    make_corpus,
+    truncation_survivors,
+    write_captions,
+    write_generic_annotations,
+)
 from test_demo import TINY_MODEL  # noqa: E402
 from test_index_support import index_contents  # noqa: E402
 
@@ -120,7 +125,7 @@ def test_corrupt_and_truncated_shards_skip_only_the_bad_samples(corpus, tmp_path
     import torch
 
     from pretrain.data import ShardStream, StreamSpec
-    from pretrain.shards import read_annotations, write_shards, ShardOptions
+    from pretrain.shards import ShardOptions, read_annotations, write_shards
 
     c, _ = corpus
     items = [it for it in read_annotations(None, c.root) if it.name in c.good]

@@ -21,7 +21,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from helpers_media import write_test_video
 from test_index_support import ColorModel, index_contents, write_color_video
 
@@ -376,8 +375,9 @@ def test_shards_orphaned_worker_racing_the_rerun(shard_lib, tmp_path, monkeypatc
 @SLOW
 def test_index_build_with_a_real_tiny_model_killed_then_rerun(tmp_path):
     """The same through the real entry point (`python -m app.cli`) and a real (tiny, random) VideoMamba model."""
-    import retrieval
     from test_demo import TINY_MODEL
+
+    import retrieval
 
     model = retrieval.save_model(retrieval.create_model(TINY_MODEL).eval(), tmp_path / "model")
     lib = tmp_path / "lib"

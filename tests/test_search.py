@@ -6,7 +6,6 @@ import threading
 
 import numpy as np
 import pytest
-
 from test_index_support import ColorModel, install_fake_loader, make_library, model_dir, write_color_video
 
 from index import ingest

@@ -9,8 +9,13 @@ import torch.nn.functional as F
 
 import retrieval.selective_scan as ss
 from retrieval.selective_scan import (
-    available_backends, causal_conv1d_fn, causal_conv1d_ref, cuda_kernels_available, resolve_backend,
-    selective_scan_fn, selective_scan_ref,
+    available_backends,
+    causal_conv1d_fn,
+    causal_conv1d_ref,
+    cuda_kernels_available,
+    resolve_backend,
+    selective_scan_fn,
+    selective_scan_ref,
 )
 
 TOL = 1e-5  # max |a - b| / max |b|, fp32 torch backend vs a float64 reference

@@ -8,8 +8,8 @@ import tarfile
 from pathlib import Path
 
 import pytest
-
 from helpers_media import write_test_image, write_test_video
+
 from pretrain.shards import ShardOptions, read_annotations, write_shards
 
 pytest.importorskip("av")
@@ -123,8 +123,8 @@ def test_readers_msrvtt_and_folder(tmp_path):
 
 
 def test_reencode_limits_size_and_fps(tmp_path):
-    from retrieval.data.video import read_frames_bytes
     from pretrain.shards import media_size
+    from retrieval.data.video import read_frames_bytes
 
     vids = tmp_path / "v"
     write_test_video(vids / "big.mp4", num_frames=16, size=(64, 48), fps=16)

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 pytest.importorskip("av")
 
 from helpers_media import write_test_video  # noqa: E402
+
 from evaluation.temporal import clip_embeddings, frame_orders, load_pairs, temporal_two_way, two_way_scores  # noqa: E402
 
 T = 8

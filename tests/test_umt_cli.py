@@ -11,8 +11,9 @@ import torch
 pytest.importorskip("av")
 
 from helpers_media import index_color, write_test_video  # noqa: E402
-from retrieval import CheckpointError, load_model, load_retrieval_model  # noqa: E402
 from umt_reference import load_spec, release_weights  # noqa: E402
+
+from retrieval import CheckpointError, load_model, load_retrieval_model  # noqa: E402
 
 CAPTIONS = ["a red square on a plain background", "two dogs run across a field", "a man plays the guitar",
             "someone slices tomatoes", "a car drives at night", "people dance at a party"]

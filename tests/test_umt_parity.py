@@ -3,10 +3,10 @@ against ours on a checkpoint in its exact layout: keys, embeddings, similarity, 
 import numpy as np
 import pytest
 import torch
+from umt_reference import FIXTURE, load_spec, release_inputs, release_weights
 
 from retrieval import load_retrieval_model
 from retrieval.umt import clean_caption, itm_rerank
-from umt_reference import FIXTURE, load_spec, release_inputs, release_weights
 
 pytest.importorskip("safetensors")
 RTOL = 1e-5

@@ -11,8 +11,14 @@ import torch
 pytest.importorskip("av")
 
 from helpers_media import color_index, write_test_audio, write_test_image, write_test_video  # noqa: E402
+
 from retrieval.data.transforms import (  # noqa: E402
-    IMAGENET_MEAN, IMAGENET_STD, frames_to_tensor, frames_to_uint8, normalize_clips, random_resized_crop_flip,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    frames_to_tensor,
+    frames_to_uint8,
+    normalize_clips,
+    random_resized_crop_flip,
 )
 from retrieval.data.video import VideoError, probe, read_frames, read_frames_bytes, sample_indices  # noqa: E402
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from retrieval import create_video_encoder, list_video_encoders
-from retrieval.videomamba import VideoMambaConfig, video_encoder_config
+from retrieval.videomamba import video_encoder_config
 
 TINY = dict(img_size=32, patch_size=16, num_frames=2, depth=2)
 

@@ -1,7 +1,7 @@
 """BERT WordPiece (pure Python) against Hugging Face's BertTokenizer on the bert-base-uncased vocabulary; save/load."""
 import pytest
 
-from retrieval.tokenizer import (BERT_UNCASED_SHA256, WordPieceTokenizer, bert_uncased_vocab, load_tokenizer)
+from retrieval.tokenizer import BERT_UNCASED_SHA256, WordPieceTokenizer, bert_uncased_vocab, load_tokenizer
 
 TEXTS = ["A man is playing the GUITAR on stage!", "Café déjà-vu naïve résumé", "a person's dog (black) runs; 3.5km/h",
          "中文字符 and emojis 😀 ok", "x" * 120 + " short", "supercalifragilisticexpialidocious words",

@@ -165,9 +165,8 @@ def _print_commit(result, index_dir) -> None:
 
 
 def _info(args) -> int:
-    from index.ingest import info
-
     from app.card import as_dict, card_lines
+    from index.ingest import info
 
     data = info(args.index)
     card = _card(data["model_path"])

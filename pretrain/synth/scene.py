@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .world import COLOURS, SIZES, MOVES
+from .world import COLOURS, MOVES, SIZES
 
 RADIUS = {"small": 0.07, "large": 0.12}  # fraction of the frame side at the object's middle size
 assert set(RADIUS) == set(SIZES)

@@ -275,7 +275,6 @@ def _decode_at(container, indices: list[int], fps: float, seek: bool):
     time. Decoding runs forward and keeps only the wanted frames; it seeks only when a keyframe lies
     between the current position and the next wanted time (i.e. seeking really skips decoding).
     """
-    import av
     from av.video.reformatter import VideoReformatter
 
     stream = container.streams.video[0]
