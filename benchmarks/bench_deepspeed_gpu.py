@@ -89,7 +89,8 @@ class Driver:
         self.save()
         return value
 
-    def sh(self, cmd: list[str], env: dict | None = None, timeout: float | None = None, **kw) -> subprocess.CompletedProcess:
+    def sh(self, cmd: list[str], env: dict | None = None, timeout: float | None = None,
+           **kw) -> subprocess.CompletedProcess:
         self.log("$ " + " ".join(cmd))
         return subprocess.run(cmd, cwd=ROOT, env=env or self.env, timeout=timeout or max(30.0, self.left() + 30),
                               check=True, **kw)
@@ -353,8 +354,9 @@ for dt in (torch.float32, torch.bfloat16):
             self.results["checks"]["export"] = out
             self.save()
         for dev, env in devices if index_ok else []:
-            self.sh(cli + ["index", "build", "--videos", videos, "--model", str(model), "--out",
-                           str(self.work / f"index_{dev}"), "--device", dev, "--no-progress", "--workers", "4"], env=env)
+            self.sh(cli + ["index", "build", "--videos", videos, "--model", str(model),
+                           "--out", str(self.work / f"index_{dev}"), "--device", dev,
+                           "--no-progress", "--workers", "4"], env=env)
             arrays[f"index_{dev}"] = self.index_rows(self.work / f"index_{dev}")
         np.savez_compressed(self.out / "export_embeddings.npz", **arrays)
         if "cuda" in out:

@@ -36,7 +36,10 @@ from benchmarks.bench_ingest import device_name, model_config
 
 
 def decode_all(files: list[Path], cfg, workers: int) -> tuple[dict[str, torch.Tensor], float, float]:
-    """All clips through evaluation.evaluate.VideoClips in DataLoader workers -> ({file: (3, T, H, W)}, wall s, summed s)."""
+    """All clips through evaluation.evaluate.VideoClips in DataLoader workers.
+
+    Returns ({file: (3, T, H, W)}, wall s, summed s).
+    """
     from evaluation.evaluate import VideoClips
 
     v = cfg.video

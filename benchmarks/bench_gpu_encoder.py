@@ -1,4 +1,5 @@
-"""GPU inference benchmark: VideoMamba-Ti (per scan path) vs a TimeSformer-Ti-style joint space-time ViT (materialised / SDPA attention).
+"""GPU inference benchmark: VideoMamba-Ti (per scan path) vs a TimeSformer-Ti-style joint space-time ViT
+(materialised / SDPA attention).
 
 VideoMamba variants, all measured in the same process: `cuda_unfused` (mamba-ssm scans, PyTorch residual
 add + RMSNorm: the path before the Triton work), `cuda` (mamba-ssm scans + fused add/norm) and `triton`
@@ -158,20 +159,23 @@ def main(argv=None):
         rows.append({"frames": T, **res})
         sd = res["vit_ti_sdpa"]
         print(f"T={T:3d} B={B:3d} | " + " | ".join(
-            f"{k} {v['videos_per_s']:.1f} v/s {v['mem_per_video_mb']:.1f} MB/v x{v['videos_per_s'] / sd['videos_per_s']:.2f} sdpa"
+            f"{k} {v['videos_per_s']:.1f} v/s {v['mem_per_video_mb']:.1f} MB/v "
+            f"x{v['videos_per_s'] / sd['videos_per_s']:.2f} sdpa"
             for k, v in res.items()), flush=True)
     base = f"videomamba_tiny_{variants[0]}"
     names = [k for k in rows[0] if k != "frames"]
+    mamba = [n for n in names if n.startswith("videomamba")]
+    not_base = [n for n in mamba if n != base]
     print("\n| frames | batch | " + " | ".join(f"{n} v/s (MB/video)" for n in names)
-          + " | " + " | ".join(f"{n} vs SDPA" for n in names if n.startswith("videomamba"))
-          + " | " + " | ".join(f"{n} vs {variants[0]}" for n in names if n.startswith("videomamba") and n != base) + " |")
-    print("|" + "---|" * (2 + len(names) + 2 * sum(n.startswith("videomamba") for n in names) - 1))
+          + " | " + " | ".join(f"{n} vs SDPA" for n in mamba)
+          + " | " + " | ".join(f"{n} vs {variants[0]}" for n in not_base) + " |")
+    print("|" + "---|" * (2 + len(names) + 2 * len(mamba) - 1))
     for r in rows:
         sd, b0 = r["vit_ti_sdpa"]["videos_per_s"], r[base]["videos_per_s"]
         print(f"| {r['frames']} | {r[base]['batch']} | "
               + " | ".join(f"{r[n]['videos_per_s']:.1f} ({r[n]['mem_per_video_mb']:.1f})" for n in names) + " | "
-              + " | ".join(f"{r[n]['videos_per_s'] / sd:.2f}x" for n in names if n.startswith("videomamba")) + " | "
-              + " | ".join(f"{r[n]['videos_per_s'] / b0:.2f}x" for n in names if n.startswith("videomamba") and n != base)
+              + " | ".join(f"{r[n]['videos_per_s'] / sd:.2f}x" for n in mamba) + " | "
+              + " | ".join(f"{r[n]['videos_per_s'] / b0:.2f}x" for n in not_base)
               + " |")
     for variant, shares in profiles.items():
         print(f"\nprofile, {variant}, {args.profile} frames:\n| kernel | share | launches | ms |\n|---|---|---|---|")

@@ -5,7 +5,8 @@ each), saves a randomly initialised videomamba_tiny dual encoder (8 frames, 224 
 then on each device, in one process:
   1. pure encoder: model.encode_video on a random (B, 3, 8, 224, 224) batch already on the device, no_grad and
      float32 as index.embedder.Embedder runs it (the build uses no autocast); median of repeats after warm-up.
-     GPU only, for reference: Embedder.encode_video from a uint8 host batch (+ copy in, normalise, fp16 copy out) and bf16 autocast.
+     GPU only, for reference: Embedder.encode_video from a uint8 host batch (+ copy in, normalise, fp16 copy
+     out) and bf16 autocast.
   2. decode only: index.reader.SegmentReader in the same DataLoader the build uses (hash + probe + decode + resize).
   3. end to end: index.ingest.build (what `vmr index build` calls) into a fresh index: discovery, decode workers,
      encode, part/checkpoint writes, merge + FAISS commit. The model is passed in memory (load time excluded);
@@ -216,8 +217,9 @@ def main(argv=None) -> dict:
     lines += ["", "End to end = wall time of index.ingest.build (discovery, hashing, decode workers, encode, "
               "checkpoint writes, merge + FAISS commit), model already in memory. Pure encoder = model.encode_video "
               "on a batch already on the device (median). Embedder (host batch) = the build's Embedder.encode_video "
-              "on a uint8 batch in host memory (copy in + normalise + encode + fp16 copy out). Decode only = the build's SegmentReader "
-              "+ DataLoader, no model. bf16 autocast: what the encoder would do with it; the build does not use it."]
+              "on a uint8 batch in host memory (copy in + normalise + encode + fp16 copy out). "
+              "Decode only = the build's SegmentReader + DataLoader, no model. "
+              "bf16 autocast: what the encoder would do with it; the build does not use it."]
     table = "\n".join(lines)
     print(table)
     result = {"info": info, "rows": rows, "markdown": table}

@@ -167,8 +167,9 @@ def main(argv=None):
     print(f"| forward | {ms['mamba_fwd']:.3f} | {ms['ours_fwd']:.3f} | {res['speedup_fwd']:.2f}x |")
     print(f"| forward + backward | {ms['mamba_fwdbwd']:.3f} | {ms['ours_fwdbwd']:.3f} | {res['speedup_fwdbwd']:.2f}x |")
     r = res["roofline_fwd"]
-    print(f"\nroofline (forward): {r['bytes_per_s'] / 1e12:.2f} TB/s = {r['frac_peak_bw']:.0%} of {PEAK_BYTES_S / 1e12:.1f} "
-          f"TB/s; {r['exp_per_s'] / 1e12:.2f} Texp/s = {r['frac_peak_exp']:.0%} of {PEAK_EXP_S / 1e12:.2f} Texp/s; "
+    print(f"\nroofline (forward): {r['bytes_per_s'] / 1e12:.2f} TB/s = {r['frac_peak_bw']:.0%} "
+          f"of {PEAK_BYTES_S / 1e12:.1f} TB/s; {r['exp_per_s'] / 1e12:.2f} Texp/s = {r['frac_peak_exp']:.0%} "
+          f"of {PEAK_EXP_S / 1e12:.2f} Texp/s; "
           f"floor {r['floor_ms']:.3f} ms")
     if args.json:
         with open(args.json, "w") as f:

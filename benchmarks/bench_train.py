@@ -1,4 +1,5 @@
-"""Training benchmark: step time, samples/s, peak memory and MFU of VideoMamba-Ti/S + a 12-layer text tower (VTC vs VTC + masked video), and real-loader data wait.
+"""Training benchmark: step time, samples/s, peak memory and MFU of VideoMamba-Ti/S + a 12-layer text tower
+(VTC vs VTC + masked video), and real-loader data wait.
 
 Runs the project's own train step (pretrain.train.micro_step through pretrain.engine.Engine, plain-PyTorch
 backend: bf16 autocast, fused AdamW) on synthetic in-memory batches, then the real WebDataset loader on
@@ -51,8 +52,8 @@ class StandInTeacher(Teacher):
 
 def train_config(size: str, mvm: bool, batch: int, quick: bool, grad_ckpt: bool) -> TrainConfig:
     if quick:
-        model = {"video": {"name": f"videomamba_{size}", "encoder": {"depth": 2, "embed_dim": 64 if size == "tiny" else 96,
-                                                                     "img_size": 32, "num_frames": 4}},
+        encoder = {"depth": 2, "embed_dim": 64 if size == "tiny" else 96, "img_size": 32, "num_frames": 4}
+        model = {"video": {"name": f"videomamba_{size}", "encoder": encoder},
                  "text": {"layers": 2, "width": 64, "heads": 2, "context_length": 32}, "embed_dim": 64}
     else:  # 12-layer CLIP text transformer, width 512 (open_clip ViT-B-16's text_cfg)
         model = {"video": {"name": f"videomamba_{size}", "encoder": {"num_frames": 8, "img_size": 224}},
@@ -242,7 +243,7 @@ def fmt(x, spec: str = ".1f") -> str:
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])  # the summary paragraph
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--quick", action="store_true", help="tiny models, few steps (CPU check of the script itself)")
     p.add_argument("--sizes", default="tiny,small")
@@ -259,7 +260,8 @@ def main(argv=None) -> dict:
     p.add_argument("--loader-clips", choices=("noise", "synth"), default="noise",
                    help="noise: WebVid-like 596x336 10 s clips that are costly to decode; synth: the synthetic world")
     p.add_argument("--loader-raw", action="store_true",
-                   help="store loader clips as they are (default: re-encoded to 320 px / 8 fps, the recommended shards)")
+                   help="store loader clips as they are "
+                        "(default: re-encoded to 320 px / 8 fps, the recommended shards)")
     p.add_argument("--json", default=None, help="write results here")
     args = p.parse_args(argv)
     q = args.quick
@@ -330,15 +332,16 @@ def main(argv=None) -> dict:
              f"bf16 matmul peak {peak:.1f} TFLOP/s ({info['matmul_n']}^3), teacher: "
              + ("random-weight open_clip ViT-B/16 per frame" if teacher_kind == "openclip" else "shape-only stand-in"),
              "",
-             "| model | objectives | batch | step (ms) | samples/s | peak mem (GB) | GFLOP/sample* | TFLOP/s* | MFU %* |",
+             "| model | objectives | batch | step (ms) | samples/s | peak mem (GB) "
+             "| GFLOP/sample* | TFLOP/s* | MFU %* |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "error" in r:
             lines.append(f"| {r['model']} | {r['objectives']} | {r['batch']} | {r['error']} | | | | | |")
             continue
-        lines.append(f"| {r['model']} | {r['objectives']} | {r['batch']} | {r['step_ms']:.1f} | {r['samples_per_s']:.1f} "
-                     f"| {fmt(r['peak_mem_gb'], '.2f')} | {r['gflop_per_sample']:.4g} | {r['tflops']:.3g} "
-                     f"| {r['mfu_pct']:.1f} |")
+        lines.append(f"| {r['model']} | {r['objectives']} | {r['batch']} | {r['step_ms']:.1f} "
+                     f"| {r['samples_per_s']:.1f} | {fmt(r['peak_mem_gb'], '.2f')} | {r['gflop_per_sample']:.4g} "
+                     f"| {r['tflops']:.3g} | {r['mfu_pct']:.1f} |")
     lines += ["", "*FlopCounterMode counts matmuls/convs/attention of the whole step (student fwd+bwd, teacher fwd), "
               "not the selective scan: MFU is a lower bound."]
     if loader_rows:
@@ -346,8 +349,8 @@ def main(argv=None) -> dict:
                   "| model | batch | workers | data wait (ms) | step incl. wait (ms) | wait % | samples/s |",
                   "|---|---|---|---|---|---|---|"]
         for r in loader_rows:
-            lines.append(f"| {r['model']} | {r['batch']} | {r['workers']} | {r['data_wait_ms']:.1f} | {r['step_ms']:.1f} "
-                         f"| {r['wait_pct']:.1f} | {r['samples_per_s']:.1f} |")
+            lines.append(f"| {r['model']} | {r['batch']} | {r['workers']} | {r['data_wait_ms']:.1f} "
+                         f"| {r['step_ms']:.1f} | {r['wait_pct']:.1f} | {r['samples_per_s']:.1f} |")
     table = "\n".join(lines)
     print(table)
     result = {"info": info, "synthetic": rows, "loader": loader_rows, "markdown": table}

@@ -90,7 +90,8 @@ def run_child(args, checkpoint: Path, data: Path, rerank: int, out: Path) -> dic
     report = json.loads(out.read_text())
     t = report["timing"]
     n = report["num_videos"]
-    return {"rerank": rerank, "wall_s": round(wall, 1), "load_average_after": round(os.getloadavg()[0], 1), "peak_rss_GB": round(usage.ru_maxrss / 2**20, 2),
+    return {"rerank": rerank, "wall_s": round(wall, 1), "load_average_after": round(os.getloadavg()[0], 1),
+            "peak_rss_GB": round(usage.ru_maxrss / 2**20, 2),
             "total_s": t["total_s"], "encode_video_s": t["encode_video_s"], "encode_text_s": t["encode_text_s"],
             "rerank_s": t.get("rerank_s", 0.0), "loader_wait_s": t["loader_wait_s"],
             "s_per_clip": round(t["total_s"] / n, 3), "videos": n, "queries": report["num_queries"],

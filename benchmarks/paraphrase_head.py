@@ -93,7 +93,8 @@ def main(argv=None) -> dict:
         for name, texts in (("template", test_template), ("unseen", test_unseen)):
             tower = retrieval_metrics(model.encode_text(texts) @ video.T)  # caption i belongs to video i
             frozen = retrieval_metrics(F.normalize(head(sentence_embeddings(encoder, texts)), dim=-1) @ video.T)
-            rows[name] = {"demo_tower_R@1": tower["R1"], "frozen_head_R@1": frozen["R1"], "frozen_head_R@5": frozen["R5"]}
+            rows[name] = {"demo_tower_R@1": tower["R1"], "frozen_head_R@1": frozen["R1"],
+                          "frozen_head_R@5": frozen["R5"]}
     result = {"train_captions": len(caps), "epochs": args.epochs, "last_loss": loss.item(), **rows,
               "seconds": time.time() - t0}
     for key in ("demo_tower_R@1", "frozen_head_R@1"):

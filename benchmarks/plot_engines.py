@@ -1,4 +1,5 @@
-"""Plot bench_deepspeed_gpu.py's loss curves (steps.json) side by side, plus each run's difference to the torch engine."""
+"""Plot bench_deepspeed_gpu.py's loss curves (steps.json) side by side, plus each run's difference to the torch
+engine."""
 from __future__ import annotations
 
 import argparse
@@ -25,7 +26,7 @@ def main(argv=None):
         style = {"ls": "--"} if name.endswith("resumed") else {}
         line, = ax.plot(steps, loss, lw=0.9, label=name.replace("_resumed", " (SIGTERM + --resume auto)"), **style)
         if name != "torch" and base:
-            ax2.plot(steps, [l - base.get(s, float("nan")) for s, l in zip(steps, loss)], lw=0.8,
+            ax2.plot(steps, [value - base.get(s, float("nan")) for s, value in zip(steps, loss)], lw=0.8,
                      color=line.get_color(), **style)
     if args.kill_at:
         for a in (ax, ax2):

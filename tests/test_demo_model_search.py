@@ -1,4 +1,5 @@
-"""The demo model on libraries, through `vmr`: search by example, the synthetic-model warning, the guided app in Chromium.
+"""The demo model on libraries, through `vmr`: search by example, the synthetic-model warning, the guided app in
+Chromium.
 
 One 24-clip `vmr synth --split temporal` library (12 pairs differing only in time) indexed with the embedded demo
 model serves every test here; a second library holds real-looking H.264 clips that are not synthetic.

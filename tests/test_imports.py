@@ -25,5 +25,6 @@ def test_evaluation_sits_beside_index():
     """evaluation/ imports retrieval/ only: never pretrain/, app/, index/ or the index's FAISS."""
     code = "import evaluation.evaluate, evaluation.report, evaluation.temporal"
     probe = f"{code}\nimport sys\nprint(' '.join(sorted({{m.split('.')[0] for m in sys.modules}})))"
-    loaded = set(subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.split())
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    loaded = set(result.stdout.split())
     assert not loaded & {"pretrain", "app", "index", "faiss", "gradio", "deepspeed"}

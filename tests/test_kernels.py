@@ -88,7 +88,8 @@ def test_bimamba_scan_whole_chunks(interpreter, small_blocks, seqlen):
 
 
 @needs_interpreter
-@pytest.mark.parametrize("min_len,seqlen", [(1, 40), (30, 100), (10**9, 100)], ids=["seg-per-unit", "uneven", "no-split"])
+@pytest.mark.parametrize("min_len,seqlen", [(1, 40), (30, 100), (10**9, 100)],
+                         ids=["seg-per-unit", "uneven", "no-split"])
 def test_bimamba_scan_sequence_split(interpreter, monkeypatch, min_len, seqlen):
     # Segments chained through their summaries (both directions, forward and backward), an uneven last
     # segment, and no split at all.

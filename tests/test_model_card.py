@@ -1,4 +1,4 @@
-"""Model cards: written by save_model and write_card, loaded with the model; folders without one still load and search."""
+"""Model cards: written by save_model and write_card, loaded with the model; card-less folders still load and search."""
 from __future__ import annotations
 
 import shutil

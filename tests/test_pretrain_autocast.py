@@ -1,4 +1,5 @@
-"""DeepSpeed's torch_autocast mode (configs/deepspeed/zero0_autocast.json) trains like the torch engine under autocast."""
+"""DeepSpeed's torch_autocast mode (configs/deepspeed/zero0_autocast.json) trains like the torch engine under
+autocast."""
 from __future__ import annotations
 
 import json
@@ -27,8 +28,9 @@ def test_resolved_config_keeps_fp32_weights():
     assert opt["precision"] == "bf16" and opt["autocast"]
     assert ds["torch_autocast"] == {"enabled": True, "dtype": "bfloat16", "lower_precision_safe_modules": []}
     assert not ds["bf16"]["enabled"] and not ds["fp16"]["enabled"]
-    ds, opt = resolve_optimization(load_train_config(SMOKE, ["engine.deepspeed_config=configs/deepspeed/zero0_autocast.json",
-                                                             "engine.precision=fp32"]), world_size=1)
+    fp32 = load_train_config(SMOKE, ["engine.deepspeed_config=configs/deepspeed/zero0_autocast.json",
+                                     "engine.precision=fp32"])
+    ds, opt = resolve_optimization(fp32, world_size=1)
     assert not opt["autocast"] and "torch_autocast" not in ds
 
 
@@ -43,7 +45,8 @@ def test_deepspeed_autocast_matches_torch_engine(tmp_path, monkeypatch):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # multi-threaded CPU reductions differ from run to run in the last bits
     try:
-        main(["--config", SMOKE, "--out", str(tmp_path / "torch"), "engine.kind=torch", "engine.precision=bf16", *SHORT])
+        main(["--config", SMOKE, "--out", str(tmp_path / "torch"), "engine.kind=torch", "engine.precision=bf16",
+              *SHORT])
         main(["--config", SMOKE, "--out", str(tmp_path / "ds"), "engine.kind=deepspeed",
               "engine.deepspeed_config=configs/deepspeed/zero0_autocast.json", *SHORT])
     finally:

@@ -66,7 +66,8 @@ def test_strictness_and_overrides():
                                     "engine.zero_stage=2", "engine.precision=bf16", "optim.grad_clip=0.5"])
     ds, opt = resolve_optimization(cfg, world_size=2)
     assert opt["lr"] == 2e-4 and opt["grad_clip"] == 0.5 and ds["gradient_clipping"] == 0.5
-    assert (ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"], ds["train_batch_size"]) == (3, 4, 24)
+    batch = (ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"], ds["train_batch_size"])
+    assert batch == (3, 4, 24)
     assert ds["zero_optimization"]["stage"] == 2 and ds["bf16"]["enabled"] and not ds["fp16"]["enabled"]
     base = load_train_config(SMOKE)
     _, opt = resolve_optimization(base, world_size=1)

@@ -32,7 +32,8 @@ def shards(tmp_path_factory) -> tuple[str, set[str]]:
     root = tmp_path_factory.mktemp("wds")
     vids = root / "videos"
     for i in range(N_GOOD + 1):
-        write_test_video(vids / f"c{i:02d}.mp4", num_frames=8, size=(40, 32), fps=8, pattern="noise" if i % 2 else "index")
+        write_test_video(vids / f"c{i:02d}.mp4", num_frames=8, size=(40, 32), fps=8,
+                         pattern="noise" if i % 2 else "index")
     anno = [{"video": f"c{i:02d}.mp4", "caption": [f"clip {i}", f"Other words {i}"]} for i in range(N_GOOD)]
     (root / "anno.json").write_text(json.dumps(anno))
     out = root / "shards"
@@ -179,7 +180,8 @@ def test_reverse_pairs_put_the_backwards_clip_in_the_same_batch(tmp_path):
     write_shards(read_annotations(tmp_path / "anno.json", vids), vids, tmp_path / "shards", ShardOptions(shard_size=3),
                  progress=False)
     urls = str(tmp_path / "shards" / "shard-{000000..000001}.tar")
-    plain = [b for b in collect(create_stream(spec_for(urls, batch_size=3, flip=False), lambda c, context_length: c), 0)]
+    plain = [b for b in collect(create_stream(spec_for(urls, batch_size=3, flip=False),
+                                              lambda c, context_length: c), 0)]
     assert not any("#reversed" in k for b in plain for k in b["keys"])
     paired = collect(create_stream(spec_for(urls, batch_size=3, flip=False, reverse_pairs=1.0),
                                    lambda c, context_length: c), 0)

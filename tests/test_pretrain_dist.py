@@ -1,4 +1,5 @@
-"""Two gloo processes through the DeepSpeed engine: gathered VTC loss and averaged gradients equal one process on the global batch."""
+"""Two gloo processes through the DeepSpeed engine: gathered VTC loss and averaged gradients equal one process on
+the global batch."""
 from __future__ import annotations
 
 import os

@@ -72,9 +72,10 @@ def test_plain_pytorch_fallback_and_mlm_message(tmp_path, monkeypatch, caplog):
     from pretrain.run import main
 
     with caplog.at_level(logging.WARNING):
-        summary = main(["--config", SMOKE, "--out", str(tmp_path / "torch"), "engine.kind=torch", "engine.precision=bf16",
-                        "engine.grad_accum=2", "data.batch_size=4", "objectives.mlm=0.5", "run.epochs=1",
-                        "val.every=0", "run.progress=false", "synth.train_videos=16", "synth.val_videos=4"])
+        summary = main(["--config", SMOKE, "--out", str(tmp_path / "torch"), "engine.kind=torch",
+                        "engine.precision=bf16", "engine.grad_accum=2", "data.batch_size=4", "objectives.mlm=0.5",
+                        "run.epochs=1", "val.every=0", "run.progress=false", "synth.train_videos=16",
+                        "synth.val_videos=4"])
     assert summary["step"] == 2
     assert any("MLM skipped" in r.getMessage() and "causal" in r.getMessage() for r in caplog.records)
     assert (tmp_path / "torch" / "model" / "model.safetensors").is_file()

@@ -1,4 +1,4 @@
-"""Tokenizers: BPE truncation and padding, SentencePiece training round trip, save/load, HF folder, vocab checks, CLI."""
+"""Tokenizers: BPE truncation/padding, SentencePiece training round trip, save/load, HF folder, vocab checks, CLI."""
 import importlib.util
 import json
 import os

@@ -91,8 +91,9 @@ def test_match_logits(release, loaded, ours):
     _, expected = release
     n_text, n_video = expected["itm"].shape
     with torch.no_grad():
-        itm = torch.stack([loaded.itm_scores(ours["states"], ours["mask"],
-                                             ours["tokens"][v:v + 1].expand(n_text, -1, -1)) for v in range(n_video)], 1)
+        per_video = [loaded.itm_scores(ours["states"], ours["mask"], ours["tokens"][v:v + 1].expand(n_text, -1, -1))
+                     for v in range(n_video)]
+        itm = torch.stack(per_video, 1)
     _close(itm, expected["itm"], "ITM logits")
 
 
