@@ -1,4 +1,4 @@
-"""Selective-scan backends (triton | cuda | torch | ref) for Mamba, the causal depthwise conv, and the one backend switch."""
+"""Selective-scan backends (triton | cuda | torch | ref) for Mamba, the causal depthwise conv, the backend switch."""
 from __future__ import annotations
 
 import functools
@@ -105,9 +105,9 @@ def resolve_backend(tensor_or_device, backend: str | None = None) -> str:
     """The selective-scan backend ("triton", "cuda", "torch" or "ref") for tensors on this device.
 
     `backend` overrides $VMR_SCAN_BACKEND, which overrides "auto" (on CUDA tensors: triton without grad,
-    cuda with grad when mamba-ssm imports, triton otherwise, torch when neither imports; elsewhere torch). An explicit backend that cannot run
-    raises RuntimeError. `triton` is a whole-block path (retrieval.kernels); single scans it is asked
-    for run on the `cuda` kernels where they import, else on `torch`.
+    cuda with grad when mamba-ssm imports, triton otherwise, torch when neither imports; elsewhere torch).
+    An explicit backend that cannot run raises RuntimeError. `triton` is a whole-block path (retrieval.kernels);
+    single scans it is asked for run on the `cuda` kernels where they import, else on `torch`.
     """
     return _resolve(_device_of(tensor_or_device), backend, cuda_kernels_available(), "mamba-ssm")
 

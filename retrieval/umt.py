@@ -1,4 +1,4 @@
-"""The release's multimodal retrieval model (UMT-style VideoMamba + BERT): dual-encoder similarity and ITM re-ranking."""
+"""The release's multimodal retrieval model (UMT-style VideoMamba + BERT): dual-encoder similarity, ITM re-ranking."""
 from __future__ import annotations
 
 import re
@@ -149,7 +149,8 @@ class UMTModel(nn.Module):
         return self.embed_text_states(self.text_states(texts)[0], normalize)
 
     # -- matching head -----------------------------------------------------------------------------
-    def itm_scores(self, text_states: torch.Tensor, text_mask: torch.Tensor, video_tokens: torch.Tensor) -> torch.Tensor:
+    def itm_scores(self, text_states: torch.Tensor, text_mask: torch.Tensor,
+                   video_tokens: torch.Tensor) -> torch.Tensor:
         """Pairs (text_states (B, L, H), text_mask (B, L), video_tokens (B, S, D)) -> raw match logits (B,)."""
         fused = self.text.forward_fusion(text_states, text_mask, video_tokens)
         return self.itm_head(fused[:, 0])[:, 1]
