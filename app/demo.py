@@ -222,9 +222,10 @@ def run_demo(videos: int = 200, library: str | os.PathLike | None = None, model:
         raise DemoError(f"--videos must be >= 1, got {videos}")
     model_path = resolve_model(model)
     check_dependencies(app)
-    from index.embedder import load_model, resolve_device
+    from index.embedder import resolve_device
     from index.ingest import default_workers
     from index.searcher import Searcher
+    from retrieval import load_model
 
     workers = default_workers() if workers is None else workers
     phases: dict[str, float] = {}

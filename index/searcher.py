@@ -76,7 +76,9 @@ class Searcher:
     """`Searcher(index_dir)`: the model the index records (or `model=`: a model or its folder), FAISS on CPU/GPU."""
 
     def __init__(self, index_dir: str | os.PathLike, model=None, device: str = "auto"):
-        from .embedder import Embedder, load_model, resolve_device
+        from retrieval import load_model
+
+        from .embedder import Embedder, resolve_device
 
         self.index_dir = Path(index_dir).resolve()
         self._tls = threading.local()
