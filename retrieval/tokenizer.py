@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import itertools
 import json
 import shutil
 import unicodedata
@@ -291,17 +292,8 @@ def _basic_words(text: str, lower: bool) -> list[str]:
     for word in "".join(chars).split():
         if lower:
             word = "".join(c for c in unicodedata.normalize("NFD", word.lower()) if unicodedata.category(c) != "Mn")
-        piece = ""
-        for ch in word:
-            if _is_punctuation(ch):
-                if piece:
-                    words.append(piece)
-                words.append(ch)
-                piece = ""
-            else:
-                piece += ch
-        if piece:
-            words.append(piece)
+        for punct, run in itertools.groupby(word, _is_punctuation):  # every punctuation mark is its own word
+            words.extend(run if punct else ["".join(run)])
     return words
 
 
