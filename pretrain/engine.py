@@ -67,15 +67,8 @@ def param_groups(module: nn.Module, no_decay: set[str], weight_decay: float, lay
             scale = layer_decay ** (depth + 1 - _video_layer_id(name, depth))
         elif ".text." in f".{name}":
             scale = text_lr_scale
-        key = (decay, scale)
-        if key not in groups:
-            groups[key] = {"params": [], "names": [], "weight_decay": decay, "lr_scale": scale}
-        groups[key]["params"].append(p)
-        groups[key]["names"].append(name)
-    out = [groups[k] for k in sorted(groups, key=lambda k: (k[1], k[0]))]
-    for g in out:
-        g.pop("names")  # kept only for debugging; optimizers copy unknown keys into state_dict
-    return out
+        groups.setdefault((decay, scale), {"params": [], "weight_decay": decay, "lr_scale": scale})["params"].append(p)
+    return [groups[k] for k in sorted(groups, key=lambda k: (k[1], k[0]))]
 
 
 def lr_at(step: int, base_lr: float, min_lr: float, warmup: int, total: int) -> float:
