@@ -149,7 +149,24 @@ def complete_card(card: ModelCard | None, model: "VideoTextModel", source: dict 
     return card.validate()
 
 
-class VideoTextModel(nn.Module):
+class RetrievalModule(nn.Module):
+    """What both model kinds (VideoTextModel, umt.UMTModel) derive from their temperature and their weights."""
+
+    _model_id: str | None = None  # cached; reset to None whenever the weights change
+
+    @property
+    def logit_scale(self) -> torch.Tensor:
+        return 1.0 / self.temp
+
+    @property
+    def model_id(self) -> str:
+        """Stable id of config + weights (config_weights_id), computed on first use."""
+        if self._model_id is None:
+            self._model_id = config_weights_id(self)
+        return self._model_id
+
+
+class VideoTextModel(RetrievalModule):
     """open_clip-shaped dual encoder: `encode_video`, `encode_text`, `forward` -> features + logit scale."""
 
     def __init__(self, cfg: ModelConfig, tokenizer=None, pretrained: bool = True):
@@ -168,21 +185,9 @@ class VideoTextModel(nn.Module):
         if cfg.teacher_dim > 0:
             self.token_decoder = nn.Sequential(nn.Linear(self.visual.embed_dim, cfg.teacher_dim),
                                                nn.LayerNorm(cfg.teacher_dim))
-        self._model_id: str | None = None
         self.card: ModelCard | None = None  # set by load_model (None: a folder saved before cards existed)
 
-    # -- properties users and the index rely on --------------------------------------------------
-    @property
-    def logit_scale(self) -> torch.Tensor:
-        return 1.0 / self.temp
-
-    @property
-    def model_id(self) -> str:
-        """Stable id of config + weights (config_weights_id), computed on first use."""
-        if self._model_id is None:
-            self._model_id = config_weights_id(self)
-        return self._model_id
-
+    # -- training hooks ----------------------------------------------------------------------------
     def clamp_temperature(self) -> None:
         """Keep temp in the release's range; call after every optimizer step."""
         with torch.no_grad():

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from .bert import BertConfig, BertTextEncoder
 from .config import ConfigError
-from .model import VideoTowerConfig, config_weights_id
+from .model import RetrievalModule, VideoTowerConfig
 from .tokenizer import TokenizerError
 from .videomamba import VideoMamba
 
@@ -60,7 +60,7 @@ def clean_caption(text: str) -> str:
     return _SPACES.sub(" ", text).rstrip("\n").strip(" ")
 
 
-class UMTModel(nn.Module):
+class UMTModel(RetrievalModule):
     """VideoMamba + BERT with the release's heads. Same API as VideoTextModel, plus ITM re-ranking.
 
     Similarity (what the index and `vmr eval` use by default): `encode_video` is the mean over frames of the
@@ -91,19 +91,7 @@ class UMTModel(nn.Module):
         self.text_proj = nn.Linear(cfg.text.hidden_size, cfg.embed_dim)
         self.temp = nn.Parameter(torch.tensor(cfg.temp))
         self.itm_head = nn.Linear(cfg.text.hidden_size, 2)
-        self._model_id: str | None = None
         self.load_report = None
-
-    # -- what the index, the evaluation and the app rely on -----------------------------------------
-    @property
-    def logit_scale(self) -> torch.Tensor:
-        return 1.0 / self.temp
-
-    @property
-    def model_id(self) -> str:
-        if self._model_id is None:
-            self._model_id = config_weights_id(self)
-        return self._model_id
 
     # -- video -------------------------------------------------------------------------------------
     def video_features(self, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
