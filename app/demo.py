@@ -95,7 +95,7 @@ def _read_meta(folder: Path) -> dict | None:
         return None
 
 
-def _complete(folder: Path, records: list[dict] | None = None) -> list[dict] | None:
+def _complete(folder: Path) -> list[dict] | None:
     """The annotation records when every listed video exists (generate writes annotations.json last)."""
     meta = _read_meta(folder)
     if not meta or not meta.get("complete"):

@@ -229,8 +229,7 @@ class ShardStream(IterableDataset):
                 rng = _seeded(s.seed, self.epoch, "resample", i, s.rank, role)
                 shard_iter = (rng.choice(urls) for _ in iter(int, 1))  # endless draws with replacement
             else:
-                mine = role_shards(urls, s.seed, self.epoch, i, s.rank, s.world_size, role, roles)
-                shard_iter = iter(mine)
+                shard_iter = iter(role_shards(urls, s.seed, self.epoch, i, s.rank, s.world_size, role, roles))
             streams.append(x for url in shard_iter for x in _tar_samples(url, errors))
             weights.append(weight)
         mixed = _mix(streams, weights, _seeded(s.seed, self.epoch, "mix", s.rank, role))

@@ -213,10 +213,9 @@ def resolve_text_config(cfg: TextConfig, tokenizer: Tokenizer | None = None) -> 
             raise ConfigError("text.open_clip_model is for kind 'clip'")
         hf = _hf_config(resolve_hf_folder(c.hf_folder))
         where = f"the Hugging Face config in {c.hf_folder}"
-        _fill(c, "width", hf.hidden_size, where, strict=True)
-        _fill(c, "layers", hf.num_hidden_layers, where, strict=True)
-        _fill(c, "heads", hf.num_attention_heads, where, strict=True)
-        _fill(c, "vocab_size", hf.vocab_size, where, strict=True)
+        for key, value in (("width", hf.hidden_size), ("layers", hf.num_hidden_layers),
+                           ("heads", hf.num_attention_heads), ("vocab_size", hf.vocab_size)):
+            _fill(c, key, value, where, strict=True)
         if getattr(hf, "pad_token_id", None) is not None:
             _fill(c, "pad_id", hf.pad_token_id, where, strict=True)
         _fill(c, "context_length", DEFAULT_CONTEXT_LENGTH, "default", strict=False)
