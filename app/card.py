@@ -51,11 +51,9 @@ def card_lines(card, width: int = 80) -> list[str]:
     if c.get("scores"):
         rows.append(("scores", c["scores"]))
     rows += [("knows", line) for line in vocabulary_lines(c)]
-    out = []
-    for name, text in rows:
-        out += textwrap.wrap(text, width, initial_indent=f"  {name + ':':<12}", subsequent_indent=" " * 14,
-                             break_on_hyphens=False)
-    return out
+    return [line for name, text in rows
+            for line in textwrap.wrap(text, width, initial_indent=f"  {name + ':':<12}", subsequent_indent=" " * 14,
+                                      break_on_hyphens=False)]
 
 
 def card_markdown(card) -> str:

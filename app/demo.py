@@ -95,7 +95,7 @@ def _read_meta(folder: Path) -> dict | None:
         return None
 
 
-def _complete(folder: Path, records: list[dict] | None = None) -> list[dict] | None:
+def _complete(folder: Path) -> list[dict] | None:
     """The annotation records when every listed video exists (generate writes annotations.json last)."""
     meta = _read_meta(folder)
     if not meta or not meta.get("complete"):
@@ -222,9 +222,10 @@ def run_demo(videos: int = 200, library: str | os.PathLike | None = None, model:
         raise DemoError(f"--videos must be >= 1, got {videos}")
     model_path = resolve_model(model)
     check_dependencies(app)
-    from index.embedder import load_model, resolve_device
+    from index.embedder import resolve_device
     from index.ingest import default_workers
     from index.searcher import Searcher
+    from retrieval import load_model
 
     workers = default_workers() if workers is None else workers
     phases: dict[str, float] = {}

@@ -1,4 +1,4 @@
-"""Zero-shot retrieval evaluation: annotations -> video files -> decode (DataLoader) -> embed (cached) -> metrics -> report."""
+"""Zero-shot evaluation: annotations -> videos -> decode (DataLoader) -> embed (cached) -> metrics -> report."""
 from __future__ import annotations
 
 import hashlib
@@ -351,7 +351,8 @@ def _protocol(model, dataset: str, num_frames: int | None, context_length: int |
         context_length = RELEASE_CONTEXT_LENGTH.get(dataset)
     extra = {}
     if not getattr(model, "eval_crop", True):
-        extra["resize"] = f"whole frame squashed to img_size ({getattr(model, 'eval_resize_mode', 'bilinear')}, antialiased)"
+        mode = getattr(model, "eval_resize_mode", "bilinear")
+        extra["resize"] = f"whole frame squashed to img_size ({mode}, antialiased)"
     if getattr(model, "similarity", None):
         extra["similarity"] = str(model.similarity)
     mean, std = tuple(getattr(cfg.video, "mean", IMAGENET_MEAN)), tuple(getattr(cfg.video, "std", IMAGENET_STD))

@@ -49,7 +49,7 @@ def format_report(report: dict) -> str:
               f"- queries: {report['num_queries']} of {report['num_queries_total']}; videos: "
               f"{report['num_videos']} of {report['num_videos_total']}; missing: {report['num_missing']}; "
               f"unreadable: {report['num_unreadable']}"
-              + ("" if report["complete"] else " — INCOMPLETE (--allow-missing): not comparable with published numbers"),
+              + ("" if report["complete"] else " — INCOMPLETE (--allow-missing): not comparable to published numbers"),
               f"- protocol: {p['num_frames']} frames, sampling = {p['sampling']}; {p['img_size']} px, {p['resize']}; "
               f"text context length {p['context_length']}"
               + ("; ActivityNet paragraph-to-video" if p["paragraph"] else ""),

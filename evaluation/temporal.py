@@ -91,7 +91,8 @@ def frame_orders(num_frames: int, order: str, seed: int, index: int, permutation
 
 
 def clip_embeddings(model, items: list[TwinVideo], num_frames: int, order: str = "true", seed: int = 0,
-                    permutations: int = DEFAULT_PERMUTATIONS, batch_size: int = 16, progress: bool = False) -> np.ndarray:
+                    permutations: int = DEFAULT_PERMUTATIONS, batch_size: int = 16,
+                    progress: bool = False) -> np.ndarray:
     """(N, E) float32 L2-normalised video embeddings, each averaged over its frame orders."""
     import torch
     from tqdm import tqdm

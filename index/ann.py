@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -52,9 +52,6 @@ class IndexSpec:
         code = {"flat": 4 * dim, "ivf_flat": 4 * dim, "ivf_fp16": 2 * dim, "ivf_sq8": dim,
                 "ivf_pq": self.pq_m}[self.kind]
         return code + 8  # + the int64 id
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 def ivf_nlist(n: int) -> int:

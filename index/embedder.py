@@ -53,17 +53,6 @@ def threads_for_encoding(device: torch.device):
         torch.set_num_threads(before)
 
 
-def load_model(path: str | os.PathLike, device: str | torch.device = "cpu"):
-    """Load a saved dual encoder (`retrieval.save_model` folder) for inference."""
-    from retrieval import load_model as _load
-
-    return _load(path, device=device).eval()
-
-
-def model_id(model) -> str:
-    return str(model.model_id)
-
-
 @dataclass
 class Encoded:
     """All segments of one file with their embeddings, float16 (S, E), ready for the writer."""

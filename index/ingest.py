@@ -95,11 +95,12 @@ def _ingest(videos, index_dir, model, model_path, cfg, video_root, rank, world, 
         store = IndexStore.open(index_dir, create=create)
         try:
             if model is None:
-                from .embedder import load_model
+                from retrieval import load_model
+
+                from .embedder import resolve_device
                 model_path = model_path or store.state().get("model_path")
                 if not model_path:
                     raise UsageError(f"{index_dir}: no model given and none recorded in the index")
-                from .embedder import resolve_device
                 model = load_model(model_path, resolve_device(cfg.device))
             settings = _check_or_record(store, model, model_path, cfg, create)
             found = discover(videos, video_root, exclude=(str(index_dir),))
@@ -123,10 +124,8 @@ def _ingest(videos, index_dir, model, model_path, cfg, video_root, rank, world, 
 
 def _check_or_record(store: IndexStore, model, model_path, cfg: IngestConfig, create: bool) -> dict:
     """Record model and settings in a new index; for an existing one refuse another model or other settings."""
-    from .embedder import model_id
-
     st = store.state()
-    mid = model_id(model)
+    mid = model.model_id
     wanted = {"segment_seconds": float(cfg.segment_seconds), "stride": float(cfg.stride or cfg.segment_seconds),
               "frames": int(cfg.frames or model.config.video.num_frames),
               "img_size": int(model.config.video.img_size)}
@@ -182,10 +181,10 @@ def _encode(index_dir, model, settings, cfg: IngestConfig, tasks, failures, rank
     import torch
     from tqdm import tqdm
 
-    from .embedder import Embedder, Encoded, model_id, threads_for_encoding
+    from .embedder import Embedder, Encoded, threads_for_encoding
     from .reader import Unchanged
 
-    writer = PartWriter(index_dir, part_name(rank, world), model_id(model), cfg.shard_rows, cfg.checkpoint_seconds)
+    writer = PartWriter(index_dir, part_name(rank, world), model.model_id, cfg.shard_rows, cfg.checkpoint_seconds)
     ok = False
     try:
         for item in failures:

@@ -1,4 +1,4 @@
-"""Re-rank text-search hits with a model's video-text matching (ITM) head: re-decode each hit's segment, fuse, re-score."""
+"""Re-rank text-search hits with a model's video-text matching (ITM) head: re-decode each hit's clip, fuse, re-score."""
 from __future__ import annotations
 
 import dataclasses

@@ -73,10 +73,12 @@ class _Loaded:
 
 
 class Searcher:
-    """`Searcher(index_dir)`: model from the path recorded in the index (or `model=`: a model or its folder), FAISS index on CPU/GPU."""
+    """`Searcher(index_dir)`: the model the index records (or `model=`: a model or its folder), FAISS on CPU/GPU."""
 
     def __init__(self, index_dir: str | os.PathLike, model=None, device: str = "auto"):
-        from .embedder import Embedder, load_model, resolve_device
+        from retrieval import load_model
+
+        from .embedder import Embedder, resolve_device
 
         self.index_dir = Path(index_dir).resolve()
         self._tls = threading.local()
@@ -255,7 +257,8 @@ class Searcher:
         path = os.fspath(path)
         duration = check_clip(path, start, end)
         st = self._loaded.state
-        frames, size = int(st.get("frames") or self.embedder.num_frames), int(st.get("img_size") or self.embedder.img_size)
+        frames = int(st.get("frames") or self.embedder.num_frames)
+        size = int(st.get("img_size") or self.embedder.img_size)
         try:
             if start is not None:
                 clip = read_frames(path, frames, mode="middle", start_sec=start, end_sec=min(end, duration or end))

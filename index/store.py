@@ -122,10 +122,9 @@ class IndexStore:
                 with transaction(conn):  # executescript() would commit mid-way; run statements one by one
                     for stmt in filter(str.strip, SCHEMA.split(";\n")):
                         conn.execute(stmt)
-                    conn.execute("INSERT OR IGNORE INTO state VALUES ('format_version', ?)", (str(FORMAT_VERSION),))
-                    conn.execute("INSERT OR IGNORE INTO state VALUES ('version', '0')")
-                    conn.execute("INSERT OR IGNORE INTO state VALUES ('next_id', '0')")
-                    conn.execute("INSERT OR IGNORE INTO state VALUES ('created', ?)", (str(time.time()),))
+                    conn.executemany("INSERT OR IGNORE INTO state VALUES (?, ?)", [
+                        ("format_version", str(FORMAT_VERSION)), ("version", "0"), ("next_id", "0"),
+                        ("created", str(time.time()))])
             fmt = conn.execute("SELECT value FROM state WHERE key='format_version'").fetchone()
         except sqlite3.DatabaseError as e:
             raise IndexCorruptError(f"index metadata {db} is unreadable ({e}); the folder is damaged - rebuild it "

@@ -12,7 +12,7 @@ import logging
 import os
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -124,18 +124,6 @@ def _update_faiss(store, st, version, dim, removed_ids, new_ids, new_vecs, new_g
         if current.ntotal != n_before:
             raise IndexCorruptError(f"FAISS index {st['faiss_file']} holds {current.ntotal} vectors but the "
                                     f"metadata lists {n_before} segments; nothing was changed")
-    all_vectors = None
-
-    def everything():
-        nonlocal all_vectors
-        if all_vectors is None:
-            ids, vecs, files = store.live_embeddings()
-            keep = ~np.isin(ids, removed_ids)
-            ids, vecs, files = ids[keep], vecs[keep].reshape(-1, dim), files[keep]
-            all_vectors = (np.concatenate([ids, new_ids]), np.concatenate([vecs, new_vecs.astype(np.float16)]),
-                           np.concatenate([files, new_groups]))
-        return all_vectors
-
     changed = int(old_info.get("changed_since_tuning", 0)) + len(removed_ids) + len(new_ids)
     small_change = changed <= RETUNE_FRACTION * max(int(old_info.get("tuned_at_n", 0)), 1)
     if current is not None and ann.spec_of(current) == spec and (spec.kind == "flat" or small_change):
@@ -150,7 +138,11 @@ def _update_faiss(store, st, version, dim, removed_ids, new_ids, new_vecs, new_g
         ann.set_nprobe(index, tuning.get("nprobe"))
     else:
         # new type, or enough new data that the centroids and nprobe should be fitted again: rebuild, re-measure
-        ids, vecs, groups = everything()
+        ids, vecs, files = store.live_embeddings()
+        keep = ~np.isin(ids, removed_ids)
+        ids = np.concatenate([ids[keep], new_ids])
+        vecs = np.concatenate([vecs[keep].reshape(-1, dim), new_vecs.astype(np.float16)])
+        groups = np.concatenate([files[keep], new_groups])
         index, rebuilt = ann.build_index(spec, vecs, ids), True
         tuning = ann.tune(index, spec, vecs, ids, target, groups=groups,
                           train_rows=ann.training_rows(len(ids), spec))
@@ -158,7 +150,7 @@ def _update_faiss(store, st, version, dim, removed_ids, new_ids, new_vecs, new_g
     name = f"v{version + 1:06d}.faiss"
     size = ann.write_index(index, str(store.dir / FAISS_DIR / name))
     failpoint("after_faiss_write")
-    info = {"kind": spec.kind, "factory": spec.factory(), "spec": spec.as_dict(), "n": int(index.ntotal),
+    info = {"kind": spec.kind, "factory": spec.factory(), "spec": asdict(spec), "n": int(index.ntotal),
             "dim": dim, "bytes": size, "memory_budget": budget, "rebuilt": rebuilt,
             "update_seconds": round(time.perf_counter() - t0, 3), **tuning}
     return info, name, size

@@ -1,4 +1,4 @@
-"""The model card a pretraining run writes into RUN/model: its data, steps, input, final check (+ the synthetic vocabulary)."""
+"""The model card a pretraining run writes into RUN/model: data, steps, input, final check (+ synthetic vocabulary)."""
 from __future__ import annotations
 
 from pathlib import Path

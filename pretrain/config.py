@@ -15,7 +15,8 @@ TEACHERS = ("none", "open_clip", "model")
 
 @dataclass
 class SourceConfig:
-    urls: str = ""                 # shard URLs: braces expand ("shards/webvid/shard-{000000..000999}.tar"), "::" joins lists, "pipe:cmd" streams
+    urls: str = ""                 # shard URLs: braces expand ("shards/webvid/shard-{000000..000999}.tar"), "::" joins,
+                                   # "pipe:cmd" streams
     weight: float = 1.0            # relative sampling weight when several sources are mixed
     name: str = ""                 # label in logs (default: source index)
 
@@ -38,29 +39,29 @@ class DataConfig:
 
 @dataclass
 class SynthConfig:
-    train_videos: int = 0          # >0: generate this many synthetic train videos into RUN/synth and shard them (CI smoke runs)
+    train_videos: int = 0          # >0: render this many synthetic train videos into RUN/synth, sharded (CI smoke runs)
     val_videos: int = 0            # >0: also a held-out test split used as the zero-shot validation set
     size: int = 64                 # frame side in pixels (even)
     frames: int = 16               # frames per synthetic clip
     shard_size: int = 8            # videos per shard
     seed: int = 0                  # world seed (independent of the training seed)
-    workers: int = 0               # processes rendering videos and writing shards (0 = all CPU cores); output is identical
+    workers: int = 0               # processes rendering and sharding (0 = all CPU cores); output is identical
 
 
 @dataclass
 class ObjectiveConfig:
     vtc: float = 1.0               # weight of video-text contrastive loss (gathered over all ranks)
-    mvm: float = 0.0               # weight of unmasked-token alignment to a frozen teacher (masked video modelling); >0 needs teacher
-    mlm: float = 0.0               # weight of masked language modelling; only bidirectional (hf or causal=false) text towers
+    mvm: float = 0.0               # weight of unmasked-token alignment to a frozen teacher (masked video modelling)
+    mlm: float = 0.0               # weight of masked language modelling; bidirectional (hf or causal=false) towers only
     mask_kind: str = "tube"        # random | tube | row | attention (attention keeps the teacher's most salient tokens)
-    mask_ratio: float = 0.8        # fraction of video tokens dropped before the encoder when mvm > 0 (UMT/VideoMamba: 0.8)
+    mask_ratio: float = 0.8        # fraction of video tokens dropped before the encoder when mvm > 0 (UMT: 0.8)
     mlm_prob: float = 0.15         # fraction of caption tokens MLM predicts
-    multi_positive: bool = True    # captions of the same video id are all positives (they can meet across sources/epochs)
+    multi_positive: bool = True    # captions of one video id are all positives (they can meet across sources/epochs)
 
 
 @dataclass
 class TeacherConfig:
-    kind: str = "none"             # none | open_clip (frozen image CLIP, per frame) | model (earlier model folder: self-distillation)
+    kind: str = "none"             # none | open_clip (frozen image CLIP per frame) | model (self-distillation)
     open_clip_model: str = "ViT-B-16"  # open_clip architecture for kind open_clip
     checkpoint: str | None = None  # local open_clip checkpoint file (.pt/.bin/.safetensors); never downloaded
     image_size: int | None = None  # open_clip input side (unset: the architecture's); frames are resized to it
@@ -70,9 +71,10 @@ class TeacherConfig:
 
 @dataclass
 class OptimConfig:
-    lr: float | None = None        # peak learning rate (unset: the DeepSpeed JSON's optimizer lr); release 4e-4 at global batch 4096
+    lr: float | None = None        # peak learning rate (unset: the DeepSpeed JSON's); release 4e-4 at global batch 4096
     min_lr: float = 1e-6           # cosine floor
-    weight_decay: float | None = None  # AdamW decay on matrices (norms, biases, pos embeddings, A_log, D, temp excluded); unset: JSON's
+    weight_decay: float | None = None  # AdamW decay on matrices (not norms, biases, pos embeddings, A_log, D, temp);
+                                       # unset: the JSON's
     betas: tuple[float, float] | None = None  # AdamW betas (unset: JSON's; release 0.9, 0.98)
     eps: float | None = None       # AdamW epsilon (unset: JSON's)
     warmup_steps: int = 0          # linear warmup optimizer steps (takes precedence over warmup_epochs)
@@ -84,8 +86,8 @@ class OptimConfig:
 
 @dataclass
 class EngineConfig:
-    kind: str = "auto"             # deepspeed | torch (plain PyTorch, single process) | auto (deepspeed when importable)
-    deepspeed_config: str = "configs/deepspeed/zero1_bf16.json"  # JSON base; relative paths resolve against the repo root
+    kind: str = "auto"             # deepspeed | torch (plain PyTorch, one process) | auto (deepspeed when importable)
+    deepspeed_config: str = "configs/deepspeed/zero1_bf16.json"  # JSON base; relative to the repo root
     zero_stage: int | None = None  # 0 | 1 | 2 (unset: the JSON's)
     precision: str | None = None   # fp32 | bf16 | fp16 (unset: the JSON's bf16/fp16 sections, else fp32)
     grad_accum: int = 1            # micro-batches per optimizer step
@@ -94,7 +96,7 @@ class EngineConfig:
 
 @dataclass
 class ValConfig:
-    anno: str | None = None        # annotation file (VINDLU json list / MSRVTT csv) for the zero-shot check; unset = no check
+    anno: str | None = None        # annotation file (VINDLU json / MSRVTT csv) for the zero-shot check; unset: none
     videos: str | None = None      # folder the annotation's video paths are relative to
     every: int = 0                 # optimizer steps between checks (0 = only at the end)
     max_videos: int = 256          # use the first N videos
@@ -106,7 +108,7 @@ class RunConfig:
     out: str = "runs/pretrain"     # run folder: config.yaml, tb/, checkpoints/, model/, steps.jsonl
     epochs: float = 1.0            # training length in epochs (fractional allowed) unless max_steps is set
     max_steps: int = 0             # >0: total optimizer steps (overrides epochs for the schedule)
-    stop_after: int = 0            # >0: stop cleanly after this many steps without changing the schedule (SIGTERM/SIGUSR1 too)
+    stop_after: int = 0            # >0: stop cleanly after this many steps, schedule unchanged (SIGTERM/SIGUSR1 too)
     seed: int = 0                  # init, data order, masks and augmentation derive from it
     log_every: int = 10            # optimizer steps between TensorBoard scalars
     ckpt_every: int = 0            # optimizer steps between checkpoints (0 = only at the end)
@@ -156,7 +158,7 @@ class TrainConfig:
         if e.grad_accum < 1 or d.batch_size < 1:
             raise ConfigError("engine.grad_accum and data.batch_size must be >= 1")
         if d.resampled and d.samples_per_epoch <= 0:
-            raise ConfigError("data.resampled needs data.samples_per_epoch > 0 (an infinite stream has no natural epoch)")
+            raise ConfigError("data.resampled needs data.samples_per_epoch > 0 (an infinite stream has no epoch)")
         if not d.sources and self.synth.train_videos <= 0:
             raise ConfigError("data.sources is empty (and synth.train_videos is 0): nothing to train on")
         if not 0.0 <= d.reverse_pairs <= 1.0:

@@ -32,7 +32,7 @@ WARN_EVERY = 100        # then one warning every N skipped samples
 
 
 def expand_urls(spec: str) -> list[str]:
-    """"a/shard-{000..009}.tar::b/x.tar" -> list of URLs (braces, '::' lists, $WDS_ env vars); pipe: URLs pass through."""
+    """"a/shard-{000..009}.tar::b/x.tar" -> URLs (braces, '::' lists, $WDS_ env vars); pipe: URLs pass through."""
     from webdataset.shardlists import expand_urls as _expand
 
     return [u for u in _expand(spec) if u]
@@ -49,7 +49,7 @@ class StreamSpec:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     context_length: int
-    train: bool = True                    # rand frames + crop/flip + random caption; False: middle frames, centre crop, first caption
+    train: bool = True                    # rand frames, crop/flip, random caption; else middle frames, centre crop
     crop_scale: tuple[float, float] = (0.5, 1.0)
     flip: bool = True
     resampled: bool = False
@@ -58,7 +58,7 @@ class StreamSpec:
     rank: int = 0
     world_size: int = 1
     drop_last: bool = True                # training drops a role's last partial batch (equal batches on every rank)
-    reverse_pairs: float = 0.0            # chance a clip with a reverse_caption is joined in its batch by itself played backwards
+    reverse_pairs: float = 0.0            # chance a clip with a reverse_caption is joined by itself played backwards
 
 
 def video_id(source: int, key: str) -> int:
@@ -165,7 +165,9 @@ def _time_reversed(sample: dict, raw: dict, spec: StreamSpec, epoch: int, source
     rng = _np_rng(spec.seed, epoch, sample["key"], source, "reverse")
     if rng.random() >= spec.reverse_pairs:
         return None
-    caption = backwards[caption_index] if caption_index < len(backwards) else backwards[int(rng.integers(len(backwards)))]
+    if caption_index >= len(backwards):
+        caption_index = int(rng.integers(len(backwards)))
+    caption = backwards[caption_index]
     key = sample["key"] + "#reversed"
     return {"video": sample["video"].flip(1), "caption": caption, "key": key, "video_id": video_id(source, key)}
 
@@ -227,8 +229,7 @@ class ShardStream(IterableDataset):
                 rng = _seeded(s.seed, self.epoch, "resample", i, s.rank, role)
                 shard_iter = (rng.choice(urls) for _ in iter(int, 1))  # endless draws with replacement
             else:
-                mine = role_shards(urls, s.seed, self.epoch, i, s.rank, s.world_size, role, roles)
-                shard_iter = iter(mine)
+                shard_iter = iter(role_shards(urls, s.seed, self.epoch, i, s.rank, s.world_size, role, roles))
             streams.append(x for url in shard_iter for x in _tar_samples(url, errors))
             weights.append(weight)
         mixed = _mix(streams, weights, _seeded(s.seed, self.epoch, "mix", s.rank, role))

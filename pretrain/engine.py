@@ -67,15 +67,8 @@ def param_groups(module: nn.Module, no_decay: set[str], weight_decay: float, lay
             scale = layer_decay ** (depth + 1 - _video_layer_id(name, depth))
         elif ".text." in f".{name}":
             scale = text_lr_scale
-        key = (decay, scale)
-        if key not in groups:
-            groups[key] = {"params": [], "names": [], "weight_decay": decay, "lr_scale": scale}
-        groups[key]["params"].append(p)
-        groups[key]["names"].append(name)
-    out = [groups[k] for k in sorted(groups, key=lambda k: (k[1], k[0]))]
-    for g in out:
-        g.pop("names")  # kept only for debugging; optimizers copy unknown keys into state_dict
-    return out
+        groups.setdefault((decay, scale), {"params": [], "weight_decay": decay, "lr_scale": scale})["params"].append(p)
+    return [groups[k] for k in sorted(groups, key=lambda k: (k[1], k[0]))]
 
 
 def lr_at(step: int, base_lr: float, min_lr: float, warmup: int, total: int) -> float:
@@ -102,7 +95,7 @@ def resolve_optimization(cfg, world_size: int, kind: str = "deepspeed") -> tuple
     ds = load_deepspeed_json(cfg.engine.deepspeed_config)
     opt = ds.pop("optimizer", {"type": "AdamW", "params": {}})
     if str(opt.get("type", "AdamW")).lower() not in ("adam", "adamw"):
-        raise ConfigError(f"{cfg.engine.deepspeed_config}: optimizer type {opt.get('type')!r}; only Adam/AdamW are supported")
+        raise ConfigError(f"{cfg.engine.deepspeed_config}: optimizer type {opt.get('type')!r}; only Adam/AdamW work")
     params = dict(opt.get("params", {}))
     if ds.pop("scheduler", None) is not None:
         log.warning("deepspeed config: 'scheduler' ignored; the lr schedule comes from optim.* in the YAML")
@@ -120,7 +113,7 @@ def resolve_optimization(cfg, world_size: int, kind: str = "deepspeed") -> tuple
         precision = {"bfloat16": "bf16", "bf16": "bf16", "float16": "fp16", "fp16": "fp16"}.get(
             str(autocast_section.get("dtype", "bfloat16")).replace("torch.", ""), "bf16")
     if precision is None:
-        precision = "bf16" if ds.get("bf16", {}).get("enabled") else "fp16" if ds.get("fp16", {}).get("enabled") else "fp32"
+        precision = next((p for p in ("bf16", "fp16") if ds.get(p, {}).get("enabled")), "fp32")
     autocast = bool(autocast_section.get("enabled")) and precision != "fp32"
     zero = ds.setdefault("zero_optimization", {})
     if cfg.engine.zero_stage is not None:
@@ -129,7 +122,7 @@ def resolve_optimization(cfg, world_size: int, kind: str = "deepspeed") -> tuple
     if zero["stage"] not in (0, 1, 2):
         raise ConfigError(f"ZeRO stage {zero['stage']}: only 0, 1, 2 are supported (stage 3 partitions weights)")
     if kind == "deepspeed" and precision == "fp16" and zero["stage"] == 0 and not autocast:
-        raise ConfigError("fp16 needs ZeRO stage 1 or 2 here (its fp32 master copy is where the temperature is clamped)")
+        raise ConfigError("fp16 needs ZeRO stage 1 or 2 here (the temperature is clamped in its fp32 master copy)")
     ds["bf16"] = {**ds.get("bf16", {}), "enabled": precision == "bf16" and not autocast}
     fp16 = ds.get("fp16", {})
     ds["fp16"] = {"loss_scale": 0, "initial_scale_power": 16, "loss_scale_window": 1000, "hysteresis": 2,

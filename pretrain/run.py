@@ -1,4 +1,4 @@
-"""Pretraining entry point: `deepspeed pretrain/run.py --config X.yaml [key=value ...]` or plain `python pretrain/run.py ...`."""
+"""Pretraining entry point: `deepspeed pretrain/run.py --config X.yaml [key=value ...]` (or `python ...`)."""
 from __future__ import annotations
 
 import argparse

@@ -221,8 +221,8 @@ def plan_steps(cfg: TrainConfig, sources: list[tuple[list[str], float]], world: 
         samples = None if any(c is None for c in counts) else sum(counts)
     if samples is None:
         if cfg.run.max_steps <= 0:
-            raise ConfigError("can't tell the epoch size (no report.json beside the shards): set data.samples_per_epoch "
-                             "or run.max_steps")
+            raise ConfigError("can't tell the epoch size (no report.json beside the shards): "
+                              "set data.samples_per_epoch or run.max_steps")
         steps_per_epoch = cfg.run.max_steps
     else:
         steps_per_epoch = max(1, samples // global_batch)
@@ -404,7 +404,8 @@ def _build_module(cfg: TrainConfig, dist: DistInfo) -> tuple[PretrainModule, nn.
     if cfg.run.init_model:
         init = load_model(cfg.run.init_model)
         missing, unexpected = model.load_state_dict(init.state_dict(), strict=False)
-        log.info("initialised from %s (missing %d, unexpected %d keys)", cfg.run.init_model, len(missing), len(unexpected))
+        log.info("initialised from %s (missing %d, unexpected %d keys)", cfg.run.init_model, len(missing),
+                 len(unexpected))
         del init
     use_mlm = cfg.objectives.mlm > 0
     if use_mlm:
@@ -583,7 +584,8 @@ def export(run: Run, metrics: dict) -> None:
     from .card import training_card
 
     cfg = run.cfg
-    run.engine.export(run.run_dir / "model", {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.run.export_dtype],
+    dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.run.export_dtype]
+    run.engine.export(run.run_dir / "model", dtype,
                       reference_pretrained=cfg.run.export_reference_pretrained,
                       card=training_card(cfg, run.step, metrics, run.dist.world_size))
     barrier()

@@ -1,4 +1,4 @@
-"""BERT text tower with the release's (UMT/VINDLU `xbert`) names: text-only layers, then fusion layers with cross-attention."""
+"""BERT text tower with the release's (UMT/VINDLU `xbert`) names: text-only layers, then cross-attention fusion."""
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -95,7 +95,7 @@ def _unwrap(obj: Mapping) -> tuple[dict[str, torch.Tensor], str]:
                 break
     if "cls_token" not in sd or "patch_embed.proj.weight" not in sd:
         sample = ", ".join(list(sd)[:5])
-        raise CheckpointError(f"not a VideoMamba checkpoint: no cls_token / patch_embed.proj.weight (keys: {sample}, ...)")
+        raise CheckpointError(f"not a VideoMamba checkpoint: no cls_token/patch_embed.proj.weight (keys: {sample}...)")
     return sd, container
 
 
@@ -209,18 +209,24 @@ def load_video_encoder(path_or_state_dict, name: str | None = None, strict: bool
     model = VideoMamba(cfg)
     report = LoadReport(source=source, container=container)
     adapted = adapt_state_dict(sd, model, report)
+    _load_checked(model, adapted, report, strict)
+    if verbose:
+        log.info("%s", report)
+    return model
+
+
+def _load_checked(model: torch.nn.Module, state: dict, report: LoadReport, strict: bool) -> None:
+    """Load `state` (shapes must fit) into `model`; missing/unexpected keys go to `report` (strict: none allowed)."""
     own = model.state_dict()
-    for k, v in list(adapted.items()):
+    for k, v in state.items():
         if k in own and own[k].shape != v.shape:
-            raise CheckpointError(f"{k}: checkpoint shape {tuple(v.shape)} does not fit the model's {tuple(own[k].shape)}")
-    result = model.load_state_dict(adapted, strict=False)
+            raise CheckpointError(f"{k}: checkpoint shape {tuple(v.shape)} does not fit the model's "
+                                  f"{tuple(own[k].shape)}")
+    result = model.load_state_dict(state, strict=False)
     report.missing, report.unexpected = list(result.missing_keys), list(result.unexpected_keys)
     if strict and (report.missing or report.unexpected):
         raise CheckpointError("strict load failed:\n" + str(report))
     model.load_report = report
-    if verbose:
-        log.info("%s", report)
-    return model
 
 
 # --- the release's multimodal retrieval checkpoints (UMT_VIDEOMAMBA: VideoMamba + BERT) ---------------------------
@@ -276,7 +282,8 @@ def _bert_sizes(text: dict[str, torch.Tensor], num_heads: int | None) -> dict:
             "embeddings.token_type_embeddings.weight", "encoder.layer.0.intermediate.dense.weight")
     missing = [k for k in need if k not in text]
     if missing:
-        raise CheckpointError(f"the text encoder is not a BERT: no {', '.join('text_encoder.bert.' + k for k in missing)}")
+        names = ", ".join("text_encoder.bert." + k for k in missing)
+        raise CheckpointError(f"the text encoder is not a BERT: no {names}")
     vocab, hidden = text["embeddings.word_embeddings.weight"].shape
     layers = 1 + max(int(m.group(1)) for k in text if (m := re.match(r"encoder\.layer\.(\d+)\.", k)))
     cross = sorted({int(m.group(1)) for k in text if (m := re.match(r"encoder\.layer\.(\d+)\.crossattention\.", k))})
@@ -359,8 +366,9 @@ def load_retrieval_model(path_or_state_dict, vocab: str | Path | None = None, co
                       if k not in ("embed_dim", "depth") and v != getattr(VideoMambaConfig(), k)}
     sizes = {n: video_encoder_config(n) for n in list_video_encoders()}
     name = next((n for n, c in sizes.items() if (c.embed_dim, c.depth) == (D, venc.depth)), None)
-    video = VideoTowerConfig(name=name or "videomamba_tiny", pooling="frames",
-                             encoder=encoder_fields if name else {**encoder_fields, "embed_dim": D, "depth": venc.depth})
+    if not name:
+        encoder_fields = {**encoder_fields, "embed_dim": D, "depth": venc.depth}
+    video = VideoTowerConfig(name=name or "videomamba_tiny", pooling="frames", encoder=encoder_fields)
     cfg = UMTConfig(video=video, text=UMTTextConfig(**bert, context_length=context_length or 32), embed_dim=int(E),
                     temp=float(heads["temp"].float()))
     model = UMTModel(cfg, tok)
@@ -374,14 +382,6 @@ def load_retrieval_model(path_or_state_dict, vocab: str | Path | None = None, co
     state.update({f"text.{k}": v for k, v in text.items()})
     state.update(heads)
     state.update(other)
-    own = model.state_dict()
-    for k, v in state.items():
-        if k in own and own[k].shape != v.shape:
-            raise CheckpointError(f"{k}: checkpoint shape {tuple(v.shape)} does not fit the model's {tuple(own[k].shape)}")
-    result = model.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
-    report.missing, report.unexpected = list(result.missing_keys), list(result.unexpected_keys)
-    if strict and (report.missing or report.unexpected):
-        raise CheckpointError("strict load failed:\n" + str(report))
-    model.load_report = report
+    _load_checked(model, {k: v.float() for k, v in state.items()}, report, strict)
     log.info("%s", report)
     return model.to(device).eval()

@@ -1,4 +1,4 @@
-"""Training objectives as pure functions of features: VTC (multi-positive InfoNCE), token alignment, MLM, and their sum."""
+"""Training objectives as pure functions of features: VTC (multi-positive InfoNCE), token alignment, MLM, their sum."""
 from __future__ import annotations
 
 from typing import Callable, Mapping
@@ -111,7 +111,7 @@ def mlm_mask_tokens(tokens: torch.Tensor, mask_id: int, vocab_size: int, special
 
 
 def mlm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy of logits (B, L, V) at labelled places (labels (B, L), -100 = ignore); 0 when nothing is labelled."""
+    """Cross-entropy of logits (B, L, V) at labelled places (labels (B, L), -100 = ignore); 0 when none is labelled."""
     flat_labels = labels.reshape(-1)
     if not bool((flat_labels != -100).any()):
         return logits.sum() * 0.0  # keeps the graph (and DDP's used-parameter bookkeeping) intact

@@ -61,7 +61,7 @@ def row_mask(batch_size: int, T: int, h: int, w: int, ratio: float,
 
 def attention_guided_mask(batch_size: int, T: int, h: int, w: int, ratio: float,
                    generator: torch.Generator | None = None, *, device=None, scores=None) -> torch.Tensor:
-    """Keep the tokens with the highest `scores` (B, T*h*w) visible (UMT's semantic masking, e.g. teacher CLS attention)."""
+    """Keep the tokens with the highest `scores` (B, T*h*w) visible (UMT's semantic masking: teacher CLS attention)."""
     n = T * h * w
     if scores is None:
         raise ValueError("attention masking needs scores (B, T*h*w), e.g. the teacher's CLS attention")

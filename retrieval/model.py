@@ -1,4 +1,4 @@
-"""The dual encoder: VideoMamba video tower + text tower + projections + learnable temperature; save/load as one folder."""
+"""The dual encoder: VideoMamba video tower + text tower + projections + learnable temperature; saved as one folder."""
 from __future__ import annotations
 
 import dataclasses
@@ -60,7 +60,8 @@ class ModelConfig:
         if self.video.pooling not in POOLINGS:
             raise ConfigError(f"video.pooling must be one of {POOLINGS}, got {self.video.pooling!r}")
         if not 0 < self.temp_min <= self.temp_init <= self.temp_max:
-            raise ConfigError(f"need 0 < temp_min <= temp_init <= temp_max, got {self.temp_min}, {self.temp_init}, {self.temp_max}")
+            raise ConfigError(f"need 0 < temp_min <= temp_init <= temp_max, got "
+                              f"{self.temp_min}, {self.temp_init}, {self.temp_max}")
         self.video.encoder_config()  # raises on bad encoder fields
         return self
 
@@ -148,7 +149,24 @@ def complete_card(card: ModelCard | None, model: "VideoTextModel", source: dict 
     return card.validate()
 
 
-class VideoTextModel(nn.Module):
+class RetrievalModule(nn.Module):
+    """What both model kinds (VideoTextModel, umt.UMTModel) derive from their temperature and their weights."""
+
+    _model_id: str | None = None  # cached; reset to None whenever the weights change
+
+    @property
+    def logit_scale(self) -> torch.Tensor:
+        return 1.0 / self.temp
+
+    @property
+    def model_id(self) -> str:
+        """Stable id of config + weights (config_weights_id), computed on first use."""
+        if self._model_id is None:
+            self._model_id = config_weights_id(self)
+        return self._model_id
+
+
+class VideoTextModel(RetrievalModule):
     """open_clip-shaped dual encoder: `encode_video`, `encode_text`, `forward` -> features + logit scale."""
 
     def __init__(self, cfg: ModelConfig, tokenizer=None, pretrained: bool = True):
@@ -167,21 +185,9 @@ class VideoTextModel(nn.Module):
         if cfg.teacher_dim > 0:
             self.token_decoder = nn.Sequential(nn.Linear(self.visual.embed_dim, cfg.teacher_dim),
                                                nn.LayerNorm(cfg.teacher_dim))
-        self._model_id: str | None = None
         self.card: ModelCard | None = None  # set by load_model (None: a folder saved before cards existed)
 
-    # -- properties users and the index rely on --------------------------------------------------
-    @property
-    def logit_scale(self) -> torch.Tensor:
-        return 1.0 / self.temp
-
-    @property
-    def model_id(self) -> str:
-        """Stable id of config + weights (config_weights_id), computed on first use."""
-        if self._model_id is None:
-            self._model_id = config_weights_id(self)
-        return self._model_id
-
+    # -- training hooks ----------------------------------------------------------------------------
     def clamp_temperature(self) -> None:
         """Keep temp in the release's range; call after every optimizer step."""
         with torch.no_grad():
@@ -215,7 +221,8 @@ class VideoTextModel(nn.Module):
             return self.visual.pool_frames(tokens, num_frames=1)[:, 0]
         return self.visual.pool_frames(tokens).mean(1)
 
-    def encode_video(self, video: torch.Tensor, normalize: bool = True, mask: torch.Tensor | None = None) -> torch.Tensor:
+    def encode_video(self, video: torch.Tensor, normalize: bool = True,
+                     mask: torch.Tensor | None = None) -> torch.Tensor:
         """video (B, 3, T, H, W) float, normalised with config.video.mean/std -> (B, embed_dim)."""
         feats = self.vision_proj(self.pool_video(self.video_tokens(video, mask), masked=mask is not None))
         return F.normalize(feats, dim=-1) if normalize else feats
@@ -363,7 +370,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> VideoTex
         raise FileNotFoundError(f"{path} is not a model folder (needs config.yaml and model.safetensors)")
     data = load_yaml(cfg_file)
     if data.get("format_version") != FORMAT_VERSION:
-        raise ConfigError(f"{cfg_file}: unsupported format_version {data.get('format_version')!r} (expected {FORMAT_VERSION})")
+        raise ConfigError(f"{cfg_file}: format_version {data.get('format_version')!r}, expected {FORMAT_VERSION}")
     if data.get("kind") == "umt":
         from .umt import UMTConfig, UMTModel
 

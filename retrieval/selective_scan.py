@@ -1,4 +1,4 @@
-"""Selective-scan backends (triton | cuda | torch | ref) for Mamba, the causal depthwise conv, and the one backend switch."""
+"""Selective-scan backends (triton | cuda | torch | ref) for Mamba, the causal depthwise conv, the backend switch."""
 from __future__ import annotations
 
 import functools
@@ -20,9 +20,7 @@ BACKENDS = ("auto", "triton", "cuda", "torch", "ref")
 ENV_VAR = "VMR_SCAN_BACKEND"
 _INSTALL_HINT = "install the CUDA kernels with `pip install .[cuda]` on a CUDA host"
 
-# ----------------------------------------------------------------------------------------------
-# Backend choice: the argument beats the environment variable, which beats "auto".
-# ----------------------------------------------------------------------------------------------
+# --- backend choice: the argument beats the environment variable, which beats "auto" -----------
 
 
 @functools.lru_cache(maxsize=None)
@@ -36,17 +34,13 @@ def cuda_kernels_available() -> bool:
 
 
 @functools.lru_cache(maxsize=None)
-def _causal_conv1d_available() -> bool:
+def causal_conv1d_available() -> bool:
+    """True when the causal-conv1d CUDA kernel imports (cached)."""
     try:
         from causal_conv1d import causal_conv1d_fn  # noqa: F401
     except Exception:
         return False
     return True
-
-
-def causal_conv1d_available() -> bool:
-    """True when the causal-conv1d CUDA kernel imports (cached)."""
-    return _causal_conv1d_available()
 
 
 def _triton_reason(device: torch.device) -> str | None:
@@ -105,16 +99,14 @@ def resolve_backend(tensor_or_device, backend: str | None = None) -> str:
     """The selective-scan backend ("triton", "cuda", "torch" or "ref") for tensors on this device.
 
     `backend` overrides $VMR_SCAN_BACKEND, which overrides "auto" (on CUDA tensors: triton without grad,
-    cuda with grad when mamba-ssm imports, triton otherwise, torch when neither imports; elsewhere torch). An explicit backend that cannot run
-    raises RuntimeError. `triton` is a whole-block path (retrieval.kernels); single scans it is asked
-    for run on the `cuda` kernels where they import, else on `torch`.
+    cuda with grad when mamba-ssm imports, triton otherwise, torch when neither imports; elsewhere torch).
+    An explicit backend that cannot run raises RuntimeError. `triton` is a whole-block path (retrieval.kernels);
+    single scans it is asked for run on the `cuda` kernels where they import, else on `torch`.
     """
     return _resolve(_device_of(tensor_or_device), backend, cuda_kernels_available(), "mamba-ssm")
 
 
-# ----------------------------------------------------------------------------------------------
-# Public ops
-# ----------------------------------------------------------------------------------------------
+# --- public ops --------------------------------------------------------------------------------
 
 
 def _shape_error(name: str, t: torch.Tensor, expected: str) -> ValueError:
@@ -231,15 +223,14 @@ def causal_conv1d_fn(x, weight, bias=None, activation: str | None = "silu", back
     Backend choice as in `resolve_backend`, but `cuda` here means the causal-conv1d package.
     """
     _check_conv_inputs(x, weight, bias, activation)
-    name = _resolve(x.device, backend, _causal_conv1d_available(), "causal-conv1d")
+    name = _resolve(x.device, backend, causal_conv1d_available(), "causal-conv1d")
     if name == "cuda":
         from causal_conv1d import causal_conv1d_fn as cuda_conv
         return cuda_conv(x, weight, bias, activation=activation)
     return causal_conv1d_ref(x, weight, bias, activation)
 
 
-# ----------------------------------------------------------------------------------------------
-# torch backend: a chunked scan, vectorised over batch, channels and states.
+# --- torch backend: a chunked scan, vectorised over batch, channels and states ------------------
 #
 # Layout: time-major (B, L, N, D), so one time step is a contiguous (N, D) block and the
 # contractions over N or D are row-vector x matrix products (fast batched GEMV).
@@ -255,7 +246,6 @@ def causal_conv1d_fn(x, weight, bias=None, activation: str | None = "silu", back
 # Backward is a hand-written reverse scan over the same structure; it recomputes states per
 # segment from the saved segment-start states (B, nseg, N, D), so training memory stays
 # O(B L D), not O(B L D N).
-# ----------------------------------------------------------------------------------------------
 
 _LOG2E = 1.0 / math.log(2.0)
 # Floor for log2 of a decay: exp2 of anything lower gives subnormals, which make the

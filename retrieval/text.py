@@ -27,23 +27,24 @@ HF_CONFIG_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "sp
 @dataclass
 class TextConfig:
     kind: str = "clip"                  # "clip": open_clip's CLIP text transformer | "hf": local Hugging Face folder
-    width: int | None = None            # clip: model width (unset: open_clip_model's, else 512); hf: read from the folder
+    width: int | None = None            # clip: model width (unset: open_clip_model's, else 512); hf: the folder's
     layers: int | None = None           # clip: transformer blocks (unset: open_clip_model's, else 12); hf: read
     heads: int | None = None            # clip: attention heads, must divide width (unset: ..., else 8); hf: read
     mlp_ratio: float | None = None      # clip: MLP hidden / width (unset: open_clip_model's, else 4.0)
-    context_length: int | None = None   # tokens per caption incl. start/end (unset: open_clip_model's, else 77); UMT uses 32-40
+    context_length: int | None = None   # tokens/caption incl. start/end (unset: open_clip_model's, else 77); UMT: 32-40
     vocab_size: int | None = None       # embedding rows (unset: the tokenizer's; hf: the folder's)
     pad_id: int | None = None           # padding id; hf builds its attention mask from it (unset: the tokenizer's)
     eos_id: int | None = None           # end id; the "eos" pooler reads features there (unset: the tokenizer's)
     causal: bool = True                 # clip: CLIP's causal mask; False = bidirectional + padding mask (allows MLM)
     quick_gelu: bool = False            # clip: QuickGELU activation, as OpenAI's CLIP weights were trained with
     open_clip_model: str | None = None  # clip: open_clip model config (e.g. "ViT-B-32") whose text_cfg sets unset sizes
-    hf_folder: str | None = None        # hf: local model folder, or "pkg:<distribution>" for a folder shipped in a package
-    init_checkpoint: str | None = None  # clip: local open_clip checkpoint (.pt/.bin/.safetensors) to take text weights from
-    freeze: str = "none"                # "none" | "all" | "all_but_last_N" (train only the last unfrozen_layers blocks + head)
+    hf_folder: str | None = None        # hf: local model folder, or "pkg:<distribution>" (shipped in a package)
+    init_checkpoint: str | None = None  # clip: local open_clip checkpoint (.pt/.bin/.safetensors) with the text weights
+    freeze: str = "none"                # "none" | "all" | "all_but_last_N" (train last unfrozen_layers blocks + head)
     unfrozen_layers: int = 0            # N for freeze="all_but_last_N"; 1..layers
-    pooler: str | None = None           # clip: "eos" (default) | "argmax" | "first" | "last"; hf: "mean_pooler" (default) | "cls_pooler" | "cls_last_hidden_state_pooler"
-    output_dim: int | None = None       # projection inside the tower; unset/0 = none: the tower returns width and the dual encoder projects
+    pooler: str | None = None           # clip: "eos" (default) | "argmax" | "first" | "last"; hf: "mean_pooler"
+                                        # (default) | "cls_pooler" | "cls_last_hidden_state_pooler"
+    output_dim: int | None = None       # projection inside the tower; unset/0: none (the dual encoder projects width)
     tokenizer: str | None = None        # "bpe" | "sentencepiece" | "hf" (unset: "hf" for kind hf, else "bpe")
     tokenizer_path: str | None = None   # sentencepiece: .model or saved folder; hf: folder (unset: hf_folder)
 
@@ -212,10 +213,9 @@ def resolve_text_config(cfg: TextConfig, tokenizer: Tokenizer | None = None) -> 
             raise ConfigError("text.open_clip_model is for kind 'clip'")
         hf = _hf_config(resolve_hf_folder(c.hf_folder))
         where = f"the Hugging Face config in {c.hf_folder}"
-        _fill(c, "width", hf.hidden_size, where, strict=True)
-        _fill(c, "layers", hf.num_hidden_layers, where, strict=True)
-        _fill(c, "heads", hf.num_attention_heads, where, strict=True)
-        _fill(c, "vocab_size", hf.vocab_size, where, strict=True)
+        for key, value in (("width", hf.hidden_size), ("layers", hf.num_hidden_layers),
+                           ("heads", hf.num_attention_heads), ("vocab_size", hf.vocab_size)):
+            _fill(c, key, value, where, strict=True)
         if getattr(hf, "pad_token_id", None) is not None:
             _fill(c, "pad_id", hf.pad_token_id, where, strict=True)
         _fill(c, "context_length", DEFAULT_CONTEXT_LENGTH, "default", strict=False)

@@ -1,8 +1,9 @@
-"""Caption tokenizers (open_clip BPE, SentencePiece, local Hugging Face folder) behind one interface, with save/load into a model folder."""
+"""Caption tokenizers (open_clip BPE, SentencePiece, local Hugging Face folder): one interface, saved with the model."""
 from __future__ import annotations
 
 import hashlib
 import importlib.util
+import itertools
 import json
 import shutil
 import unicodedata
@@ -27,7 +28,7 @@ SPM_PAD, SPM_UNK, SPM_BOS, SPM_EOS, SPM_MASK = "<pad>", "<unk>", "<s>", "</s>", 
 
 
 def resolve_hf_folder(spec: str | Path) -> Path:
-    """A local HF model folder: a path, or "pkg:<distribution>" for the model folder shipped inside an installed package."""
+    """A local HF model folder: a path, or "pkg:<distribution>" for the model folder inside an installed package."""
     spec = str(spec)
     if spec.startswith("pkg:"):
         dist = spec[4:]
@@ -291,17 +292,8 @@ def _basic_words(text: str, lower: bool) -> list[str]:
     for word in "".join(chars).split():
         if lower:
             word = "".join(c for c in unicodedata.normalize("NFD", word.lower()) if unicodedata.category(c) != "Mn")
-        piece = ""
-        for ch in word:
-            if _is_punctuation(ch):
-                if piece:
-                    words.append(piece)
-                words.append(ch)
-                piece = ""
-            else:
-                piece += ch
-        if piece:
-            words.append(piece)
+        for punct, run in itertools.groupby(word, _is_punctuation):  # every punctuation mark is its own word
+            words.extend(run if punct else ["".join(run)])
     return words
 
 
@@ -410,7 +402,7 @@ def create_tokenizer(kind: str, path: str | Path | None = None,
         return BPETokenizer(context_length)
     if kind == "sentencepiece":
         if path is None:
-            raise TokenizerError("sentencepiece tokenizer needs tokenizer_path (a .model file or a saved tokenizer folder)")
+            raise TokenizerError("sentencepiece tokenizer needs tokenizer_path (a .model file or tokenizer folder)")
         p = Path(path)
         return SentencePieceTokenizer(p / SPM_FILE if p.is_dir() else p, context_length)
     if kind == "hf":
@@ -492,7 +484,7 @@ def read_caption_file(path: str | Path) -> list[str]:
 
 def train_sentencepiece(caption_files: Sequence[str | Path], vocab_size: int, out_dir: str | Path,
                         model_type: str = "unigram", context_length: int = DEFAULT_CONTEXT_LENGTH) -> Path:
-    """Train a SentencePiece model on caption files into `out_dir` (a loadable tokenizer folder); returns the .model path.
+    """Train a SentencePiece model on caption files into `out_dir` (a loadable tokenizer folder); returns its .model.
 
     Ids 0-4 are <pad> <unk> <s> </s> <mask>. Captions are NFKC-normalised and case-folded (as CLIP
     lower-cases), so a small vocabulary goes further. The vocabulary size is a soft limit, so a tiny

@@ -1,4 +1,4 @@
-"""The release's multimodal retrieval model (UMT-style VideoMamba + BERT): dual-encoder similarity and ITM re-ranking."""
+"""The release's multimodal retrieval model (UMT-style VideoMamba + BERT): dual-encoder similarity, ITM re-ranking."""
 from __future__ import annotations
 
 import re
@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from .bert import BertConfig, BertTextEncoder
 from .config import ConfigError
-from .model import VideoTowerConfig, config_weights_id
+from .model import RetrievalModule, VideoTowerConfig
 from .tokenizer import TokenizerError
 from .videomamba import VideoMamba
 
@@ -60,7 +60,7 @@ def clean_caption(text: str) -> str:
     return _SPACES.sub(" ", text).rstrip("\n").strip(" ")
 
 
-class UMTModel(nn.Module):
+class UMTModel(RetrievalModule):
     """VideoMamba + BERT with the release's heads. Same API as VideoTextModel, plus ITM re-ranking.
 
     Similarity (what the index and `vmr eval` use by default): `encode_video` is the mean over frames of the
@@ -91,19 +91,7 @@ class UMTModel(nn.Module):
         self.text_proj = nn.Linear(cfg.text.hidden_size, cfg.embed_dim)
         self.temp = nn.Parameter(torch.tensor(cfg.temp))
         self.itm_head = nn.Linear(cfg.text.hidden_size, 2)
-        self._model_id: str | None = None
         self.load_report = None
-
-    # -- what the index, the evaluation and the app rely on -----------------------------------------
-    @property
-    def logit_scale(self) -> torch.Tensor:
-        return 1.0 / self.temp
-
-    @property
-    def model_id(self) -> str:
-        if self._model_id is None:
-            self._model_id = config_weights_id(self)
-        return self._model_id
 
     # -- video -------------------------------------------------------------------------------------
     def video_features(self, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -149,7 +137,8 @@ class UMTModel(nn.Module):
         return self.embed_text_states(self.text_states(texts)[0], normalize)
 
     # -- matching head -----------------------------------------------------------------------------
-    def itm_scores(self, text_states: torch.Tensor, text_mask: torch.Tensor, video_tokens: torch.Tensor) -> torch.Tensor:
+    def itm_scores(self, text_states: torch.Tensor, text_mask: torch.Tensor,
+                   video_tokens: torch.Tensor) -> torch.Tensor:
         """Pairs (text_states (B, L, H), text_mask (B, L), video_tokens (B, S, D)) -> raw match logits (B,)."""
         fused = self.text.forward_fusion(text_states, text_mask, video_tokens)
         return self.itm_head(fused[:, 0])[:, 1]

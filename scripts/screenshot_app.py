@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
 
     model = None
     if args.model:
-        from index.embedder import load_model
+        from retrieval import load_model
         model = load_model(args.model)
     searcher = Searcher(args.index, model=model)
     port = free_port()

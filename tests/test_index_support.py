@@ -95,16 +95,16 @@ def make_library(root: Path) -> dict[str, Path]:
 
 
 def install_fake_loader(monkeypatch=None) -> None:
-    """Make `index.embedder.load_model(path)` return a ColorModel tagged with the folder name of `path`."""
-    import index.embedder as emb
+    """Make `retrieval.load_model(path)` return a ColorModel tagged with the folder name of `path`."""
+    import retrieval
 
     def load(path, device="cpu"):
         name = Path(path).name
         return ColorModel(tag=name.split("color-", 1)[-1] if name.startswith("color-") else name)
     if monkeypatch is not None:
-        monkeypatch.setattr(emb, "load_model", load)
+        monkeypatch.setattr(retrieval, "load_model", load)
     else:
-        emb.load_model = load
+        retrieval.load_model = load
 
 
 def model_dir(tmp_path: Path, tag: str = "v1") -> Path:

@@ -85,8 +85,8 @@ def test_model_loaded_from_index_and_checked(built, monkeypatch):
     s = Searcher(out)  # the index records .../color-v1 -> ColorModel("v1")
     assert s.search("green", k=1)[0].path == "green.webm"
     assert s.info()["model_id"] == "color-v1"
-    import index.embedder as emb
-    monkeypatch.setattr(emb, "load_model", lambda path, device="cpu": ColorModel("retrained"))
+    import retrieval
+    monkeypatch.setattr(retrieval, "load_model", lambda path, device="cpu": ColorModel("retrained"))
     with pytest.raises(ModelMismatchError, match="color-v1.*color-retrained"):
         Searcher(out)
     with pytest.raises(IndexMissingError):

@@ -335,7 +335,7 @@ def test_explicit_cuda_without_kernels_says_how_to_install(no_env):
     no_env.setenv(ss.ENV_VAR, "cuda")
     with pytest.raises(RuntimeError, match=r"pip install \.\[cuda\]"):
         selective_scan_fn(**make_inputs())
-    no_env.setattr(ss, "_causal_conv1d_available", lambda: False)
+    no_env.setattr(ss, "causal_conv1d_available", lambda: False)
     with pytest.raises(RuntimeError, match=r"causal-conv1d.*pip install \.\[cuda\]"):
         causal_conv1d_fn(torch.zeros(1, 2, 3), torch.zeros(2, 4))
 
@@ -406,7 +406,7 @@ def test_torch_backend_on_cuda_matches_ref():
 @pytest.mark.cuda
 @needs_gpu
 def test_causal_conv1d_cuda_matches_ref():
-    if not ss._causal_conv1d_available():
+    if not ss.causal_conv1d_available():
         pytest.skip("needs causal-conv1d (pip install .[cuda])")
     x, w, b = torch.randn(2, 64, 50, device="cuda"), torch.randn(64, 4, device="cuda"), torch.randn(64, device="cuda")
     out = causal_conv1d_fn(x, w, b, activation="silu", backend="cuda")

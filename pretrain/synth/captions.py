@@ -67,7 +67,8 @@ TEMPLATE = {
     "single": ["{np} {vp} {bg}", "{np} {ving} {bg}", "{bg}, {np} {vp}"],
     "double": ["first {np} {vp1}, then it {vp2} {bg}", "{np} {vp1} and then {vp2} {bg}",
                "{bg}, {np} first {vp1} and then {vp2}"],
-    "swap": ["{np} and {np2} swap places {bg}", "{np} and {np2} trade places {bg}", "{np} swaps places with {np2} {bg}"],
+    "swap": ["{np} and {np2} swap places {bg}", "{np} and {np2} trade places {bg}",
+             "{np} swaps places with {np2} {bg}"],
     "follow": ["{np} follows {np2} {bg}", "{np} chases {np2} {bg}", "{np} is following {np2} {bg}"],
 }
 
@@ -148,7 +149,8 @@ def caption(a: dict, rng: np.random.Generator, style: str = "template") -> str:
 
     def verb(event, ing=False):
         phrase = pick((table["event_ing"] if ing else table["event"])[event], _EVENT_SLOT[event])
-        return phrase.format(c1=pick(table["colour"][a["colour"]], 3), c2=pick(table["colour"].get(a["to_colour"], [""]), 6))
+        return phrase.format(c1=pick(table["colour"][a["colour"]], 3),
+                             c2=pick(table["colour"].get(a["to_colour"], [""]), 6))
 
     np1 = pick(table["np"], 0).format(det=pick(table["det"], 1), size=pick(table["size"][a["size"]], 2),
                                       colour=pick(table["colour"][a["colour"]], 3),
@@ -157,7 +159,8 @@ def caption(a: dict, rng: np.random.Generator, style: str = "template") -> str:
     events = a["events"]
     if a["other"]:
         other = a["other"]
-        np2 = pick(table["np2"], 10).format(det=pick(table["det"], 11), colour=pick(table["colour"][other["colour"]], 12),
+        np2 = pick(table["np2"], 10).format(det=pick(table["det"], 11),
+                                            colour=pick(table["colour"][other["colour"]], 12),
                                             shape=pick(table["shape"][other["shape"]], 13))
         text = pick(table[events[0]], 9).format(np=np1, np2=np2, bg=bg)
     elif len(events) == 1:

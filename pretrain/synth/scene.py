@@ -132,11 +132,12 @@ def _pairwise(a: dict, t: np.ndarray, rng: np.random.Generator, shake_room: floa
 
 def build_scene(a: dict, rng: np.random.Generator, frames: int) -> Scene:
     """a: attributes (world.py); rng: the video's render stream."""
-    colours = [a["colour"]] + ([a["to_colour"]] if a["to_colour"] else []) + ([a["other"]["colour"]] if a["other"] else [])
+    colours = [c for c in (a["colour"], a["to_colour"], a["other"] and a["other"]["colour"]) if c]
     choices = background_choices(colours)
     first = int(rng.integers(len(choices)))
     second = int(rng.integers(len(choices) - 1)) if len(choices) > 1 else 0
-    bg_colours = [choices[first], [c for c in choices if c != choices[first]][second] if len(choices) > 1 else choices[0]]
+    rest = [c for c in choices if c != choices[first]]
+    bg_colours = [choices[first], rest[second] if len(choices) > 1 else choices[0]]
     bg_angle, noise_seed = float(rng.uniform(0, 2 * np.pi)), int(rng.integers(2**31))
     shake_room = 0.015 if a["shake"] else 0.0
     shake = np.clip(rng.normal(0, 0.006, (frames, 2)), -shake_room, shake_room)

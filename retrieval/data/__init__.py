@@ -1,1 +1,1 @@
-"""Shared media helpers: video probing/decoding (PyAV, imported lazily), frame sampling, transforms, annotation loaders."""
+"""Shared media helpers: video probing/decoding (PyAV, lazily imported), frame sampling, transforms, annotations."""
