@@ -76,7 +76,6 @@ def biconv_bwd_kernel(x_ptr, w_ptr, gp_ptr, gx_ptr, gw_ptr, gbias_ptr, L, Dm, s_
     m2 = (t < L)[:, None] & mask_d[None, :]
     x_ptr += b * s_x_b
     gx = tl.zeros([BT, BD], dtype=tl.float32)
-    x = _tap(x_ptr, t, offs_d, L, s_x_t, mask_d)
     for k in tl.static_range(2):
         sign = 1 - 2 * k
         gpk = gp_ptr + k * s_gp_k + b * s_gp_b
