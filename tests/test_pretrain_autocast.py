@@ -34,10 +34,7 @@ def test_resolved_config_keeps_fp32_weights():
     assert not opt["autocast"] and "torch_autocast" not in ds
 
 
-def test_deepspeed_autocast_matches_torch_engine(tmp_path, monkeypatch):
-    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        monkeypatch.setenv(var, "")
-        monkeypatch.delenv(var)
+def test_deepspeed_autocast_matches_torch_engine(tmp_path, single_process_env):
     import torch
 
     from pretrain.run import main

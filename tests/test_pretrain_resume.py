@@ -14,13 +14,6 @@ COMMON = ["run.progress=false", "val.every=0", "run.ckpt_every=3", "data.num_wor
           "run.keep_checkpoints=5"]
 
 
-def _single_process_env(monkeypatch) -> None:
-    """No launcher variables during the test (run.py sets its own), and whatever it sets is undone afterwards."""
-    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        monkeypatch.setenv(var, "")  # records the old state for teardown
-        monkeypatch.delenv(var)
-
-
 @pytest.fixture(scope="module")
 def synth_folder(tmp_path_factory) -> Path:
     """The smoke config's synthetic world, generated once and copied into every run (RUN/synth is reused if present)."""
@@ -43,10 +36,9 @@ def _steps(run: Path) -> dict[int, dict]:
 
 
 @pytest.mark.parametrize("engine", ["deepspeed", "torch"])
-def test_resume_continues_exactly(tmp_path, engine, monkeypatch, synth_folder):
+def test_resume_continues_exactly(single_process_env, tmp_path, engine, synth_folder):
     if engine == "deepspeed":
         pytest.importorskip("deepspeed")
-    _single_process_env(monkeypatch)
     from pretrain.run import main
 
     args = COMMON + [f"engine.kind={engine}"]
@@ -112,11 +104,10 @@ def test_sigterm_checkpoints_the_current_step_and_resume_continues(tmp_path, syn
     assert sorted(_steps(run)) == list(range(1, summary["step"] + 2))
 
 
-def test_a_failing_step_shuts_the_data_workers_down(tmp_path, monkeypatch, synth_folder):
+def test_a_failing_step_shuts_the_data_workers_down(single_process_env, tmp_path, monkeypatch, synth_folder):
     """The workers ignore SIGTERM (preemption), so an error must close them itself or the process never exits."""
     import multiprocessing
 
-    _single_process_env(monkeypatch)
     import pretrain.train as train_mod
     from pretrain.run import main
 
@@ -135,10 +126,9 @@ def test_a_failing_step_shuts_the_data_workers_down(tmp_path, monkeypatch, synth
     assert failure.traceback and not [p for p in multiprocessing.active_children() if p.is_alive()]
 
 
-def test_resume_applies_keep_checkpoints(tmp_path, monkeypatch, synth_folder):
+def test_resume_applies_keep_checkpoints(single_process_env, tmp_path, synth_folder):
     """A resume with nothing left to train still prunes to run.keep_checkpoints (a kill can fall between a save
     and its prune)."""
-    _single_process_env(monkeypatch)
     from pretrain.run import main
 
     run = _run_dir(tmp_path, "keep", synth_folder)
@@ -150,14 +140,13 @@ def test_resume_applies_keep_checkpoints(tmp_path, monkeypatch, synth_folder):
     assert ckpts() == ["step_00000008"]
 
 
-def test_a_second_run_on_the_folder_waits_until_the_first_has_exited(tmp_path, monkeypatch, synth_folder):
+def test_a_second_run_on_the_folder_waits_until_the_first_has_exited(single_process_env, tmp_path, synth_folder):
     """After SIGTERM the `deepspeed` launcher returns before its ranks have written their checkpoint, so a
     `--resume auto` started right after must wait for them (RUN/.lock) instead of racing them."""
     import fcntl
     import threading
     import time
 
-    _single_process_env(monkeypatch)
     from pretrain.run import main
 
     run = _run_dir(tmp_path, "busy", synth_folder)

