@@ -8,7 +8,7 @@ def thumbnail_jpeg(path: str, start: float, end: float, width: int = 320, qualit
     """JPEG bytes of the middle frame of [start, end) scaled to `width` px (quality: 2 best .. 31 worst)."""
     import av
 
-    from retrieval.data.video import read_frames
+    from retrieval.data.video import encoder_frame, read_frames
 
     frame = read_frames(path, 1, mode="middle", start_sec=start, end_sec=end if end > start else None)[0]
     h, w = frame.shape[:2]
@@ -19,6 +19,5 @@ def thumbnail_jpeg(path: str, start: float, end: float, width: int = 320, qualit
     ctx.time_base = Fraction(1, 25)
     ctx.options = {"qscale": str(quality)}
     ctx.flags |= getattr(av.codec.context.Flags, "qscale", 0)
-    image = av.VideoFrame.from_ndarray(frame, format="rgb24").reformat(width=width, height=height, format="yuvj420p")
-    packets = list(ctx.encode(image)) + list(ctx.encode(None))
+    packets = list(ctx.encode(encoder_frame(frame, width, height, "yuvj420p"))) + list(ctx.encode(None))
     return b"".join(bytes(p) for p in packets)
