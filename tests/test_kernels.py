@@ -119,6 +119,34 @@ def test_bimamba_scan_odd_state_size_and_strided_inputs(interpreter, small_block
 
 
 @needs_interpreter
+@pytest.mark.parametrize("dim", [16, 20])
+def test_bimamba_scan_lane_reduce_scatter(interpreter, small_blocks, dim):
+    # 2 x d_state == channels per program (16 here, 32 on the GPU): dL/dB and dL/dC summed over the
+    # program's lanes by the reduce-scatter of lane swaps; dim 20 adds a masked tail block.
+    assert bimamba_scan.TUNING["bwd_block"][0] == 2 * 8
+    assert_scan_parity(scan_inputs(2, 37, dim, 8, seed=dim))
+
+
+@needs_interpreter
+def test_bimamba_scan_packed_bf16_rows(interpreter, small_blocks):
+    # B and C in bf16 as 8-byte-aligned strided views of one projection (the model's layout: d_state
+    # 16 at offsets 12 and 28 of 44 columns) are read four at a time; the math stays fp32.
+    inp = scan_inputs(2, 21, 16, 16, seed=13)
+    xdbl = torch.randn(2, 2 * 21, 44, generator=torch.Generator().manual_seed(4)).bfloat16()
+    B, C = xdbl[..., 12:28].view(2, 2, 21, 16), xdbl[..., 28:].view(2, 2, 21, 16)
+    assert bimamba_scan.packed_rows(B, C) and not bimamba_scan.packed_rows(B.float(), C)
+    grad_out = torch.randn(2, 21, 2, 16, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    leaves = {k: v.requires_grad_(True) for k, v in dict(inp, B=B, C=C).items()}
+    y = bimamba_scan_fn(**leaves)
+    grads = torch.autograd.grad((y * grad_out).sum(), list(leaves.values()))
+    y64, g64 = value_and_grads(bimamba_scan_ref, dict(inp, B=B.double(), C=C.double()), torch.float64, grad_out)
+    assert rel_err(y, y64) < TOL
+    for name, grad in zip(leaves, grads):
+        tol = 8e-3 if name in ("B", "C") else TOL  # those two gradients come back in bf16
+        assert rel_err(grad, g64[name]) < tol, f"d{name}: {rel_err(grad, g64[name]):.2e}"
+
+
+@needs_interpreter
 def test_inference_forward_saves_nothing_and_matches(interpreter, small_blocks):
     inp = scan_inputs(2, 40, 16, 4, seed=7)
     with torch.no_grad():

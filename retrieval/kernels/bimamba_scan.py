@@ -21,7 +21,7 @@ TUNING = {
     "fwd_programs": 8192,  # cut the sequence into segments until about this many programs run,
     "fwd_min_len": 64,  # keeping segments at least this many steps long
     "chunk": 8,  # backward chunk length; the forward saves the state entering each chunk
-    "bwd_block": (8, 2),  # backward: channels per program, warps
+    "bwd_block": (32, 1),  # backward: channels per program, warps
     "bwd_programs": 16384,  # as fwd_programs, for the backward's segments
     "bwd_min_chunks": 4,
 }
@@ -77,11 +77,11 @@ class _BiMambaScan(torch.autograd.Function):
         from . import _bimamba_triton as k
         u, delta = _inner(u), _inner(delta)
         z = None if z is None else _inner(z)
-        A = A.float().contiguous()
+        At = A.float().transpose(1, 2).contiguous()  # (2, N, D): the kernels read A along channels
         D = None if D is None else D.float().contiguous()
         delta_bias = None if delta_bias is None else delta_bias.float().contiguous()
         _, bsz, L, dim = u.shape
-        n = A.shape[2]
+        n = At.shape[1]
         save = any(ctx.needs_input_grad)
         BT, (BD, warps) = TUNING["chunk"], TUNING["fwd_block"]
         n_chunks = triton_cdiv(L, BT)
@@ -91,69 +91,72 @@ class _BiMambaScan(torch.autograd.Function):
         n_seg, seg_len = split_sequence(L, n_dblk * bsz * 2, TUNING["fwd_programs"], TUNING["fwd_min_len"])
         E = u.new_empty((2, bsz, n_seg, n, dim) if n_seg > 1 else (1,), dtype=torch.float32)
         S = u.new_empty((2, bsz, n_seg, dim) if n_seg > 1 else (1,), dtype=torch.float32)
-        dummy = A  # stands in for absent optional tensors (never read)
+        dummy = At  # stands in for absent optional tensors (never read)
         zz = z if z is not None else u[0]
         grid = (n_dblk, bsz * n_seg, 2)
-        args = (u, delta, A.transpose(1, 2).contiguous(), B, C, D if D is not None else dummy,
+        args = (u, delta, At, B, C, D if D is not None else dummy,
                 delta_bias if delta_bias is not None else dummy, zz, y, h, E, S, L, dim, seg_len, n_seg,
                 u.stride(0), u.stride(1), u.stride(2), delta.stride(0), delta.stride(1), delta.stride(2),
                 B.stride(0), B.stride(1), B.stride(2), B.stride(3), C.stride(0), C.stride(1), C.stride(2),
                 C.stride(3), zz.stride(0), zz.stride(1), y.stride(0), y.stride(1), y.stride(2),
                 h.stride(0) if save else 0, h.stride(1) if save else 0, h.stride(2) if save else 0)
         flags = dict(HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
-                     SOFTPLUS=bool(delta_softplus), BT=BT, BD=BD,
-                     NP=next_pow2(n), N=n, num_warps=warps)
+                     SOFTPLUS=bool(delta_softplus), BT=BT, BD=BD, N=n, PACK=packed_rows(B, C),
+                     EVEN_D=dim % BD == 0, num_warps=warps)
         if n_seg > 1:  # segment summaries first; the output launch chains them
             k.bimamba_fwd_kernel[grid](*args, SUMMARY=True, SAVE=False, **flags)
         k.bimamba_fwd_kernel[grid](*args, SUMMARY=False, SAVE=save, **flags)
         if save:
-            ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, h)
+            ctx.save_for_backward(u, delta, At, B, C, D, z, delta_bias, h)
             ctx.delta_softplus, ctx.chunk = bool(delta_softplus), BT
         return y
 
     @staticmethod
     def backward(ctx, gy):
         from . import _bimamba_triton as k
-        u, delta, A, B, C, D, z, delta_bias, h = ctx.saved_tensors
+        u, delta, At, B, C, D, z, delta_bias, h = ctx.saved_tensors
         gy = _inner(gy)
         _, bsz, L, dim = u.shape
-        n = A.shape[2]
+        n = At.shape[1]
         BT, (BD, warps) = ctx.chunk, TUNING["bwd_block"]
         n_chunks = h.shape[2]
-        f32 = dict(dtype=torch.float32, device=u.device)
-        gu = torch.empty_like(u)
-        gdt = torch.empty_like(delta)
-        gB = torch.zeros(2, bsz, L, n, **f32)
-        gC = torch.zeros(2, bsz, L, n, **f32)
-        gz = torch.empty(2, bsz, L, dim, **f32) if z is not None else gB  # per direction, summed below
-        gA = torch.zeros(2, dim, n, **f32)
-        gD = torch.zeros(2, dim, **f32)
-        gbias = torch.zeros(2, dim, **f32)
         n_dblk = triton_cdiv(dim, BD)
         n_seg, seg_chunks = split_sequence(n_chunks, n_dblk * bsz * 2, TUNING["bwd_programs"],
                                            TUNING["bwd_min_chunks"])
-        E = u.new_empty((2, bsz, n_seg, dim, n), dtype=torch.float32)
+        f32 = dict(dtype=torch.float32, device=u.device)
+        gu = torch.empty_like(u)
+        gdt = torch.empty_like(delta)
+        gBC = torch.empty(n_dblk, 2, bsz, L, 2 * n, **f32)  # dL/dB, dL/dC summed over each program's channels
+        gz = torch.empty(2, bsz, L, dim, **f32) if z is not None else gdt  # per direction, summed below
+        parts = 2 * bsz * n_seg  # dL/dA, dL/dD, dL/dbias summed over each program's steps
+        gA, gD, gbias = torch.empty(parts, n, dim, **f32), torch.empty(parts, dim, **f32), torch.empty(parts, dim, **f32)
+        E = u.new_empty((2, bsz, n_seg, n, dim), dtype=torch.float32)
         S = u.new_empty((2, bsz, n_seg, dim), dtype=torch.float32)
-        dummy = A
+        W = u.new_empty((2 * bsz * n_seg * n_dblk, BT + 1, n, BD), dtype=torch.float32)  # recomputed states
+        dummy = At
         zz = z if z is not None else u[0]
         grid = (n_dblk, bsz * n_seg, 2)
-        args = (u, delta, A, B, C, D if D is not None else dummy, delta_bias if delta_bias is not None else dummy,
-                zz, gy, h, gu, gdt, gB, gC, gz, gA, gD, gbias, E, S, L, dim, n_chunks, n_seg, seg_chunks,
+        args = (u, delta, At, B, C, D if D is not None else dummy,
+                delta_bias if delta_bias is not None else dummy, zz, gy, h, W,
+                gu, gdt, gBC, gz, gA, gD, gbias, E, S, L, dim, n_chunks, n_seg, seg_chunks,
                 u.stride(0), u.stride(1), u.stride(2), delta.stride(0), delta.stride(1), delta.stride(2),
                 B.stride(0), B.stride(1), B.stride(2), B.stride(3), C.stride(0), C.stride(1), C.stride(2),
                 C.stride(3), zz.stride(0), zz.stride(1), gy.stride(0), gy.stride(1), gy.stride(2),
                 h.stride(0), h.stride(1), h.stride(2),
-                gu.stride(0), gu.stride(1), gu.stride(2), gB.stride(0), gB.stride(1), gB.stride(2),
+                gu.stride(0), gu.stride(1), gu.stride(2), gBC.stride(0), gBC.stride(1), gBC.stride(2), gBC.stride(3),
                 gz.stride(0), gz.stride(1), gz.stride(2))
         flags = dict(HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
-                     SOFTPLUS=ctx.delta_softplus, BT=BT, BD=BD, NP=next_pow2(n), N=n, num_warps=warps)
+                     SOFTPLUS=ctx.delta_softplus, BT=BT, BD=BD, N=n, PACK=packed_rows(B, C),
+                     EVEN_D=dim % BD == 0, num_warps=warps)
         if n_seg > 1:
             k.bimamba_bwd_kernel[grid](*args, SUMMARY=True, **flags)
         k.bimamba_bwd_kernel[grid](*args, SUMMARY=False, **flags)
-        return (gu, gdt, gA, gB.to(B.dtype), gC.to(C.dtype),
-                gD if D is not None else None,
+        per_dir = lambda t: t.view(2, bsz * n_seg, *t.shape[1:]).sum(1)  # noqa: E731
+        gBC = gBC.sum(0)
+        return (gu, gdt, per_dir(gA).transpose(1, 2), gBC[..., :n].to(B.dtype), gBC[..., n:].to(C.dtype),
+                per_dir(gD) if D is not None else None,
                 gz.sum(0).to(z.dtype) if z is not None else None,
-                gbias if delta_bias is not None else None, None)
+                per_dir(gbias) if delta_bias is not None else None, None)
 
 
 def split_sequence(length: int, programs: int, target: int, min_len: int) -> tuple[int, int]:
@@ -169,8 +172,13 @@ def triton_cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
-def next_pow2(n: int) -> int:
-    return 1 << max(0, (n - 1).bit_length())
+def packed_rows(B: torch.Tensor, C: torch.Tensor) -> bool:
+    """Whether the kernels may read B_t and C_t as bf16 quadruples (int64 loads): bf16, d_state a
+    multiple of 4, unit stride along the state and every row 8-byte aligned."""
+    def ok(t):
+        return (t.dtype == torch.bfloat16 and t.shape[-1] % 4 == 0 and t.stride(-1) == 1
+                and t.data_ptr() % 8 == 0 and all(s % 4 == 0 for s in t.stride()[:-1]))
+    return ok(B) and ok(C)
 
 
 def bimamba_scan_fn(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=True):
