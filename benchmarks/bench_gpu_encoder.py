@@ -3,7 +3,8 @@
 
 VideoMamba variants, all measured in the same process: `cuda_unfused` (mamba-ssm scans, PyTorch residual
 add + RMSNorm: the path before the Triton work), `cuda` (mamba-ssm scans + fused add/norm) and `triton`
-(our block kernels + fused add/norm). `--profile` prints each variant's per-kernel share of GPU time.
+(our block kernels + fused add/norm), `triton_graphs` (the same replayed from a CUDA graph). `--profile` prints
+each variant's per-kernel share of GPU time.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from retrieval import create_video_encoder
+from retrieval.cuda_graphs import CudaGraphed
 
 
 class Attention(nn.Module):
@@ -93,6 +95,7 @@ VARIANTS = {  # name: (VMR_SCAN_BACKEND, VMR_FUSED_NORM)
     "cuda_unfused": ("cuda", "0"),
     "cuda": ("cuda", "1"),
     "triton": ("triton", "1"),
+    "triton_graphs": ("triton", "1"),  # + the forward replayed from a CUDA graph (retrieval.cuda_graphs)
 }
 
 
@@ -126,6 +129,7 @@ def main(argv=None):
     p.add_argument("--variants", default="cuda_unfused,cuda,triton", help=f"VideoMamba paths, from {list(VARIANTS)}")
     p.add_argument("--no-materialised", action="store_true", help="skip the materialised-attention ViT")
     p.add_argument("--profile", type=int, metavar="FRAMES", help="also profile each variant's forward at FRAMES")
+    p.add_argument("--batch", type=int, help="one batch size for every frame count (instead of the rule above)")
     p.add_argument("--load-blocks", help="Triton block sizes from bench_scan_gpu.py --save-blocks")
     p.add_argument("--json", help="write results here")
     args = p.parse_args(argv)
@@ -136,7 +140,7 @@ def main(argv=None):
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     rows, profiles = [], {}
     for T in args.frames:
-        B = max(1, args.videos_per_batch_frames // T)
+        B = args.batch or max(1, args.videos_per_batch_frames // T)
         models = {f"videomamba_tiny_{v}": (lambda: create_video_encoder("videomamba_tiny", num_frames=T), v)
                   for v in variants}
         if not args.no_materialised:
@@ -149,7 +153,7 @@ def main(argv=None):
             torch.manual_seed(0)
             m = make().cuda().eval()
             try:
-                res[name] = measure(m, T, B)
+                res[name] = measure(CudaGraphed(m) if name.endswith("_graphs") else m, T, B)
                 if variant and T == args.profile:
                     profiles[variant] = profile_shares(m, T, B)
             except torch.OutOfMemoryError:

@@ -7,6 +7,7 @@ Prints a Markdown table and a roofline line (achieved bytes/s and exp/s against 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import statistics
 
@@ -117,15 +118,15 @@ def main(argv=None):
     res = {"device": torch.cuda.get_device_name(), "shape": vars(args), "sweep": []}
     if args.sweep:  # forward settings (inference), then the backward's chunk and split; the fastest of each kept
         rows = []
-        for programs in (4096, 8192, 16384):
-            bs.TUNING.update(fwd_programs=programs)
-            rows.append({"fwd_programs": programs, "fwd_ms": timed_fwd(inp)})
+        for programs, unroll in itertools.product((4096, 8192), (2, 4)):
+            bs.TUNING.update(fwd_programs=programs, fwd_unroll=unroll)
+            rows.append({"fwd_programs": programs, "fwd_unroll": unroll, "fwd_ms": timed_fwd(inp)})
             print(rows[-1], flush=True)
         best = min(rows, key=lambda r: r["fwd_ms"])
         bs.TUNING.update({k: v for k, v in best.items() if k.startswith("fwd_") and k != "fwd_ms"})
         train_rows = []
-        for chunk in (8, 16):
-            for programs in (4096, 8192, 16384):
+        for chunk in (8,):
+            for programs in (8192, 16384):
                 bs.TUNING.update(chunk=chunk, bwd_programs=programs)
                 train_rows.append({"chunk": chunk, "bwd_programs": programs,
                                    "fwdbwd_ms": timed(lambda: run_ours(inp, True), 3, 1) * 1e3})

@@ -13,7 +13,9 @@ elementwise ops in the torch fallback), so MFU is a lower bound. Peak = a measur
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
+import itertools
 import json
 import os
 import platform
@@ -238,6 +240,48 @@ def loader_run(engine, teacher, cfg, grid, urls: str, workers: int, steps: int, 
             "samples_per_s": cfg.data.batch_size / total, "workers": workers, "skipped": loader.skipped}
 
 
+@contextlib.contextmanager
+def scan_backend(backend: str | None):
+    """Run the block with $VMR_SCAN_BACKEND set (None: leave `auto`)."""
+    old = os.environ.get("VMR_SCAN_BACKEND")
+    if backend is not None:
+        os.environ["VMR_SCAN_BACKEND"] = backend
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("VMR_SCAN_BACKEND", None)
+        else:
+            os.environ["VMR_SCAN_BACKEND"] = old
+
+
+def loss_curve(engine, teacher, cfg, grid, steps: int) -> list[float]:
+    """Losses of `steps` train steps on fresh synthetic batches (batch i drawn from seed i)."""
+    from pretrain.train import micro_step
+
+    dev = engine.dist.device
+    tok = engine.module.model.tokenizer
+    losses = []
+    for i in range(steps):
+        g = torch.Generator().manual_seed(1000 + i)
+        b = synthetic_batch(cfg, tok, dev)
+        b["video"] = torch.randn(b["video"].shape, generator=g).to(dev)
+        losses.append(float(micro_step(engine, teacher, b, cfg, grid, seed=i)["loss"]))
+    return losses
+
+
+def compare_curves(curves: dict[str, list[float]]) -> dict:
+    """Each curve against the first: mean and max |diff|, next to the first curve's own step-to-step noise."""
+    names = list(curves)
+    ref = torch.tensor(curves[names[0]])
+    out = {"reference": names[0], "step_noise": float((ref[1:] - ref[:-1]).abs().mean())}
+    for name in names[1:]:
+        d = (torch.tensor(curves[name]) - ref).abs()
+        out[name] = {"mean_abs_diff": float(d.mean()), "max_abs_diff": float(d.max()),
+                     "last20_ref": float(ref[-20:].mean()), "last20": float(torch.tensor(curves[name][-20:]).mean())}
+    return out
+
+
 def fmt(x, spec: str = ".1f") -> str:
     return "-" if x is None else format(x, spec)
 
@@ -248,7 +292,7 @@ def main(argv=None) -> dict:
     p.add_argument("--quick", action="store_true", help="tiny models, few steps (CPU check of the script itself)")
     p.add_argument("--sizes", default="tiny,small")
     p.add_argument("--batch", type=int, default=None, help="per-step batch (default 32 on GPU, 4 with --quick)")
-    p.add_argument("--steps", type=int, default=None, help="timed steps per configuration")
+    p.add_argument("--steps", type=int, default=None, help="timed steps per configuration (0: none)")
     p.add_argument("--warmup", type=int, default=None)
     p.add_argument("--teacher", choices=("openclip", "standin"), default=None,
                    help="openclip: random-weight open_clip ViT-B/16 (the real teacher's shape and cost); "
@@ -262,11 +306,18 @@ def main(argv=None) -> dict:
     p.add_argument("--loader-raw", action="store_true",
                    help="store loader clips as they are "
                         "(default: re-encoded to 320 px / 8 fps, the recommended shards)")
+    p.add_argument("--backends", default=None,
+                   help="comma list of selective-scan backends to time side by side (e.g. cuda,triton); "
+                        "default: what `auto` picks")
+    p.add_argument("--curve-steps", type=int, default=0,
+                   help="also train this many steps from one seed on fresh synthetic batches with each backend "
+                        "(VTC + MVM) and compare the loss curves")
     p.add_argument("--json", default=None, help="write results here")
     args = p.parse_args(argv)
     q = args.quick
     batch = args.batch or (4 if q else 32)
-    steps, warmup = args.steps or (3 if q else 20), args.warmup or (1 if q else 5)
+    steps = args.steps if args.steps is not None else (3 if q else 20)  # 0: no timing rows (e.g. curves only)
+    warmup = args.warmup or (1 if q else 5)
     teacher_kind = args.teacher or ("standin" if q else "openclip")
     device = torch.device(args.device)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -282,12 +333,14 @@ def main(argv=None) -> dict:
             "torch": torch.__version__, "scan_backend": resolve_backend(device), "batch": batch, "quick": q,
             "teacher": teacher_kind, "grad_checkpointing": args.grad_ckpt,
             "matmul_peak_tflops_bf16": peak, "matmul_n": 1024 if q or device.type == "cpu" else 8192}
+    backends = args.backends.split(",") if args.backends else [None]
     rows = []
-    for size in args.sizes.split(","):
-        for mvm in (False, True):
+    for size, mvm, backend in itertools.product(args.sizes.split(","), (False, True), backends if steps else []):
+        with scan_backend(backend):
             cfg = train_config(size, mvm, batch, q, args.grad_ckpt)
             name = "VTC + MVM (mask 0.8)" if mvm else "VTC"
-            row = {"model": f"videomamba_{size}", "objectives": name, "batch": batch}
+            row = {"model": f"videomamba_{size}", "objectives": name, "batch": batch,
+                   "scan_backend": resolve_backend(device, backend)}
             try:
                 engine, teacher, grid = build(cfg, dist, teacher_kind)
                 b = synthetic_batch(cfg, engine.module.model.tokenizer, device)
@@ -306,6 +359,21 @@ def main(argv=None) -> dict:
             gc.collect()
             if device.type == "cuda":
                 torch.cuda.empty_cache()
+
+    curves = {}
+    if args.curve_steps:
+        for size in args.sizes.split(","):
+            per_backend = {}
+            for backend in backends:
+                with scan_backend(backend):
+                    cfg = train_config(size, True, batch, q, args.grad_ckpt)
+                    engine, teacher, grid = build(cfg, dist, teacher_kind)
+                    per_backend[resolve_backend(device, backend)] = loss_curve(engine, teacher, cfg, grid,
+                                                                               args.curve_steps)
+                    engine = teacher = None
+                    gc.collect()
+            curves[f"videomamba_{size}"] = {"losses": per_backend, "compare": compare_curves(per_backend)}
+            print(f"  loss curves videomamba_{size}: {curves[f'videomamba_{size}']['compare']}", file=sys.stderr)
 
     loader_rows = []
     if not args.no_loader:
@@ -332,14 +400,15 @@ def main(argv=None) -> dict:
              f"bf16 matmul peak {peak:.1f} TFLOP/s ({info['matmul_n']}^3), teacher: "
              + ("random-weight open_clip ViT-B/16 per frame" if teacher_kind == "openclip" else "shape-only stand-in"),
              "",
-             "| model | objectives | batch | step (ms) | samples/s | peak mem (GB) "
+             "| model | objectives | scan backend | batch | step (ms) | samples/s | peak mem (GB) "
              "| GFLOP/sample* | TFLOP/s* | MFU %* |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['model']} | {r['objectives']} | {r['batch']} | {r['error']} | | | | | |")
+            lines.append(f"| {r['model']} | {r['objectives']} | {r['scan_backend']} | {r['batch']} | {r['error']} "
+                         "| | | | | |")
             continue
-        lines.append(f"| {r['model']} | {r['objectives']} | {r['batch']} | {r['step_ms']:.1f} "
+        lines.append(f"| {r['model']} | {r['objectives']} | {r['scan_backend']} | {r['batch']} | {r['step_ms']:.1f} "
                      f"| {r['samples_per_s']:.1f} | {fmt(r['peak_mem_gb'], '.2f')} | {r['gflop_per_sample']:.4g} "
                      f"| {r['tflops']:.3g} | {r['mfu_pct']:.1f} |")
     lines += ["", "*FlopCounterMode counts matmuls/convs/attention of the whole step (student fwd+bwd, teacher fwd), "
@@ -351,9 +420,18 @@ def main(argv=None) -> dict:
         for r in loader_rows:
             lines.append(f"| {r['model']} | {r['batch']} | {r['workers']} | {r['data_wait_ms']:.1f} "
                          f"| {r['step_ms']:.1f} | {r['wait_pct']:.1f} | {r['samples_per_s']:.1f} |")
+    for model, c in curves.items():
+        cmp = c["compare"]
+        lines += ["", f"Loss curves, {model}, VTC + MVM, {args.curve_steps} steps from one seed on fresh synthetic "
+                  f"batches, against `{cmp['reference']}` (its step-to-step noise: {cmp['step_noise']:.4f}):", "",
+                  "| backend | mean abs diff | max abs diff | loss, last 20 steps (reference) |", "|---|---|---|---|"]
+        for name, d in cmp.items():
+            if isinstance(d, dict):
+                lines.append(f"| {name} | {d['mean_abs_diff']:.4f} | {d['max_abs_diff']:.4f} "
+                             f"| {d['last20']:.4f} ({d['last20_ref']:.4f}) |")
     table = "\n".join(lines)
     print(table)
-    result = {"info": info, "synthetic": rows, "loader": loader_rows, "markdown": table}
+    result = {"info": info, "synthetic": rows, "curves": curves, "loader": loader_rows, "markdown": table}
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1))
     return result

@@ -64,10 +64,11 @@ class Encoded:
 class Embedder:
     """Runs the model: `encode_video` / `encode_text` on plain arrays, and `run` over the reader's stream."""
 
-    def __init__(self, model, device: str | torch.device = "auto", batch_size: int = 16):
+    def __init__(self, model, device: str | torch.device = "auto", batch_size: int = 16, cuda_graphs: bool = False):
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         self.batch_size = max(1, batch_size)
+        self.cuda_graphs = cuda_graphs
 
     @property
     def num_frames(self) -> int:
@@ -80,7 +81,7 @@ class Embedder:
     def encode_video(self, video: torch.Tensor) -> np.ndarray:
         """(B, 3, T, H, W) uint8 frames (normalised on the device) or normalised float -> float16 (B, E),
         L2-normalised."""
-        (emb,) = encode_clips(self.model, [video], self.device)
+        (emb,) = encode_clips(self.model, [video], self.device, cuda_graphs=self.cuda_graphs)
         return emb.cpu().numpy().astype(np.float16)
 
     def encode_text(self, texts: list[str]) -> np.ndarray:

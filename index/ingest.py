@@ -38,6 +38,7 @@ class IngestConfig:
     batch_size: int = 16           # segments per forward pass
     workers: int = field(default_factory=default_workers)  # decoding processes (0: decode in this process)
     device: str = "auto"           # "auto": this rank's GPU if any, else CPU
+    cuda_graphs: bool = False      # replay the encoder from CUDA graphs on a GPU (retrieval.cuda_graphs)
     memory_budget: int = ann.DEFAULT_MEMORY_BUDGET  # bytes the FAISS index may take in RAM
     target_recall: float = ann.TARGET_RECALL        # recall@10 vs exact search the ANN index must measure
     shard_rows: int = 4096         # embeddings per shard file
@@ -191,7 +192,7 @@ def _encode(index_dir, model, settings, cfg: IngestConfig, tasks, failures, rank
             writer.write(item)
             report.failures.append((item.task.path, item.reason))
         if tasks:
-            embedder = Embedder(model, cfg.device, cfg.batch_size)
+            embedder = Embedder(model, cfg.device, cfg.batch_size, cuda_graphs=cfg.cuda_graphs)
             reader = SegmentReader(tasks, settings["frames"], settings["img_size"], settings["segment_seconds"],
                                    settings["stride"], chunk=cfg.batch_size)
             workers = min(cfg.workers, len(tasks))

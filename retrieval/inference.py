@@ -21,11 +21,12 @@ def device_of(model) -> torch.device:
 
 @torch.no_grad()
 def encode_clips(model, batches: Iterable[torch.Tensor], device: torch.device | None = None, *,
-                 dtype: torch.dtype | None = None, tokens: bool = False) -> Iterator:
+                 dtype: torch.dtype | None = None, tokens: bool = False, cuda_graphs: bool = False) -> Iterator:
     """Batches (B, 3, T, H, W) of uint8 frames (normalised on the device with the model's config.video mean/std) or
     normalised floats (cast to `dtype`) -> one float32 (B, E) `encode_video(normalize=True)` result per batch, left on
     the device. Lazy, so the next batch decodes while this one encodes. `tokens=True` (ITM models) yields
-    (embeddings, patch tokens (B, S, D)) from `video_features`."""
+    (embeddings, patch tokens (B, S, D)) from `video_features`. `cuda_graphs=True` replays the encoder from a CUDA
+    graph per batch shape on a GPU (retrieval.cuda_graphs: faster for short clips, a graph's buffers per shape)."""
     from .data.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize_clips
 
     device = device_of(model) if device is None else device
@@ -39,8 +40,20 @@ def encode_clips(model, batches: Iterable[torch.Tensor], device: torch.device | 
         if tokens:
             emb, tok = model.video_features(x)
             yield emb.float(), tok
+        elif cuda_graphs:
+            yield _graphed_encoder(model)(x).float()
         else:
             yield model.encode_video(x, normalize=True).float()
+
+
+def _graphed_encoder(model):
+    """The model's `encode_video(normalize=True)` behind CUDA graphs, made once per model."""
+    from .cuda_graphs import CudaGraphed
+
+    graphed = model.__dict__.get("_vmr_cuda_graphs")
+    if graphed is None:
+        graphed = model.__dict__["_vmr_cuda_graphs"] = CudaGraphed(lambda x: model.encode_video(x, normalize=True))
+    return graphed
 
 
 @torch.no_grad()

@@ -74,10 +74,9 @@ def _resolve(device: torch.device, backend: str | None, kernels_ok: bool, what: 
     if name == "auto":
         if device.type != "cuda":
             return "torch"
-        # Measured on an H200 (BENCHMARKS.md, section 9): the Triton block path is the faster encoder
-        # forward (1.12-1.29x), but its backward is slower than mamba-ssm's, so training keeps mamba-ssm.
-        triton_ok = _triton_reason(device) is None
-        if triton_ok and not (kernels_ok and torch.is_grad_enabled()):
+        # Measured on an H100 (BENCHMARKS.md, section 9): the Triton block path beats mamba-ssm's kernels
+        # forward (1.8x the scan, 3.3-3.9x the encoder) and forward + backward (1.8x the scan).
+        if _triton_reason(device) is None:
             return "triton"
         return "cuda" if kernels_ok else "torch"
     if name == "triton":
@@ -98,8 +97,8 @@ def _resolve(device: torch.device, backend: str | None, kernels_ok: bool, what: 
 def resolve_backend(tensor_or_device, backend: str | None = None) -> str:
     """The selective-scan backend ("triton", "cuda", "torch" or "ref") for tensors on this device.
 
-    `backend` overrides $VMR_SCAN_BACKEND, which overrides "auto" (on CUDA tensors: triton without grad,
-    cuda with grad when mamba-ssm imports, triton otherwise, torch when neither imports; elsewhere torch).
+    `backend` overrides $VMR_SCAN_BACKEND, which overrides "auto" (on CUDA tensors: triton where Triton
+    runs, else cuda when mamba-ssm imports, else torch; elsewhere torch).
     An explicit backend that cannot run raises RuntimeError. `triton` is a whole-block path (retrieval.kernels);
     single scans it is asked for run on the `cuda` kernels where they import, else on `torch`.
     """

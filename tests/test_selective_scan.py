@@ -348,15 +348,15 @@ def test_cuda_kernels_need_cuda_tensors(no_env):
     assert resolve_backend("cuda:0") == "cuda"
 
 
-def test_auto_on_cuda_triton_for_inference_mamba_ssm_for_training(no_env):
+def test_auto_on_cuda_prefers_triton_then_mamba_ssm_then_torch(no_env):
     no_env.setattr(ss, "_triton_reason", lambda device: None)
     no_env.setattr(ss, "cuda_kernels_available", lambda: True)
-    assert resolve_backend("cuda:0") == "cuda"  # grad enabled: mamba-ssm's backward is the faster one
+    assert resolve_backend("cuda:0") == "triton"  # training too: its backward is now the faster one
     with torch.no_grad():
         assert resolve_backend("cuda:0") == "triton"
-    no_env.setattr(ss, "cuda_kernels_available", lambda: False)
-    assert resolve_backend("cuda:0") == "triton"  # no mamba-ssm: Triton beats the PyTorch scan
     no_env.setattr(ss, "_triton_reason", lambda device: "Triton is not importable")
+    assert resolve_backend("cuda:0") == "cuda"
+    no_env.setattr(ss, "cuda_kernels_available", lambda: False)
     assert resolve_backend("cuda:0") == "torch"
 
 

@@ -26,21 +26,30 @@ from __future__ import annotations
 
 import triton
 import triton.language as tl
+from triton.language.extra import libdevice
 
 LOG2E = tl.constexpr(1.4426950408889634)
 LN2 = tl.constexpr(0.6931471805599453)
 
 
 @triton.jit
-def _softplus(x):
-    # log(1 + e^x) without overflow; below e^-|x| ~ 1e-7 the log term rounds to 0, an absolute error < 1e-7.
-    return tl.maximum(x, 0.0) + tl.log(1.0 + tl.exp(-tl.abs(x)))
+def _softplus(x, SOFTPLUS: tl.constexpr):
+    """log(1 + e^x) without overflow, in base 2; below e^-|x| ~ 1e-7 the log term rounds to 0, an absolute
+    error < 1e-7. SOFTPLUS == 2 (compiled for a GPU) takes log2 from the hardware's approximate lg2 (one
+    instruction, ~2^-22 relative) instead of a libm polynomial; Triton's interpreter has only the latter."""
+    e = 1.0 + tl.exp2(-tl.abs(x) * LOG2E)
+    if SOFTPLUS == 2:
+        lg = libdevice.fast_log2f(e)
+    else:
+        lg = tl.log2(e)
+    return tl.maximum(x, 0.0) + LN2 * lg
 
 
 @triton.jit
 def _delta(dt_raw, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+    """The step size: softplus(dt + bias) when SOFTPLUS (1: precise, 2: fast log2), else dt + bias."""
     pre = dt_raw + bias if HAS_BIAS else dt_raw
-    return _softplus(pre) if SOFTPLUS else pre
+    return _softplus(pre, SOFTPLUS) if SOFTPLUS else pre
 
 
 @triton.jit
@@ -74,22 +83,40 @@ def _bf16_to_f32(w):
 
 
 @triton.jit
-def _row(ptr, s_n, N: tl.constexpr, PACK: tl.constexpr):
-    """Step t's B_t or C_t: N fp32 scalars every lane reads. PACK reads bf16 four at a time as one
-    int64 (the launcher checks unit stride and 8-byte alignment)."""
+def _row_words(ptr, s_n, N: tl.constexpr, PACK: tl.constexpr):
+    """Step t's B_t or C_t as loaded: with PACK, N/4 int64 words of four bf16 each (the launcher checks
+    unit stride and 8-byte alignment), else N scalars. Every lane reads the same addresses."""
     r = ()
     if PACK:
         p64 = ptr.to(tl.pointer_type(tl.int64))
         for i in tl.static_range(N // 4):
-            w = tl.load(p64 + i)
-            lo = w.to(tl.int32)
-            hi = (w >> 32).to(tl.int32)
+            r = r + (tl.load(p64 + i),)
+    else:
+        for n in tl.static_range(N):
+            r = r + (tl.load(ptr + n * s_n),)
+    return r
+
+
+@triton.jit
+def _unpack(words, N: tl.constexpr, PACK: tl.constexpr):
+    """_row_words' result as N fp32 scalars."""
+    r = ()
+    if PACK:
+        for i in tl.static_range(N // 4):
+            lo = words[i].to(tl.int32)
+            hi = (words[i] >> 32).to(tl.int32)
             r = r + (_bf16_to_f32(lo), (lo & -65536).to(tl.float32, bitcast=True),
                      _bf16_to_f32(hi), (hi & -65536).to(tl.float32, bitcast=True))
     else:
         for n in tl.static_range(N):
-            r = r + (tl.load(ptr + n * s_n).to(tl.float32),)
+            r = r + (words[n].to(tl.float32),)
     return r
+
+
+@triton.jit
+def _row(ptr, s_n, N: tl.constexpr, PACK: tl.constexpr):
+    """Step t's B_t or C_t as N fp32 scalars."""
+    return _unpack(_row_words(ptr, s_n, N, PACK), N, PACK)
 
 
 @triton.jit
@@ -155,7 +182,7 @@ def _fwd_direction(u_ptr, dt_ptr, B_ptr, C_ptr, z_ptr, y_ptr, h_ptr, E_ptr, S_pt
                    s_u_t, s_dt_t, s_B_t, s_B_n, s_C_t, s_C_n, s_z_t, s_y_t, s_h_c,
                    REVERSE: tl.constexpr, SUMMARY: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
                    HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, SAVE: tl.constexpr,
-                   BT: tl.constexpr, N: tl.constexpr, PACK: tl.constexpr):
+                   BT: tl.constexpr, N: tl.constexpr, PACK: tl.constexpr, UNROLL: tl.constexpr):
     t0 = seg * seg_len
     t1 = tl.minimum(t0 + seg_len, L)
     h = _zeros(A2[0], N)
@@ -165,15 +192,15 @@ def _fwd_direction(u_ptr, dt_ptr, B_ptr, C_ptr, z_ptr, y_ptr, h_ptr, E_ptr, S_pt
     # Software-pipelined by hand: step t+1's loads are issued before step t's arithmetic.
     t = t1 - 1 if REVERSE else t0
     u, d = _vec(u_ptr, t, s_u_t, offs_d, mask_d), _vec(dt_ptr, t, s_dt_t, offs_d, mask_d)
-    Bt = _row(B_ptr + t * s_B_t, s_B_n, N, PACK)
-    Ct = Bt if SUMMARY else _row(C_ptr + t * s_C_t, s_C_n, N, PACK)
+    Bw = _row_words(B_ptr + t * s_B_t, s_B_n, N, PACK)  # kept packed until used: fewer live registers
+    Cw = Bw if SUMMARY else _row_words(C_ptr + t * s_C_t, s_C_n, N, PACK)
     z = _vec(z_ptr, t, s_z_t, offs_d, mask_d) if HAS_Z and not SUMMARY else u
-    for i in range(t1 - t0):
+    for i in tl.range(t1 - t0, loop_unroll_factor=UNROLL):
         t_next = t - 1 if REVERSE else t + 1
         tn = tl.minimum(tl.maximum(t_next, 0), L - 1)  # the last prefetch reads a valid step, unused
         u_n, d_n = _vec(u_ptr, tn, s_u_t, offs_d, mask_d), _vec(dt_ptr, tn, s_dt_t, offs_d, mask_d)
-        B_n = _row(B_ptr + tn * s_B_t, s_B_n, N, PACK)
-        C_n = B_n if SUMMARY else _row(C_ptr + tn * s_C_t, s_C_n, N, PACK)
+        B_n = _row_words(B_ptr + tn * s_B_t, s_B_n, N, PACK)
+        C_n = B_n if SUMMARY else _row_words(C_ptr + tn * s_C_t, s_C_n, N, PACK)
         z_n = _vec(z_ptr, tn, s_z_t, offs_d, mask_d) if HAS_Z and not SUMMARY else u_n
         if SAVE:  # the state entering each BT-step chunk (scan order), which the backward starts from
             if REVERSE:
@@ -183,7 +210,8 @@ def _fwd_direction(u_ptr, dt_ptr, B_ptr, C_ptr, z_ptr, y_ptr, h_ptr, E_ptr, S_pt
                 if t % BT == 0:
                     _store_state(h_ptr + (t // BT) * s_h_c, h, offs_d, mask_d, Dm, N)
         d = _delta(d, bias, HAS_BIAS, SOFTPLUS)
-        h, y = _step(h, A2, u, d, Bt, Ct, not SUMMARY, N)
+        Bt = _unpack(Bw, N, PACK)
+        h, y = _step(h, A2, u, d, Bt, Bt if SUMMARY else _unpack(Cw, N, PACK), not SUMMARY, N)
         if SUMMARY:
             dsum += d
         else:
@@ -192,7 +220,7 @@ def _fwd_direction(u_ptr, dt_ptr, B_ptr, C_ptr, z_ptr, y_ptr, h_ptr, E_ptr, S_pt
             if HAS_Z:
                 y = y * z * tl.sigmoid(z)
             tl.store(y_ptr + t * s_y_t + offs_d, y.to(y_ptr.dtype.element_ty), mask=mask_d)
-        u, d, Bt, Ct, z, t = u_n, d_n, B_n, C_n, z_n, t_next
+        u, d, Bw, Cw, z, t = u_n, d_n, B_n, C_n, z_n, t_next
     if SUMMARY:
         _store_state(E_ptr + seg * N * Dm, h, offs_d, mask_d, Dm, N)
         tl.store(S_ptr + seg * Dm + offs_d, dsum, mask=mask_d)
@@ -206,7 +234,7 @@ def bimamba_fwd_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, z_pt
                        s_z_b, s_z_t, s_y_b, s_y_t, s_y_k, s_h_k, s_h_b, s_h_c,
                        SUMMARY: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
                        SOFTPLUS: tl.constexpr, SAVE: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr,
-                       N: tl.constexpr, PACK: tl.constexpr, EVEN_D: tl.constexpr):
+                       N: tl.constexpr, PACK: tl.constexpr, EVEN_D: tl.constexpr, UNROLL: tl.constexpr):
     """Grid (channel blocks, batch x segments, direction); a SUMMARY launch first when segments > 1."""
     pid_d, pid_bs, k, offs_d, mask_d, A2, Dv, bias = _program(A_ptr, D_ptr, bias_ptr, Dm, HAS_D, HAS_BIAS,
                                                               EVEN_D, BD, N)
@@ -224,9 +252,9 @@ def bimamba_fwd_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, z_pt
             offs_d, mask_d, L, Dm, seg, seg_len, n_seg,
             s_u_t, s_dt_t, s_B_t, s_B_n, s_C_t, s_C_n, s_z_t, s_y_t, s_h_c)
     if k == 0:
-        _fwd_direction(*args, False, SUMMARY, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, SAVE, BT, N, PACK)
+        _fwd_direction(*args, False, SUMMARY, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, SAVE, BT, N, PACK, UNROLL)
     else:
-        _fwd_direction(*args, True, SUMMARY, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, SAVE, BT, N, PACK)
+        _fwd_direction(*args, True, SUMMARY, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, SAVE, BT, N, PACK, UNROLL)
 
 
 # --- backward ---
@@ -342,7 +370,7 @@ def _bwd_direction(u_ptr, dt_ptr, B_ptr, C_ptr, z_ptr, g_ptr, h_ptr, w_ptr,
             u = _vec(u_ptr, t, s_u_t, offs_d, mask_d)
             pre = _vec(dt_ptr, t, s_dt_t, offs_d, mask_d)
             pre = pre + bias if HAS_BIAS else pre
-            d = _softplus(pre) if SOFTPLUS else pre
+            d = _softplus(pre, SOFTPLUS) if SOFTPLUS else pre
             g = _vec(g_ptr, t, s_g_t, offs_d, mask_d)
             Bt = _row(B_ptr + t * s_B_t, s_B_n, N, PACK)
             Ct = _row(C_ptr + t * s_C_t, s_C_n, N, PACK)

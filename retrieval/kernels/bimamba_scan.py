@@ -7,6 +7,8 @@ out_proj takes them as one (B*L, 2D) matrix against [W, W] instead of an add and
 """
 from __future__ import annotations
 
+import os
+
 import torch
 
 from ..selective_scan import selective_scan_ref
@@ -18,8 +20,9 @@ __all__ = ["TUNING", "bimamba_scan_fn", "bimamba_scan_ref"]
 # (BENCHMARKS.md, section 9).
 TUNING = {
     "fwd_block": (32, 1),  # forward: channels per program (a thread each), warps
-    "fwd_programs": 8192,  # cut the sequence into segments until about this many programs run,
+    "fwd_programs": 4096,  # cut the sequence into segments until about this many programs run,
     "fwd_min_len": 64,  # keeping segments at least this many steps long
+    "fwd_unroll": 2,  # steps per iteration of the forward's loop (unrolling saves the prefetch's register moves)
     "chunk": 8,  # backward chunk length; the forward saves the state entering each chunk
     "bwd_block": (32, 1),  # backward: channels per program, warps
     "bwd_programs": 16384,  # as fwd_programs, for the backward's segments
@@ -101,8 +104,8 @@ class _BiMambaScan(torch.autograd.Function):
                 C.stride(3), zz.stride(0), zz.stride(1), y.stride(0), y.stride(1), y.stride(2),
                 h.stride(0) if save else 0, h.stride(1) if save else 0, h.stride(2) if save else 0)
         flags = dict(HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
-                     SOFTPLUS=bool(delta_softplus), BT=BT, BD=BD, N=n, PACK=packed_rows(B, C),
-                     EVEN_D=dim % BD == 0, num_warps=warps)
+                     SOFTPLUS=softplus_mode(delta_softplus), BT=BT, BD=BD, N=n, PACK=packed_rows(B, C),
+                     EVEN_D=dim % BD == 0, UNROLL=TUNING["fwd_unroll"], num_warps=warps)
         if n_seg > 1:  # segment summaries first; the output launch chains them
             k.bimamba_fwd_kernel[grid](*args, SUMMARY=True, SAVE=False, **flags)
         k.bimamba_fwd_kernel[grid](*args, SUMMARY=False, SAVE=save, **flags)
@@ -129,7 +132,8 @@ class _BiMambaScan(torch.autograd.Function):
         gBC = torch.empty(n_dblk, 2, bsz, L, 2 * n, **f32)  # dL/dB, dL/dC summed over each program's channels
         gz = torch.empty(2, bsz, L, dim, **f32) if z is not None else gdt  # per direction, summed below
         parts = 2 * bsz * n_seg  # dL/dA, dL/dD, dL/dbias summed over each program's steps
-        gA, gD, gbias = torch.empty(parts, n, dim, **f32), torch.empty(parts, dim, **f32), torch.empty(parts, dim, **f32)
+        gA = torch.empty(parts, n, dim, **f32)
+        gD, gbias = torch.empty(parts, dim, **f32), torch.empty(parts, dim, **f32)
         E = u.new_empty((2, bsz, n_seg, n, dim), dtype=torch.float32)
         S = u.new_empty((2, bsz, n_seg, dim), dtype=torch.float32)
         W = u.new_empty((2 * bsz * n_seg * n_dblk, BT + 1, n, BD), dtype=torch.float32)  # recomputed states
@@ -146,7 +150,7 @@ class _BiMambaScan(torch.autograd.Function):
                 gu.stride(0), gu.stride(1), gu.stride(2), gBC.stride(0), gBC.stride(1), gBC.stride(2), gBC.stride(3),
                 gz.stride(0), gz.stride(1), gz.stride(2))
         flags = dict(HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
-                     SOFTPLUS=ctx.delta_softplus, BT=BT, BD=BD, N=n, PACK=packed_rows(B, C),
+                     SOFTPLUS=softplus_mode(ctx.delta_softplus), BT=BT, BD=BD, N=n, PACK=packed_rows(B, C),
                      EVEN_D=dim % BD == 0, num_warps=warps)
         if n_seg > 1:
             k.bimamba_bwd_kernel[grid](*args, SUMMARY=True, **flags)
@@ -170,6 +174,13 @@ def split_sequence(length: int, programs: int, target: int, min_len: int) -> tup
 
 def triton_cdiv(a: int, b: int) -> int:
     return -(-a // b)
+
+
+def softplus_mode(delta_softplus: bool) -> int:
+    """The kernels' SOFTPLUS flag: 0 off, 1 precise log2 (what Triton's interpreter runs), 2 the GPU's fast lg2."""
+    if not delta_softplus:
+        return 0
+    return 1 if os.environ.get("TRITON_INTERPRET") == "1" else 2
 
 
 def packed_rows(B: torch.Tensor, C: torch.Tensor) -> bool:
