@@ -256,17 +256,16 @@ def scan_backend(backend: str | None):
 
 
 def loss_curve(engine, teacher, cfg, grid, steps: int) -> list[float]:
-    """Losses of `steps` train steps on fresh synthetic batches (batch i drawn from seed i)."""
+    """Losses of `steps` train steps on fresh synthetic clips (step i's drawn on the device from seed 1000 + i)."""
     from pretrain.train import micro_step
 
     dev = engine.dist.device
-    tok = engine.module.model.tokenizer
+    batch = synthetic_batch(cfg, engine.module.model.tokenizer, dev)
     losses = []
     for i in range(steps):
-        g = torch.Generator().manual_seed(1000 + i)
-        b = synthetic_batch(cfg, tok, dev)
-        b["video"] = torch.randn(b["video"].shape, generator=g).to(dev)
-        losses.append(float(micro_step(engine, teacher, b, cfg, grid, seed=i)["loss"]))
+        g = torch.Generator(device=dev).manual_seed(1000 + i)
+        batch["video"] = torch.randn(batch["video"].shape, generator=g, device=dev)
+        losses.append(float(micro_step(engine, teacher, batch, cfg, grid, seed=i)["loss"]))
     return losses
 
 
