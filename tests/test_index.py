@@ -289,8 +289,9 @@ def test_cli_build_info_search_remove(tmp_path, lib, monkeypatch, capsys):
     install_fake_loader(monkeypatch)
     out, model = tmp_path / "idx", model_dir(tmp_path)
     (lib / "zero.mp4").write_bytes(b"")
+    # --cuda-graphs is a no-op off the GPU (retrieval.cuda_graphs runs the encoder directly)
     assert main(["index", "build", "--videos", str(lib), "--model", str(model), "--out", str(out),
-                 "--segment-seconds", "2", "--workers", "0", "--no-progress"]) == 0
+                 "--segment-seconds", "2", "--workers", "0", "--no-progress", "--cuda-graphs"]) == 0
     text = capsys.readouterr().out
     assert "6 videos found: 5 encoded (6 segments)" in text and "zero.mp4: empty file" in text
     assert main(["index", "info", "--index", str(out), "--json"]) == 0

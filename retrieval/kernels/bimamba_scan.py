@@ -16,16 +16,16 @@ from .support import triton_unavailable_reason
 
 __all__ = ["TUNING", "bimamba_scan_fn", "bimamba_scan_ref"]
 
-# Launch settings, picked on an H200 by `benchmarks/bench_scan_gpu.py --sweep` at VideoMamba-Ti shapes
-# (BENCHMARKS.md, section 9).
+# Launch settings, picked on an H100 by `benchmarks/bench_scan_gpu.py --sweep` at VideoMamba-Ti shapes
+# (BENCHMARKS.md, section 9; benchmarks/results/scan_blocks_h100.json).
 TUNING = {
     "fwd_block": (32, 1),  # forward: channels per program (a thread each), warps
-    "fwd_programs": 4096,  # cut the sequence into segments until about this many programs run,
+    "fwd_programs": 8192,  # cut the sequence into segments until about this many programs run,
     "fwd_min_len": 64,  # keeping segments at least this many steps long
-    "fwd_unroll": 2,  # steps per iteration of the forward's loop (unrolling saves the prefetch's register moves)
+    "fwd_unroll": 4,  # steps per iteration of the forward's loop (unrolling saves the prefetch's register moves)
     "chunk": 8,  # backward chunk length; the forward saves the state entering each chunk
     "bwd_block": (32, 1),  # backward: channels per program, warps
-    "bwd_programs": 16384,  # as fwd_programs, for the backward's segments
+    "bwd_programs": 8192,  # as fwd_programs, for the backward's segments
     "bwd_min_chunks": 4,
 }
 
