@@ -1,0 +1,145 @@
+"""Compile the bimamba scan kernels for a GPU on a machine without one and count their SASS instructions.
+
+Captures the arguments the real launcher (retrieval.kernels.bimamba_scan) passes at VideoMamba-Ti shapes, compiles
+each launch with Triton's own specialisation (ints equal to 1 become constants, multiples of 16 get divisibility
+hints, pointers are 16-byte aligned) for `--arch` (default sm_90), and prints per kernel: registers, spills and the
+instructions of every loop body (one step of the scan; an unrolled loop shows several steps). Use the Triton version
+the GPU machine runs (PYTHONPATH=folder-with-that-triton): register counts differ between versions.
+
+    PYTHONPATH=/tmp/triton36 python benchmarks/triton_sass.py --frames 64 --batch 8
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch
+import triton
+from triton._C.libtriton import native_specialize_impl
+from triton.backends.compiler import BaseBackend, GPUTarget
+from triton.compiler import ASTSource
+
+from retrieval.kernels import _bimamba_triton as K
+from retrieval.kernels.bimamba_scan import _BiMambaScan
+
+DTYPES = {torch.bfloat16: "bf16", torch.float32: "fp32", torch.float16: "fp16"}
+
+
+class _Capture:
+    """Stands in for a @triton.jit kernel: records each launch instead of running it."""
+
+    def __init__(self, fn, launches):
+        self.fn, self.launches = fn, launches
+
+    def __getitem__(self, grid):
+        return lambda *args, **kw: self.launches.append((self.fn, grid, args, kw))
+
+
+def capture_launches(batch: int, seqlen: int, dim: int = 384, dstate: int = 16) -> list:
+    """The kernel launches of one forward (with grad) and one backward at these shapes, on CPU stand-in tensors."""
+    launches = []
+    real = {n: getattr(K, n) for n in ("bimamba_fwd_kernel", "bimamba_bwd_kernel")}
+    for n, fn in real.items():
+        setattr(K, n, _Capture(fn, launches))
+    try:
+        bf = torch.bfloat16
+        xdbl = torch.zeros(2, batch * seqlen, 2 * dstate + 12, dtype=bf)  # B, C as x_proj's strided views
+        u = torch.zeros(2, batch, seqlen, dim, dtype=bf)
+        B = xdbl[..., 12:12 + dstate].view(2, batch, seqlen, dstate)
+        C = xdbl[..., 12 + dstate:].view(2, batch, seqlen, dstate)
+
+        class Ctx:
+            needs_input_grad = [True] * 9
+
+            def save_for_backward(self, *tensors):
+                self.saved_tensors = tensors
+
+        ctx = Ctx()
+        _BiMambaScan.forward(ctx, u, u.clone(), torch.zeros(2, dim, dstate), B, C, torch.zeros(2, dim),
+                             torch.zeros(batch, seqlen, dim, dtype=bf), torch.zeros(2, dim), True)
+        ctx.needs_input_grad = [False] * 9  # the inference forward (no chunk states saved) too
+        _BiMambaScan.forward(ctx, u, u.clone(), torch.zeros(2, dim, dstate), B, C, torch.zeros(2, dim),
+                             torch.zeros(batch, seqlen, dim, dtype=bf), torch.zeros(2, dim), True)
+        _BiMambaScan.backward(ctx, torch.zeros(batch, seqlen, 2, dim, dtype=bf))
+    finally:
+        for n, fn in real.items():
+            setattr(K, n, fn)
+    return launches
+
+
+def compile_launch(fn, args, kw, arch: int):
+    kw = dict(kw)
+    options = {"num_warps": kw.pop("num_warps", 4), "num_stages": kw.pop("num_stages", 3)}
+    values = dict(zip([n for n in fn.arg_names if n not in kw], args), **kw)
+    signature, constexprs, attrs = {}, {}, {}
+    for i, (name, param) in enumerate(zip(fn.arg_names, fn.params)):
+        v = values[name]
+        if param.is_constexpr:
+            signature[name], constexprs[(i,)] = "constexpr", v
+        elif isinstance(v, torch.Tensor):
+            signature[name], attrs[(i,)] = "*" + DTYPES[v.dtype], [["tt.divisibility", 16]]
+        elif isinstance(v, int) and not param.do_not_specialize:
+            kind, key = native_specialize_impl(BaseBackend, v, False, True, True)
+            signature[name] = kind
+            if kind == "constexpr":
+                constexprs[(i,)] = v
+            elif key == "D":
+                attrs[(i,)] = [["tt.divisibility", 16]]
+        else:
+            signature[name] = "i32"
+    src = ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs)
+    return triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options)
+
+
+def sass_report(compiled) -> tuple[str, list[tuple[int, collections.Counter]]]:
+    """(resource line, [(instructions, opcode counts) per loop body]) from cuobjdump."""
+    tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    with tempfile.TemporaryDirectory() as tmp:
+        cubin = Path(tmp) / "k.cubin"
+        cubin.write_bytes(compiled.asm["cubin"])
+        sass = subprocess.run([tool, "-sass", cubin], capture_output=True, text=True, check=True).stdout
+        res = subprocess.run([tool, "-res-usage", cubin], capture_output=True, text=True, check=True).stdout
+    resources = re.search(r"REG:\d+.*?LOCAL:\d+", res).group(0)
+    code = [(int(a, 16), op) for a, op in re.findall(r"/\*([0-9a-f]{4,})\*/\s+([^;]*);", sass)]
+    loops = []
+    for addr, op in code:
+        m = re.search(r"BRA\s+(?:`\(\.L_x_\d+\)|0x([0-9a-f]+))", op)
+        if m and m.group(1) and int(m.group(1), 16) < addr:  # a backward branch closes a loop
+            body = [o for a, o in code if int(m.group(1), 16) <= a <= addr]
+            loops.append((len(body), collections.Counter(re.sub(r"^@!?U?P\w+\s+", "", o).split()[0] for o in body)))
+    return resources, loops
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--frames", type=int, default=64)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--arch", type=int, default=90, help="compute capability x 10 (90: H100/H200)")
+    p.add_argument("--top", type=int, default=10, help="opcodes listed per loop")
+    args = p.parse_args(argv)
+    os.environ.pop("TRITON_INTERPRET", None)
+    seqlen = 1 + args.frames * 196
+    print(f"triton {triton.__version__}, sm_{args.arch}, batch {args.batch}, L {seqlen}")
+    seen = set()
+    for fn, grid, a, kw in capture_launches(args.batch, seqlen):
+        name = fn.fn.__name__ + (" summary" if kw.get("SUMMARY") else "") + (" +save" if kw.get("SAVE") else "")
+        if name in seen:
+            continue
+        seen.add(name)
+        resources, loops = sass_report(compile_launch(fn, a, kw, args.arch))
+        print(f"\n{name}: grid {grid}, {resources}")
+        for n, ops in loops:
+            print(f"  loop of {n} instructions: " + ", ".join(f"{k} {v}" for k, v in ops.most_common(args.top)))
+
+
+if __name__ == "__main__":
+    main()
