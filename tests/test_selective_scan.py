@@ -342,6 +342,7 @@ def test_explicit_cuda_without_kernels_says_how_to_install(no_env):
 
 def test_cuda_kernels_need_cuda_tensors(no_env):
     no_env.setattr(ss, "cuda_kernels_available", lambda: True)
+    no_env.setattr(ss, "_triton_reason", lambda device: "Triton is not importable")  # auto's first choice
     assert resolve_backend("cpu") == "torch"  # auto: kernels alone are not enough
     with pytest.raises(RuntimeError, match="needs CUDA tensors, got device cpu"):
         resolve_backend(torch.zeros(1), "cuda")
