@@ -123,7 +123,7 @@ def main(argv=None):
     dt = torch.bfloat16
     inp = make_inputs(args.batch, args.seqlen, args.dim, args.dstate, dt)
     res = {"device": torch.cuda.get_device_name(), "shape": vars(args), "sweep": []}
-    if args.sweep:  # forward settings (inference), then the backward's chunk and split; the fastest of each kept
+    if args.sweep:  # forward settings (inference), then the backward's split; the fastest of each kept
         rows = []
         for programs, unroll in itertools.product((4096, 8192), (2, 4)):
             bs.TUNING.update(fwd_programs=programs, fwd_unroll=unroll)
@@ -132,14 +132,12 @@ def main(argv=None):
         best = min(rows, key=lambda r: r["fwd_ms"])
         bs.TUNING.update({k: v for k, v in best.items() if k.startswith("fwd_") and k != "fwd_ms"})
         train_rows = []
-        for chunk in (8,):
-            for programs in (8192, 16384):
-                bs.TUNING.update(chunk=chunk, bwd_programs=programs)
-                train_rows.append({"chunk": chunk, "bwd_programs": programs,
-                                   "fwdbwd_ms": timed(lambda: run_ours(inp, True), 3, 1) * 1e3})
-                print(train_rows[-1], flush=True)
-        best = min(train_rows, key=lambda r: r["fwdbwd_ms"])
-        bs.TUNING.update(chunk=best["chunk"], bwd_programs=best["bwd_programs"])
+        for programs in (8192, 16384):
+            bs.TUNING["bwd_programs"] = programs
+            train_rows.append({"chunk": bs.TUNING["chunk"], "bwd_programs": programs,
+                               "fwdbwd_ms": timed(lambda: run_ours(inp, True), 3, 1) * 1e3})
+            print(train_rows[-1], flush=True)
+        bs.TUNING["bwd_programs"] = min(train_rows, key=lambda r: r["fwdbwd_ms"])["bwd_programs"]
         res["sweep"] = rows + train_rows
         if args.save_blocks:
             with open(args.save_blocks, "w") as f:

@@ -45,7 +45,7 @@ class _Capture:
 
 
 def capture_launches(batch: int, seqlen: int, dim: int = 384, dstate: int = 16) -> list:
-    """The kernel launches of one forward (with grad) and one backward at these shapes, on CPU stand-in tensors."""
+    """The kernel launches of a forward with grad, one without and a backward at these shapes, on CPU stand-ins."""
     launches = []
     real = {n: getattr(K, n) for n in ("bimamba_fwd_kernel", "bimamba_bwd_kernel")}
     for n, fn in real.items():
@@ -64,11 +64,11 @@ def capture_launches(batch: int, seqlen: int, dim: int = 384, dstate: int = 16) 
                 self.saved_tensors = tensors
 
         ctx = Ctx()
-        _BiMambaScan.forward(ctx, u, u.clone(), torch.zeros(2, dim, dstate), B, C, torch.zeros(2, dim),
-                             torch.zeros(batch, seqlen, dim, dtype=bf), torch.zeros(2, dim), True)
-        ctx.needs_input_grad = [False] * 9  # the inference forward (no chunk states saved) too
-        _BiMambaScan.forward(ctx, u, u.clone(), torch.zeros(2, dim, dstate), B, C, torch.zeros(2, dim),
-                             torch.zeros(batch, seqlen, dim, dtype=bf), torch.zeros(2, dim), True)
+        inputs = (u, u.clone(), torch.zeros(2, dim, dstate), B, C, torch.zeros(2, dim),
+                  torch.zeros(batch, seqlen, dim, dtype=bf), torch.zeros(2, dim), True)
+        _BiMambaScan.forward(ctx, *inputs)  # with grad: saves the chunk states the backward reads
+        ctx.needs_input_grad = [False] * 9
+        _BiMambaScan.forward(ctx, *inputs)  # the inference forward too (saves nothing)
         _BiMambaScan.backward(ctx, torch.zeros(batch, seqlen, 2, dim, dtype=bf))
     finally:
         for n, fn in real.items():

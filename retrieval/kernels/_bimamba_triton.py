@@ -280,7 +280,7 @@ def _halve(v, lane, K: tl.constexpr):
 
 
 @triton.jit
-def _store_channel_sums(ptr, v, lane, mask_d, BD: tl.constexpr, LOG2_BD: tl.constexpr, NV: tl.constexpr):
+def _store_channel_sums(ptr, v, lane, mask_d, BD: tl.constexpr, NV: tl.constexpr):
     """ptr[i] = sum over the program's lanes of v[i], for the NV (BD,) vectors of v. With NV == BD
     (d_state 16, 32 channels per program: the model's case) a reduce-scatter of 31 lane swaps leaves
     sum i on lane i, and one coalesced store writes them all; otherwise one reduction per value."""
@@ -289,7 +289,7 @@ def _store_channel_sums(ptr, v, lane, mask_d, BD: tl.constexpr, LOG2_BD: tl.cons
         for i in tl.static_range(NV):
             masked = masked + (tl.where(mask_d, v[i], 0.0),)
         v = masked
-        for s in tl.static_range(LOG2_BD):
+        for s in tl.static_range(BD.bit_length() - 1):  # log2(BD) halvings
             v = _halve(v, lane, BD >> (s + 1))
         tl.store(ptr + lane, v[0])
     else:
@@ -400,7 +400,7 @@ def _bwd_direction(u_ptr, dt_ptr, B_ptr, C_ptr, z_ptr, g_ptr, h_ptr, w_ptr,
                 rn = rn + (p,)
             for n in tl.static_range(N):
                 sums = sums + (g * h[n],)
-            _store_channel_sums(gBC_ptr + t * s_gbc_t, sums, lane, mask_d, BD, BD.bit_length() - 1, 2 * N)
+            _store_channel_sums(gBC_ptr + t * s_gbc_t, sums, lane, mask_d, BD, 2 * N)
             r = rn
             gA = gAn
             gdelta = gq * LN2 + gx * u

@@ -7,12 +7,10 @@ out_proj takes them as one (B*L, 2D) matrix against [W, W] instead of an add and
 """
 from __future__ import annotations
 
-import os
-
 import torch
 
 from ..selective_scan import selective_scan_ref
-from .support import triton_unavailable_reason
+from .support import interpreting, triton_unavailable_reason
 
 __all__ = ["TUNING", "bimamba_scan_fn", "bimamba_scan_ref"]
 
@@ -180,7 +178,7 @@ def softplus_mode(delta_softplus: bool) -> int:
     """The kernels' SOFTPLUS flag: 0 off, 1 precise log2 (what Triton's interpreter runs), 2 the GPU's fast lg2."""
     if not delta_softplus:
         return 0
-    return 1 if os.environ.get("TRITON_INTERPRET") == "1" else 2
+    return 1 if interpreting() else 2
 
 
 def packed_rows(B: torch.Tensor, C: torch.Tensor) -> bool:
