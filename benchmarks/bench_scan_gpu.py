@@ -21,6 +21,16 @@ PEAK_BYTES_S = {"H100": 3.35e12, "H200": 4.8e12}
 BOOST_HZ = 1.98e9
 
 
+# Sweep grid. Programs per SM: whole waves of one-warp programs at the occupancies the register caps allow on
+# sm_90 (106 registers: 18 warps/SM, 80: 25, 72: 28), and multiples.
+FWD_PER_SM = (18, 25, 28, 36, 50, 56, 62)
+FWD_MAXNREG = (None, 80, 72)
+# (bwd_programs_per_sm, bwd_maxnreg, fwd_save_maxnreg); 254 registers: 8 warps/SM, 168: 12; the saving forward
+# 168: 12, 112: 18.
+BWD_CONFIGS = ((62, None, None), (8, None, None), (16, None, None), (12, 168, None), (24, 168, None),
+               (62, 168, None), (62, None, 112), (62, 168, 112), (24, 168, 112))
+
+
 def card_peaks() -> tuple[float, float]:
     """(bytes/s, exp2/s) of this GPU; bandwidth of an H200 where the name is not recognised."""
     name = torch.cuda.get_device_name()
@@ -125,19 +135,20 @@ def main(argv=None):
     res = {"device": torch.cuda.get_device_name(), "shape": vars(args), "sweep": []}
     if args.sweep:  # forward settings (inference), then the backward's split; the fastest of each kept
         rows = []
-        for programs, unroll in itertools.product((4096, 8192), (2, 4)):
-            bs.TUNING.update(fwd_programs=programs, fwd_unroll=unroll)
-            rows.append({"fwd_programs": programs, "fwd_unroll": unroll, "fwd_ms": timed_fwd(inp)})
+        for per_sm, maxnreg in itertools.product(FWD_PER_SM, FWD_MAXNREG):
+            bs.TUNING.update(fwd_programs_per_sm=per_sm, fwd_maxnreg=maxnreg)
+            rows.append({"fwd_programs_per_sm": per_sm, "fwd_maxnreg": maxnreg, "fwd_ms": timed_fwd(inp)})
             print(rows[-1], flush=True)
         best = min(rows, key=lambda r: r["fwd_ms"])
         bs.TUNING.update({k: v for k, v in best.items() if k.startswith("fwd_") and k != "fwd_ms"})
         train_rows = []
-        for programs in (8192, 16384):
-            bs.TUNING["bwd_programs"] = programs
-            train_rows.append({"chunk": bs.TUNING["chunk"], "bwd_programs": programs,
+        for per_sm, maxnreg, save_maxnreg in BWD_CONFIGS:
+            bs.TUNING.update(bwd_programs_per_sm=per_sm, bwd_maxnreg=maxnreg, fwd_save_maxnreg=save_maxnreg)
+            train_rows.append({"bwd_programs_per_sm": per_sm, "bwd_maxnreg": maxnreg, "fwd_save_maxnreg": save_maxnreg,
                                "fwdbwd_ms": timed(lambda: run_ours(inp, True), 3, 1) * 1e3})
             print(train_rows[-1], flush=True)
-        bs.TUNING["bwd_programs"] = min(train_rows, key=lambda r: r["fwdbwd_ms"])["bwd_programs"]
+        best = min(train_rows, key=lambda r: r["fwdbwd_ms"])
+        bs.TUNING.update({k: v for k, v in best.items() if k != "fwdbwd_ms"})
         res["sweep"] = rows + train_rows
         if args.save_blocks:
             with open(args.save_blocks, "w") as f:

@@ -142,6 +142,31 @@ def time_steps(engine, teacher, cfg, batch, grid, steps: int, warmup: int) -> di
             "peak_mem_gb": torch.cuda.max_memory_allocated(dev) / 2 ** 30 if dev.type == "cuda" else None}
 
 
+def profile_steps(engine, teacher, cfg, batch, grid, steps: int, out: Path) -> dict:
+    """torch.profiler over `steps` train steps: writes the op tables (by GPU time, by CPU time) to `out` and
+    returns the GPU's busy time per step against the step's wall time (a step is host-bound when busy << wall)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from pretrain.train import micro_step
+
+    dev = engine.dist.device
+    sync(dev)
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        t0 = time.perf_counter()
+        for i in range(steps):
+            micro_step(engine, teacher, batch, cfg, grid, seed=200 + i)
+        sync(dev)
+        wall = (time.perf_counter() - t0) / steps
+    ops = prof.key_averages()
+    kernels = [e for e in ops if e.device_type == torch.autograd.DeviceType.CUDA]  # not the ops that launch them
+    busy = sum(e.self_device_time_total for e in kernels) / steps / 1e3  # us -> ms
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(f"{steps} steps; wall {wall * 1e3:.1f} ms/step (profiler on), GPU busy {busy:.1f} ms/step\n\n"
+                   + ops.table(sort_by="self_device_time_total", row_limit=30) + "\n\n"
+                   + ops.table(sort_by="self_cpu_time_total", row_limit=30) + "\n")
+    return {"profiled_wall_ms": wall * 1e3, "gpu_busy_ms": busy, "profile": str(out)}
+
+
 def matmul_peak_tflops(device, n: int, dtype=torch.bfloat16, reps: int = 10) -> float:
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
@@ -311,6 +336,8 @@ def main(argv=None) -> dict:
     p.add_argument("--curve-steps", type=int, default=0,
                    help="also train this many steps from one seed on fresh synthetic batches with each backend "
                         "(VTC + MVM) and compare the loss curves")
+    p.add_argument("--profile", default=None, metavar="DIR",
+                   help="also profile 3 steps of each configuration (torch.profiler) and write its op tables here")
     p.add_argument("--json", default=None, help="write results here")
     args = p.parse_args(argv)
     q = args.quick
@@ -349,6 +376,9 @@ def main(argv=None) -> dict:
                 row["tflops"] = flops / (row["step_ms"] / 1e3) / 1e12
                 row["mfu_pct"] = 100 * row["tflops"] / peak
                 row["params_m"] = sum(p.numel() for p in engine.module.parameters()) / 1e6
+                if args.profile:
+                    tag = f"{size}_{'vtc_mvm' if mvm else 'vtc'}_{row['scan_backend']}"
+                    row.update(profile_steps(engine, teacher, cfg, b, grid, 3, Path(args.profile) / f"{tag}.txt"))
             except torch.cuda.OutOfMemoryError:
                 row["error"] = "OOM"
             rows.append(row)

@@ -29,6 +29,7 @@ from triton.backends.compiler import BaseBackend, GPUTarget
 from triton.compiler import ASTSource
 
 from retrieval.kernels import _bimamba_triton as K
+from retrieval.kernels import bimamba_scan as bs
 from retrieval.kernels.bimamba_scan import _BiMambaScan
 
 DTYPES = {torch.bfloat16: "bf16", torch.float32: "fp32", torch.float16: "fp16"}
@@ -79,6 +80,8 @@ def capture_launches(batch: int, seqlen: int, dim: int = 384, dstate: int = 16) 
 def compile_launch(fn, args, kw, arch: int):
     kw = dict(kw)
     options = {"num_warps": kw.pop("num_warps", 4), "num_stages": kw.pop("num_stages", 3)}
+    if "maxnreg" in kw:
+        options["maxnreg"] = kw.pop("maxnreg")
     values = dict(zip([n for n in fn.arg_names if n not in kw], args), **kw)
     signature, constexprs, attrs = {}, {}, {}
     for i, (name, param) in enumerate(zip(fn.arg_names, fn.params)):
@@ -125,9 +128,18 @@ def main(argv=None):
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--arch", type=int, default=90, help="compute capability x 10 (90: H100/H200)")
     p.add_argument("--top", type=int, default=10, help="opcodes listed per loop")
+    p.add_argument("--sms", type=int, default=132, help="SMs the launcher sizes its grids for (132: H100/H200 SXM)")
+    p.add_argument("--tuning", nargs="*", default=[], metavar="KEY=INT",
+                   help="override launch settings, e.g. fwd_maxnreg=72 (TUNING in retrieval/kernels/bimamba_scan.py)")
     args = p.parse_args(argv)
     os.environ.pop("TRITON_INTERPRET", None)
     seqlen = 1 + args.frames * 196
+    bs.sm_count = lambda device: args.sms
+    for item in args.tuning:
+        key, value = item.split("=")
+        if key not in bs.TUNING:
+            p.error(f"--tuning: unknown key {key!r}; known: {', '.join(bs.TUNING)}")
+        bs.TUNING[key] = int(value)
     print(f"triton {triton.__version__}, sm_{args.arch}, batch {args.batch}, L {seqlen}")
     seen = set()
     for fn, grid, a, kw in capture_launches(args.batch, seqlen):

@@ -63,8 +63,8 @@ def assert_scan_parity(inputs, softplus=True, seed=0):
 
 def small_tuning(monkeypatch, **overrides) -> None:
     """Chunk length 16 and short segments, so the small shapes below cross chunk and segment boundaries."""
-    tuning = dict(bimamba_scan.TUNING, fwd_block=(16, 1), fwd_programs=10**6, fwd_min_len=8,
-                  chunk=16, bwd_block=(16, 4), bwd_programs=10**6, bwd_min_chunks=2)
+    tuning = dict(bimamba_scan.TUNING, fwd_block=(16, 1), fwd_programs_per_sm=10**6, fwd_min_len=8,
+                  chunk=16, bwd_block=(16, 4), bwd_programs_per_sm=10**6, bwd_min_chunks=2)
     monkeypatch.setattr(bimamba_scan, "TUNING", {**tuning, **overrides})
 
 

@@ -7,6 +7,8 @@ out_proj takes them as one (B*L, 2D) matrix against [W, W] instead of an add and
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from ..selective_scan import selective_scan_ref
@@ -14,17 +16,24 @@ from .support import interpreting, triton_unavailable_reason
 
 __all__ = ["TUNING", "bimamba_scan_fn", "bimamba_scan_ref"]
 
-# Launch settings, picked on an H100 by `benchmarks/bench_scan_gpu.py --sweep` at VideoMamba-Ti shapes
-# (BENCHMARKS.md, section 9; benchmarks/results/scan_blocks_h100.json).
+# Launch settings, picked on an H100 by `benchmarks/bench_scan_gpu.py --sweep` at VideoMamba-Ti shapes (batch 8 x
+# 64 frames, and batch 32 x 315 tokens, a masked training clip): BENCHMARKS.md, section 9c;
+# benchmarks/results/scan_blocks_h100.json. Register caps trade a few instructions for resident warps: the
+# forward is latency-bound, so 80 registers (25 one-warp programs per SM instead of 18) made it 1.2x faster.
 TUNING = {
     "fwd_block": (32, 1),  # forward: channels per program (a thread each), warps
-    "fwd_programs": 8192,  # cut the sequence into segments until about this many programs run,
+    # Cut the sequence into segments until at most this many programs per SM run (several waves: each
+    # program's segment is shorter, and the tail wave's idle SMs cost less).
+    "fwd_programs_per_sm": 56,
     "fwd_min_len": 64,  # keeping segments at least this many steps long
     "fwd_unroll": 4,  # steps per iteration of the forward's loop (unrolling saves the prefetch's register moves)
+    "fwd_maxnreg": 80,  # registers per thread (Triton's `maxnreg`; None: the compiler's choice, 106 here)
+    "fwd_save_maxnreg": None,  # the same for the training forward, which also saves chunk states (168)
     "chunk": 8,  # backward chunk length; the forward saves the state entering each chunk
     "bwd_block": (32, 1),  # backward: channels per program, warps
-    "bwd_programs": 8192,  # as fwd_programs, for the backward's segments
+    "bwd_programs_per_sm": 62,  # as fwd_programs_per_sm, for the backward's segments
     "bwd_min_chunks": 4,
+    "bwd_maxnreg": 168,  # 254 without a cap: 8 resident warps per SM, 12 with it, no spills
 }
 
 
@@ -89,7 +98,8 @@ class _BiMambaScan(torch.autograd.Function):
         y = u.new_empty(bsz, L, 2, dim)
         h = u.new_empty((2, bsz, n_chunks, n, dim) if save else (1,), dtype=torch.float32)  # chunk-entry states
         n_dblk = triton_cdiv(dim, BD)
-        n_seg, seg_len = split_sequence(L, n_dblk * bsz * 2, TUNING["fwd_programs"], TUNING["fwd_min_len"])
+        n_seg, seg_len = split_sequence(L, n_dblk * bsz * 2, TUNING["fwd_programs_per_sm"] * sm_count(u.device),
+                                        TUNING["fwd_min_len"])
         E = u.new_empty((2, bsz, n_seg, n, dim) if n_seg > 1 else (1,), dtype=torch.float32)
         S = u.new_empty((2, bsz, n_seg, dim) if n_seg > 1 else (1,), dtype=torch.float32)
         dummy = At  # stands in for absent optional tensors (never read)
@@ -104,9 +114,12 @@ class _BiMambaScan(torch.autograd.Function):
         flags = dict(HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
                      SOFTPLUS=softplus_mode(delta_softplus), BT=BT, BD=BD, N=n, PACK=packed_rows(B, C),
                      EVEN_D=dim % BD == 0, UNROLL=TUNING["fwd_unroll"], num_warps=warps)
+        cap = register_cap(TUNING["fwd_maxnreg"])
         if n_seg > 1:  # segment summaries first; the output launch chains them
-            k.bimamba_fwd_kernel[grid](*args, SUMMARY=True, SAVE=False, **flags)
-        k.bimamba_fwd_kernel[grid](*args, SUMMARY=False, SAVE=save, **flags)
+            k.bimamba_fwd_kernel[grid](*args, SUMMARY=True, SAVE=False, **flags, **cap)
+        if save:
+            cap = register_cap(TUNING["fwd_save_maxnreg"])
+        k.bimamba_fwd_kernel[grid](*args, SUMMARY=False, SAVE=save, **flags, **cap)
         if save:
             ctx.save_for_backward(u, delta, At, B, C, D, z, delta_bias, h)
             ctx.delta_softplus, ctx.chunk = bool(delta_softplus), BT
@@ -122,7 +135,8 @@ class _BiMambaScan(torch.autograd.Function):
         BT, (BD, warps) = ctx.chunk, TUNING["bwd_block"]
         n_chunks = h.shape[2]
         n_dblk = triton_cdiv(dim, BD)
-        n_seg, seg_chunks = split_sequence(n_chunks, n_dblk * bsz * 2, TUNING["bwd_programs"],
+        n_seg, seg_chunks = split_sequence(n_chunks, n_dblk * bsz * 2,
+                                           TUNING["bwd_programs_per_sm"] * sm_count(u.device),
                                            TUNING["bwd_min_chunks"])
         f32 = dict(dtype=torch.float32, device=u.device)
         gu = torch.empty_like(u)
@@ -149,7 +163,7 @@ class _BiMambaScan(torch.autograd.Function):
                 gz.stride(0), gz.stride(1), gz.stride(2))
         flags = dict(HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
                      SOFTPLUS=softplus_mode(ctx.delta_softplus), BT=BT, BD=BD, N=n, PACK=packed_rows(B, C),
-                     EVEN_D=dim % BD == 0, num_warps=warps)
+                     EVEN_D=dim % BD == 0, num_warps=warps, **register_cap(TUNING["bwd_maxnreg"]))
         if n_seg > 1:
             k.bimamba_bwd_kernel[grid](*args, SUMMARY=True, **flags)
         k.bimamba_bwd_kernel[grid](*args, SUMMARY=False, **flags)
@@ -163,11 +177,27 @@ class _BiMambaScan(torch.autograd.Function):
 
 def split_sequence(length: int, programs: int, target: int, min_len: int) -> tuple[int, int]:
     """(segments, units per segment) for a sequence of `length` units (steps or chunks) when `programs`
-    programs would run unsplit: about `target` programs in all, segments at least `min_len` long
-    (a split costs a summary pass over part of the inputs)."""
-    n_seg = max(1, min(triton_cdiv(target, programs), length // max(1, min_len)))
+    programs would run unsplit: at most `target` programs in all (at least one segment), segments at least
+    `min_len` long (a split costs a summary pass over part of the inputs)."""
+    n_seg = max(1, min(target // programs, length // max(1, min_len)))
     seg = triton_cdiv(length, n_seg)
     return triton_cdiv(length, seg), seg
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def sm_count(device: torch.device) -> int:
+    """Streaming multiprocessors of a CUDA device; 1 elsewhere (Triton's interpreter runs one program at a time)."""
+    return _sm_count(device.index if device.index is not None else torch.cuda.current_device()) \
+        if device.type == "cuda" else 1
+
+
+def register_cap(maxnreg: int | None) -> dict:
+    """Launch options capping registers per thread (Triton's `maxnreg`); none under the interpreter."""
+    return {} if maxnreg is None or interpreting() else {"maxnreg": maxnreg}
 
 
 def triton_cdiv(a: int, b: int) -> int:
