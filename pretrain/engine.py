@@ -155,7 +155,7 @@ class Engine:
         self.precision = self.opt["precision"]
         self.accum = cfg.engine.grad_accum
         self._micro = 0
-        self.last_grad_norm: float | None = None
+        self._grad_norm: torch.Tensor | float | None = None  # read through last_grad_norm
         wrapper.to(dist_info.device)
         # DeepSpeed broadcasts every parameter through a uint8 view, which a 0-dim tensor can't take:
         # train scalars (the temperature) as shape (1,) and give them back their shape on export.
@@ -222,14 +222,14 @@ class Engine:
             self.ds.step()
             if boundary:
                 norm = self.ds.get_global_grad_norm()
-                self.last_grad_norm = float(norm) if norm is not None else None
+                self._grad_norm = norm
         elif boundary:
             if self.scaler is not None:
                 self.scaler.unscale_(self.optimizer)
             params = [p for g in self.optimizer.param_groups for p in g["params"]]
             clip = self.opt["grad_clip"]
             norm = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else float("inf"))
-            self.last_grad_norm = float(norm)
+            self._grad_norm = norm.detach()  # a tensor until read: float() here would stall the host every step
             if self.scaler is not None:
                 self.scaler.step(self.optimizer)
                 self.scaler.update()
@@ -239,6 +239,11 @@ class Engine:
         if boundary:
             self.clamp_temperature()
         return boundary
+
+    @property
+    def last_grad_norm(self) -> float | None:
+        """The gradient norm of the last optimizer step (before clipping); None before the first."""
+        return None if self._grad_norm is None else float(self._grad_norm)
 
     def clamp_temperature(self) -> None:
         """Clamp the model's temperature and, under DeepSpeed mixed precision / ZeRO, its fp32 master copy too."""

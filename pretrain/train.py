@@ -111,7 +111,9 @@ def micro_step(engine: Engine, teacher, batch: dict, cfg: TrainConfig, grid, see
         teacher_tokens, scores = teacher(video)
         B = video.shape[0]
         mask = create_mask_generator(o.mask_kind)(B, *grid, o.mask_ratio, gen, scores=scores)
-        kwargs.update(mask=mask.to(dev), teacher_tokens=teacher_tokens)
+        # The mask stays on the CPU: the encoder and the MVM target find the visible positions there and
+        # copy them asynchronously, where a GPU mask would make the host wait for the teacher twice a step.
+        kwargs.update(mask=mask, teacher_tokens=teacher_tokens)
     module = engine.module
     if module.mlm_head is not None:
         tok = module.model.tokenizer

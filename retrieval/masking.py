@@ -90,15 +90,33 @@ def create_mask_generator(kind: str) -> MaskFn:
         raise ValueError(f"unknown mask kind {kind!r}; known: {sorted(MASK_GENERATORS)}") from None
 
 
-def gather_visible(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """tokens (B, N, D), mask (B, N) True = masked -> visible tokens (B, N_vis, D) in their original order."""
-    B, N, D = tokens.shape
-    if mask.shape != (B, N):
-        raise ValueError(f"mask must be {(B, N)} to match tokens {tuple(tokens.shape)}, got {tuple(mask.shape)}")
+def visible_index(mask: torch.Tensor) -> torch.Tensor:
+    """mask (B, N) True = masked -> (B, N_vis) positions of each sample's visible tokens, in order.
+
+    Every sample must keep the same number of tokens. On a CPU mask the check and the positions cost the
+    GPU nothing; on a GPU mask they wait for it (a host sync), so training draws its masks on the CPU.
+    """
     visible = ~mask.to(torch.bool)
+    B = visible.shape[0]
     counts = visible.sum(dim=1)
     if B and not bool((counts == counts[0]).all()):
         raise ValueError(f"every sample must keep the same number of visible tokens, got {counts.tolist()}")
     n_vis = int(counts[0]) if B else 0
-    # Boolean indexing walks row-major, so each sample's tokens come out in order and contiguous.
-    return tokens[visible].reshape(B, n_vis, D)
+    return visible.nonzero()[:, 1].view(B, n_vis)  # nonzero walks row-major: each row's positions ascending
+
+
+def gather_visible(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """tokens (B, N, D), mask (B, N) True = masked -> visible tokens (B, N_vis, D) in their original order.
+
+    A CPU mask with GPU tokens is the fast case: the positions are found on the CPU and copied
+    asynchronously, so the host never waits for the GPU here.
+    """
+    B, N, D = tokens.shape
+    if mask.shape != (B, N):
+        raise ValueError(f"mask must be {(B, N)} to match tokens {tuple(tokens.shape)}, got {tuple(mask.shape)}")
+    index = visible_index(mask)
+    if index.device != tokens.device:
+        if index.device.type == "cpu" and tokens.device.type == "cuda":
+            index = index.pin_memory()  # a pinned source makes the copy truly asynchronous
+        index = index.to(tokens.device, non_blocking=True)
+    return tokens.gather(1, index[:, :, None].expand(B, index.shape[1], D))

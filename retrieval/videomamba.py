@@ -10,6 +10,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .config import ConfigError
 from .mamba import Block, DropPath, RMSNorm, add_rms_norm
+from .masking import gather_visible
 
 
 @dataclass
@@ -184,12 +185,7 @@ class VideoMamba(nn.Module):
             B, L, D = x.shape
             if mask.shape != (B, L - 1):
                 raise ValueError(f"mask must have shape {(B, L - 1)}, got {tuple(mask.shape)}")
-            keep = ~mask
-            counts = keep.sum(1)
-            if not bool((counts == counts[0]).all()):
-                raise ValueError("mask must keep the same number of tokens in every sample")
-            patches = x[:, 1:][keep].reshape(B, int(counts[0]), D)
-            x = torch.cat([x[:, :1], patches], dim=1)
+            x = torch.cat([x[:, :1], gather_visible(x[:, 1:], mask)], dim=1)
         hidden, residual = x, None
         for layer in self.layers:
             if self.grad_checkpointing and self.training and torch.is_grad_enabled():

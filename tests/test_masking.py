@@ -89,3 +89,19 @@ def test_gather_visible_preserves_order():
     ragged[0, (~mask[0]).nonzero()[0]] = True  # one more masked token in sample 0
     with pytest.raises(ValueError, match="same number"):
         gather_visible(tokens, ragged)
+
+
+def test_gather_visible_gradient_reaches_visible_tokens_only():
+    tokens = torch.randn(B, N, 3, dtype=torch.float64, requires_grad=True)
+    mask = _make("tube")
+    gather_visible(tokens, mask).sum().backward()
+    assert tokens.grad[~mask].eq(1).all() and tokens.grad[mask].eq(0).all()
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gather_visible_cpu_mask_gpu_tokens():
+    # training's case: the mask drawn on the CPU, tokens on the GPU (positions copied asynchronously)
+    tokens = torch.randn(B, N, 4, device="cuda")
+    mask = _make("random")
+    assert gather_visible(tokens, mask).equal(tokens[~mask.cuda()].view(B, -1, 4))
