@@ -332,7 +332,8 @@ def main(argv=None) -> dict:
                         "(default: re-encoded to 320 px / 8 fps, the recommended shards)")
     p.add_argument("--backends", default=None,
                    help="comma list of selective-scan backends to time side by side (e.g. cuda,triton); "
-                        "default: what `auto` picks")
+                        "default: what `auto` picks. A backend named twice trains its loss curve twice "
+                        "(e.g. cuda,triton,cuda: the run-to-run noise next to the difference)")
     p.add_argument("--curve-steps", type=int, default=0,
                    help="also train this many steps from one seed on fresh synthetic batches with each backend "
                         "(VTC + MVM) and compare the loss curves")
@@ -397,8 +398,10 @@ def main(argv=None) -> dict:
                 with scan_backend(backend):
                     cfg = train_config(size, True, batch, q, args.grad_ckpt)
                     engine, teacher, grid = build(cfg, dist, teacher_kind)
-                    per_backend[resolve_backend(device, backend)] = loss_curve(engine, teacher, cfg, grid,
-                                                                               args.curve_steps)
+                    name = resolve_backend(device, backend)
+                    runs = sum(k.split(" ")[0] == name for k in per_backend)
+                    name += f" (run {runs + 1})" if runs else ""  # a backend named twice: run-to-run noise
+                    per_backend[name] = loss_curve(engine, teacher, cfg, grid, args.curve_steps)
                     engine = teacher = None
                     gc.collect()
             curves[f"videomamba_{size}"] = {"losses": per_backend, "compare": compare_curves(per_backend)}

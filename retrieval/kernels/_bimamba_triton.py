@@ -2,7 +2,7 @@
 
 Layout is time-major with channels contiguous, the layout in_proj's GEMM writes, so no transposes:
 u, dt (2, B, L, D); B, C (2, B, L, N), any strides; z (B, L, D) shared by both directions;
-A (2, N, D); D, bias (2, D); y (B, L, 2, D). Direction 0 scans t = 0 .. L-1, direction 1 scans
+A (2, D, N) contiguous; D, bias (2, D); y (B, L, 2, D). Direction 0 scans t = 0 .. L-1, direction 1 scans
 t = L-1 .. 0 on the same inputs, so no flipped copies exist anywhere.
 
 Every kernel gives each lane one channel and keeps that channel's N states in registers as a tuple
@@ -164,7 +164,7 @@ def _program(A_ptr, D_ptr, bias_ptr, Dm, HAS_D: tl.constexpr, HAS_BIAS: tl.const
         mask_d = tl.full([BD], 1, tl.int1)
     else:
         mask_d = offs_d < Dm
-    A = _load_state(A_ptr + k * N * Dm, offs_d, mask_d, Dm, N)  # A as (2, N, D)
+    A = _load_state(A_ptr + k * Dm * N, offs_d * N, mask_d, 1, N)  # A as (2, D, N), read once
     A2 = ()
     for n in tl.static_range(N):
         A2 = A2 + (A[n] * LOG2E,)

@@ -87,11 +87,11 @@ class _BiMambaScan(torch.autograd.Function):
         from . import _bimamba_triton as k
         u, delta = _inner(u), _inner(delta)
         z = None if z is None else _inner(z)
-        At = A.float().transpose(1, 2).contiguous()  # (2, N, D): the kernels read A along channels
+        A = A.float().contiguous()  # (2, D, N); in the model already so, no copy
         D = None if D is None else D.float().contiguous()
         delta_bias = None if delta_bias is None else delta_bias.float().contiguous()
         _, bsz, L, dim = u.shape
-        n = At.shape[1]
+        n = A.shape[2]
         save = any(ctx.needs_input_grad)
         BT, (BD, warps) = TUNING["chunk"], TUNING["fwd_block"]
         n_chunks = triton_cdiv(L, BT)
@@ -102,10 +102,10 @@ class _BiMambaScan(torch.autograd.Function):
                                         TUNING["fwd_min_len"])
         E = u.new_empty((2, bsz, n_seg, n, dim) if n_seg > 1 else (1,), dtype=torch.float32)
         S = u.new_empty((2, bsz, n_seg, dim) if n_seg > 1 else (1,), dtype=torch.float32)
-        dummy = At  # stands in for absent optional tensors (never read)
+        dummy = A  # stands in for absent optional tensors (never read)
         zz = z if z is not None else u[0]
         grid = (n_dblk, bsz * n_seg, 2)
-        args = (u, delta, At, B, C, D if D is not None else dummy,
+        args = (u, delta, A, B, C, D if D is not None else dummy,
                 delta_bias if delta_bias is not None else dummy, zz, y, h, E, S, L, dim, seg_len, n_seg,
                 u.stride(0), u.stride(1), u.stride(2), delta.stride(0), delta.stride(1), delta.stride(2),
                 B.stride(0), B.stride(1), B.stride(2), B.stride(3), C.stride(0), C.stride(1), C.stride(2),
@@ -114,24 +114,22 @@ class _BiMambaScan(torch.autograd.Function):
         flags = dict(HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
                      SOFTPLUS=softplus_mode(delta_softplus), BT=BT, BD=BD, N=n, PACK=packed_rows(B, C),
                      EVEN_D=dim % BD == 0, UNROLL=TUNING["fwd_unroll"], num_warps=warps)
-        cap = register_cap(TUNING["fwd_maxnreg"])
-        if n_seg > 1:  # segment summaries first; the output launch chains them
-            k.bimamba_fwd_kernel[grid](*args, SUMMARY=True, SAVE=False, **flags, **cap)
-        if save:
-            cap = register_cap(TUNING["fwd_save_maxnreg"])
+        if n_seg > 1:  # segment summaries first (few registers: no cap); the output launch chains them
+            k.bimamba_fwd_kernel[grid](*args, SUMMARY=True, SAVE=False, **flags)
+        cap = register_cap(TUNING["fwd_save_maxnreg" if save else "fwd_maxnreg"])
         k.bimamba_fwd_kernel[grid](*args, SUMMARY=False, SAVE=save, **flags, **cap)
         if save:
-            ctx.save_for_backward(u, delta, At, B, C, D, z, delta_bias, h)
+            ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, h)
             ctx.delta_softplus, ctx.chunk = bool(delta_softplus), BT
         return y
 
     @staticmethod
     def backward(ctx, gy):
         from . import _bimamba_triton as k
-        u, delta, At, B, C, D, z, delta_bias, h = ctx.saved_tensors
+        u, delta, A, B, C, D, z, delta_bias, h = ctx.saved_tensors
         gy = _inner(gy)
         _, bsz, L, dim = u.shape
-        n = At.shape[1]
+        n = A.shape[2]
         BT, (BD, warps) = ctx.chunk, TUNING["bwd_block"]
         n_chunks = h.shape[2]
         n_dblk = triton_cdiv(dim, BD)
@@ -149,10 +147,10 @@ class _BiMambaScan(torch.autograd.Function):
         E = u.new_empty((2, bsz, n_seg, n, dim), dtype=torch.float32)
         S = u.new_empty((2, bsz, n_seg, dim), dtype=torch.float32)
         W = u.new_empty((2 * bsz * n_seg * n_dblk, BT + 1, n, BD), dtype=torch.float32)  # recomputed states
-        dummy = At
+        dummy = A
         zz = z if z is not None else u[0]
         grid = (n_dblk, bsz * n_seg, 2)
-        args = (u, delta, At, B, C, D if D is not None else dummy,
+        args = (u, delta, A, B, C, D if D is not None else dummy,
                 delta_bias if delta_bias is not None else dummy, zz, gy, h, W,
                 gu, gdt, gBC, gz, gA, gD, gbias, E, S, L, dim, n_chunks, n_seg, seg_chunks,
                 u.stride(0), u.stride(1), u.stride(2), delta.stride(0), delta.stride(1), delta.stride(2),
@@ -163,10 +161,10 @@ class _BiMambaScan(torch.autograd.Function):
                 gz.stride(0), gz.stride(1), gz.stride(2))
         flags = dict(HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
                      SOFTPLUS=softplus_mode(ctx.delta_softplus), BT=BT, BD=BD, N=n, PACK=packed_rows(B, C),
-                     EVEN_D=dim % BD == 0, num_warps=warps, **register_cap(TUNING["bwd_maxnreg"]))
+                     EVEN_D=dim % BD == 0, num_warps=warps)
         if n_seg > 1:
             k.bimamba_bwd_kernel[grid](*args, SUMMARY=True, **flags)
-        k.bimamba_bwd_kernel[grid](*args, SUMMARY=False, **flags)
+        k.bimamba_bwd_kernel[grid](*args, SUMMARY=False, **flags, **register_cap(TUNING["bwd_maxnreg"]))
         per_dir = lambda t: t.view(2, bsz * n_seg, *t.shape[1:]).sum(1)  # noqa: E731
         gBC = gBC.sum(0)
         return (gu, gdt, per_dir(gA).transpose(1, 2), gBC[..., :n].to(B.dtype), gBC[..., n:].to(C.dtype),
