@@ -81,6 +81,7 @@ def build(cfg: TrainConfig, dist, teacher_kind: str):
     vcfg = cfg.model.video
     grid = vcfg.encoder_config().grid
     teacher, model_cfg = None, cfg.model
+    torch.manual_seed(1)  # the random-weight teacher too: two builds must train against the same targets
     if cfg.objectives.mvm > 0:
         if teacher_kind == "openclip":
             teacher = OpenClipTeacher("ViT-B-16", None, grid, vcfg.mean, vcfg.std)
