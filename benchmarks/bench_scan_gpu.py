@@ -21,12 +21,12 @@ PEAK_BYTES_S = {"H100": 3.35e12, "H200": 4.8e12}
 BOOST_HZ = 1.98e9
 
 
-# Sweep grid. Programs per SM: whole waves of one-warp programs at the occupancies the register caps allow on
-# sm_90 (106 registers: 18 warps/SM, 80: 25, 72: 28), and multiples.
+# Sweep grid. Programs per SM around the occupancies the register caps allow on sm_90 (106 registers: 16 warps
+# per SM, 80: 24, 72: 28; each scheduler has 16,384 registers), and multiples.
 FWD_PER_SM = (18, 25, 28, 36, 50, 56, 62)
 FWD_MAXNREG = (None, 80, 72)
 # (bwd_programs_per_sm, bwd_maxnreg, fwd_save_maxnreg); 254 registers: 8 warps/SM, 168: 12; the saving forward
-# 168: 12, 112: 18.
+# 168: 12, 112: 16.
 BWD_CONFIGS = ((62, None, None), (8, None, None), (16, None, None), (12, 168, None), (24, 168, None),
                (62, 168, None), (62, None, 112), (62, 168, 112), (24, 168, 112))
 

@@ -19,11 +19,11 @@ __all__ = ["TUNING", "bimamba_scan_fn", "bimamba_scan_ref"]
 # Launch settings, picked on an H100 by `benchmarks/bench_scan_gpu.py --sweep` at VideoMamba-Ti shapes (batch 8 x
 # 64 frames, and batch 32 x 315 tokens, a masked training clip): BENCHMARKS.md, section 9c;
 # benchmarks/results/scan_blocks_h100.json. Register caps trade a few instructions for resident warps: the
-# forward is latency-bound, so 80 registers (25 one-warp programs per SM instead of 18) made it 1.2x faster.
+# forward is latency-bound, so 80 registers (24 one-warp programs per SM instead of 16) made it 1.2x faster.
 TUNING = {
     "fwd_block": (32, 1),  # forward: channels per program (a thread each), warps
-    # Cut the sequence into segments until at most this many programs per SM run (several waves: each
-    # program's segment is shorter, and the tail wave's idle SMs cost less).
+    # Cut the sequence into segments until at most this many programs per SM run: per SM, so the split
+    # scales with the card (how many fit at once depends on the registers, see the caps below).
     "fwd_programs_per_sm": 56,
     "fwd_min_len": 64,  # keeping segments at least this many steps long
     "fwd_unroll": 4,  # steps per iteration of the forward's loop (unrolling saves the prefetch's register moves)
