@@ -100,6 +100,15 @@ def test_bimamba_scan_sequence_split(interpreter, monkeypatch, min_len, seqlen):
 
 
 @needs_interpreter
+@pytest.mark.parametrize("prefetch", [2, 3])
+def test_bimamba_scan_deeper_prefetch(interpreter, monkeypatch, prefetch):
+    # Loads issued 2-3 steps ahead in both forward passes: the clamped prefetches past a segment's end (segments
+    # of 10, one of 7) and past the sequence's ends in both directions must never be used.
+    small_tuning(monkeypatch, fwd_min_len=10, fwd_prefetch=prefetch, fwd_summary_prefetch=prefetch)
+    assert_scan_parity(scan_inputs(1, 37, 16, 4, seed=prefetch))
+
+
+@needs_interpreter
 @pytest.mark.parametrize("use_D,use_z,use_bias,softplus", [
     (False, True, True, True), (True, False, True, True), (True, True, False, True), (True, True, True, False),
     (False, False, False, False),

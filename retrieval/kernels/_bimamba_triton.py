@@ -177,31 +177,45 @@ def _program(A_ptr, D_ptr, bias_ptr, Dm, HAS_D: tl.constexpr, HAS_BIAS: tl.const
 
 
 @triton.jit
+def _fwd_loads(u_ptr, dt_ptr, B_ptr, C_ptr, z_ptr, t, s_u_t, s_dt_t, s_B_t, s_B_n, s_C_t, s_C_n, s_z_t,
+               offs_d, mask_d, SUMMARY: tl.constexpr, HAS_Z: tl.constexpr, N: tl.constexpr, PACK: tl.constexpr):
+    """Step t's inputs as the forward consumes them: u, dt, B_t and C_t as loaded words (kept packed until
+    used: fewer live registers), z; the summary pass reads no C and no z."""
+    u, d = _vec(u_ptr, t, s_u_t, offs_d, mask_d), _vec(dt_ptr, t, s_dt_t, offs_d, mask_d)
+    Bw = _row_words(B_ptr + t * s_B_t, s_B_n, N, PACK)
+    Cw = Bw if SUMMARY else _row_words(C_ptr + t * s_C_t, s_C_n, N, PACK)
+    z = _vec(z_ptr, t, s_z_t, offs_d, mask_d) if HAS_Z and not SUMMARY else u
+    return u, d, Bw, Cw, z
+
+
+@triton.jit
 def _fwd_direction(u_ptr, dt_ptr, B_ptr, C_ptr, z_ptr, y_ptr, h_ptr, E_ptr, S_ptr, A2, Dv, bias,
                    offs_d, mask_d, L, Dm, seg, seg_len, n_seg,
                    s_u_t, s_dt_t, s_B_t, s_B_n, s_C_t, s_C_n, s_z_t, s_y_t, s_h_c,
                    REVERSE: tl.constexpr, SUMMARY: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
                    HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, SAVE: tl.constexpr,
-                   BT: tl.constexpr, N: tl.constexpr, PACK: tl.constexpr, UNROLL: tl.constexpr):
+                   BT: tl.constexpr, N: tl.constexpr, PACK: tl.constexpr, UNROLL: tl.constexpr,
+                   PREFETCH: tl.constexpr):
     t0 = seg * seg_len
     t1 = tl.minimum(t0 + seg_len, L)
     h = _zeros(A2[0], N)
     if not SUMMARY:  # enter with what the segments before this one (in scan order) leave behind
         h = _chain(h, E_ptr, S_ptr, A2, offs_d, mask_d, Dm, seg, n_seg, REVERSE, N)
     dsum = tl.zeros_like(A2[0])
-    # Software-pipelined by hand: step t+1's loads are issued before step t's arithmetic.
+    # Software-pipelined by hand: step t+PREFETCH's loads are issued before step t's arithmetic; prefetches
+    # past the segment's end clamp to a valid step (read, never used).
+    dir_step = -1 if REVERSE else 1
     t = t1 - 1 if REVERSE else t0
-    u, d = _vec(u_ptr, t, s_u_t, offs_d, mask_d), _vec(dt_ptr, t, s_dt_t, offs_d, mask_d)
-    Bw = _row_words(B_ptr + t * s_B_t, s_B_n, N, PACK)  # kept packed until used: fewer live registers
-    Cw = Bw if SUMMARY else _row_words(C_ptr + t * s_C_t, s_C_n, N, PACK)
-    z = _vec(z_ptr, t, s_z_t, offs_d, mask_d) if HAS_Z and not SUMMARY else u
+    ahead = ()
+    for p in tl.static_range(PREFETCH):
+        tp = tl.minimum(tl.maximum(t + p * dir_step, 0), L - 1)
+        ahead = ahead + (_fwd_loads(u_ptr, dt_ptr, B_ptr, C_ptr, z_ptr, tp, s_u_t, s_dt_t, s_B_t, s_B_n, s_C_t,
+                                    s_C_n, s_z_t, offs_d, mask_d, SUMMARY, HAS_Z, N, PACK),)
     for i in tl.range(t1 - t0, loop_unroll_factor=UNROLL):
-        t_next = t - 1 if REVERSE else t + 1
-        tn = tl.minimum(tl.maximum(t_next, 0), L - 1)  # the last prefetch reads a valid step, unused
-        u_n, d_n = _vec(u_ptr, tn, s_u_t, offs_d, mask_d), _vec(dt_ptr, tn, s_dt_t, offs_d, mask_d)
-        B_n = _row_words(B_ptr + tn * s_B_t, s_B_n, N, PACK)
-        C_n = B_n if SUMMARY else _row_words(C_ptr + tn * s_C_t, s_C_n, N, PACK)
-        z_n = _vec(z_ptr, tn, s_z_t, offs_d, mask_d) if HAS_Z and not SUMMARY else u_n
+        tn = tl.minimum(tl.maximum(t + PREFETCH * dir_step, 0), L - 1)
+        later = _fwd_loads(u_ptr, dt_ptr, B_ptr, C_ptr, z_ptr, tn, s_u_t, s_dt_t, s_B_t, s_B_n, s_C_t, s_C_n,
+                           s_z_t, offs_d, mask_d, SUMMARY, HAS_Z, N, PACK)
+        u, d, Bw, Cw, z = ahead[0]
         if SAVE:  # the state entering each BT-step chunk (scan order), which the backward starts from
             if REVERSE:
                 if ((t + 1) % BT == 0) | (t == L - 1):
@@ -220,7 +234,8 @@ def _fwd_direction(u_ptr, dt_ptr, B_ptr, C_ptr, z_ptr, y_ptr, h_ptr, E_ptr, S_pt
             if HAS_Z:
                 y = y * z * tl.sigmoid(z)
             tl.store(y_ptr + t * s_y_t + offs_d, y.to(y_ptr.dtype.element_ty), mask=mask_d)
-        u, d, Bw, Cw, z, t = u_n, d_n, B_n, C_n, z_n, t_next
+        ahead = ahead[1:] + (later,)
+        t += dir_step
     if SUMMARY:
         _store_state(E_ptr + seg * N * Dm, h, offs_d, mask_d, Dm, N)
         tl.store(S_ptr + seg * Dm + offs_d, dsum, mask=mask_d)
@@ -234,7 +249,8 @@ def bimamba_fwd_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, z_pt
                        s_z_b, s_z_t, s_y_b, s_y_t, s_y_k, s_h_k, s_h_b, s_h_c,
                        SUMMARY: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
                        SOFTPLUS: tl.constexpr, SAVE: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr,
-                       N: tl.constexpr, PACK: tl.constexpr, EVEN_D: tl.constexpr, UNROLL: tl.constexpr):
+                       N: tl.constexpr, PACK: tl.constexpr, EVEN_D: tl.constexpr, UNROLL: tl.constexpr,
+                       PREFETCH: tl.constexpr):
     """Grid (channel blocks, batch x segments, direction); a SUMMARY launch first when segments > 1."""
     pid_d, pid_bs, k, offs_d, mask_d, A2, Dv, bias = _program(A_ptr, D_ptr, bias_ptr, Dm, HAS_D, HAS_BIAS,
                                                               EVEN_D, BD, N)
@@ -252,9 +268,11 @@ def bimamba_fwd_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, z_pt
             offs_d, mask_d, L, Dm, seg, seg_len, n_seg,
             s_u_t, s_dt_t, s_B_t, s_B_n, s_C_t, s_C_n, s_z_t, s_y_t, s_h_c)
     if k == 0:
-        _fwd_direction(*args, False, SUMMARY, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, SAVE, BT, N, PACK, UNROLL)
+        _fwd_direction(*args, False, SUMMARY, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, SAVE, BT, N, PACK, UNROLL,
+                       PREFETCH)
     else:
-        _fwd_direction(*args, True, SUMMARY, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, SAVE, BT, N, PACK, UNROLL)
+        _fwd_direction(*args, True, SUMMARY, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, SAVE, BT, N, PACK, UNROLL,
+                       PREFETCH)
 
 
 # --- backward ---

@@ -27,6 +27,8 @@ TUNING = {
     "fwd_programs_per_sm": 56,
     "fwd_min_len": 64,  # keeping segments at least this many steps long
     "fwd_unroll": 4,  # steps per iteration of the forward's loop (unrolling saves the prefetch's register moves)
+    "fwd_prefetch": 1,  # how many steps ahead the output pass loads (each step more holds another step's inputs)
+    "fwd_summary_prefetch": 1,  # the same for the summary pass (Nsight: it waits on its loads, BENCHMARKS 9c)
     "fwd_maxnreg": 80,  # registers per thread (Triton's `maxnreg`; None: the compiler's choice, 106 here)
     "fwd_save_maxnreg": None,  # the same for the training forward, which also saves chunk states (168)
     "chunk": 8,  # backward chunk length; the forward saves the state entering each chunk
@@ -115,9 +117,10 @@ class _BiMambaScan(torch.autograd.Function):
                      SOFTPLUS=softplus_mode(delta_softplus), BT=BT, BD=BD, N=n, PACK=packed_rows(B, C),
                      EVEN_D=dim % BD == 0, UNROLL=TUNING["fwd_unroll"], num_warps=warps)
         if n_seg > 1:  # segment summaries first (few registers: no cap); the output launch chains them
-            k.bimamba_fwd_kernel[grid](*args, SUMMARY=True, SAVE=False, **flags)
+            k.bimamba_fwd_kernel[grid](*args, SUMMARY=True, SAVE=False, PREFETCH=TUNING["fwd_summary_prefetch"],
+                                       **flags)
         cap = register_cap(TUNING["fwd_save_maxnreg" if save else "fwd_maxnreg"])
-        k.bimamba_fwd_kernel[grid](*args, SUMMARY=False, SAVE=save, **flags, **cap)
+        k.bimamba_fwd_kernel[grid](*args, SUMMARY=False, SAVE=save, PREFETCH=TUNING["fwd_prefetch"], **flags, **cap)
         if save:
             ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, h)
             ctx.delta_softplus, ctx.chunk = bool(delta_softplus), BT
