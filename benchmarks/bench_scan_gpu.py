@@ -25,11 +25,12 @@ BOOST_HZ = 1.98e9
 # per SM, 80: 24, 72: 28; each scheduler has 16,384 registers), and multiples.
 FWD_PER_SM = (18, 25, 28, 36, 50, 56, 62)
 FWD_MAXNREG = (None, 80, 72)
-SUMMARY_PREFETCH = (1, 2)  # steps the summary pass loads ahead: 72 registers at 1, 80 at 2 (28 -> 24 warps/SM)
+FWD_SUMMARY_PREFETCH = (1, 2)  # steps the summary pass loads ahead: 72 registers at 1, 80 at 2 (28 -> 24 warps/SM)
 # (bwd_programs_per_sm, bwd_maxnreg, fwd_save_maxnreg); 254 registers: 8 warps/SM, 168: 12; the saving forward
 # 168: 12, 112: 16.
 BWD_CONFIGS = ((62, None, None), (8, None, None), (16, None, None), (12, 168, None), (24, 168, None),
                (62, 168, None), (62, None, 112), (62, 168, 112), (24, 168, 112))
+BWD_SUMMARY_PREFETCH = (0, 1, 2)  # the backward's summaries: 72-74 registers at each depth
 
 
 def card_peaks() -> tuple[float, float]:
@@ -137,13 +138,14 @@ def main(argv=None):
     if args.sweep:  # forward settings (inference), then the backward's split; the fastest of each kept
         rows = []
         for per_sm, maxnreg in itertools.product(FWD_PER_SM, FWD_MAXNREG):
-            bs.TUNING.update(fwd_programs_per_sm=per_sm, fwd_maxnreg=maxnreg, fwd_summary_prefetch=SUMMARY_PREFETCH[0])
+            bs.TUNING.update(fwd_programs_per_sm=per_sm, fwd_maxnreg=maxnreg,
+                             fwd_summary_prefetch=FWD_SUMMARY_PREFETCH[0])
             rows.append({"fwd_programs_per_sm": per_sm, "fwd_maxnreg": maxnreg,
-                         "fwd_summary_prefetch": SUMMARY_PREFETCH[0], "fwd_ms": timed_fwd(inp)})
+                         "fwd_summary_prefetch": FWD_SUMMARY_PREFETCH[0], "fwd_ms": timed_fwd(inp)})
             print(rows[-1], flush=True)
         best = min(rows, key=lambda r: r["fwd_ms"])
         bs.TUNING.update({k: v for k, v in best.items() if k.startswith("fwd_") and k != "fwd_ms"})
-        for prefetch in SUMMARY_PREFETCH[1:]:  # the summaries wait on their loads (Nsight, BENCHMARKS 9c)
+        for prefetch in FWD_SUMMARY_PREFETCH[1:]:  # the summaries wait on their loads (Nsight, BENCHMARKS 9c)
             bs.TUNING["fwd_summary_prefetch"] = prefetch
             rows.append({**best, "fwd_summary_prefetch": prefetch, "fwd_ms": timed_fwd(inp)})
             print(rows[-1], flush=True)
@@ -151,8 +153,17 @@ def main(argv=None):
         bs.TUNING.update({k: v for k, v in best.items() if k.startswith("fwd_") and k != "fwd_ms"})
         train_rows = []
         for per_sm, maxnreg, save_maxnreg in BWD_CONFIGS:
-            bs.TUNING.update(bwd_programs_per_sm=per_sm, bwd_maxnreg=maxnreg, fwd_save_maxnreg=save_maxnreg)
+            bs.TUNING.update(bwd_programs_per_sm=per_sm, bwd_maxnreg=maxnreg, fwd_save_maxnreg=save_maxnreg,
+                             bwd_summary_prefetch=BWD_SUMMARY_PREFETCH[0])
             train_rows.append({"bwd_programs_per_sm": per_sm, "bwd_maxnreg": maxnreg, "fwd_save_maxnreg": save_maxnreg,
+                               "bwd_summary_prefetch": BWD_SUMMARY_PREFETCH[0],
+                               "fwdbwd_ms": timed(lambda: run_ours(inp, True), 3, 1) * 1e3})
+            print(train_rows[-1], flush=True)
+        best = min(train_rows, key=lambda r: r["fwdbwd_ms"])
+        bs.TUNING.update({k: v for k, v in best.items() if k != "fwdbwd_ms"})
+        for prefetch in BWD_SUMMARY_PREFETCH[1:]:  # the backward's summaries wait on their loads too
+            bs.TUNING["bwd_summary_prefetch"] = prefetch
+            train_rows.append({**best, "bwd_summary_prefetch": prefetch,
                                "fwdbwd_ms": timed(lambda: run_ours(inp, True), 3, 1) * 1e3})
             print(train_rows[-1], flush=True)
         best = min(train_rows, key=lambda r: r["fwdbwd_ms"])

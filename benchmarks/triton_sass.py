@@ -85,7 +85,7 @@ def compile_launch(fn, args, kw, arch: int):
     values = dict(zip([n for n in fn.arg_names if n not in kw], args), **kw)
     signature, constexprs, attrs = {}, {}, {}
     for i, (name, param) in enumerate(zip(fn.arg_names, fn.params)):
-        v = values[name]
+        v = values[name] if name in values else param.default  # a defaulted constexpr left out
         if param.is_constexpr:
             signature[name], constexprs[(i,)] = "constexpr", v
         elif isinstance(v, torch.Tensor):

@@ -100,11 +100,13 @@ def test_bimamba_scan_sequence_split(interpreter, monkeypatch, min_len, seqlen):
 
 
 @needs_interpreter
-@pytest.mark.parametrize("prefetch", [2, 3])
+@pytest.mark.parametrize("prefetch", [1, 2, 3])
 def test_bimamba_scan_deeper_prefetch(interpreter, monkeypatch, prefetch):
-    # Loads issued 2-3 steps ahead in both forward passes: the clamped prefetches past a segment's end (segments
-    # of 10, one of 7) and past the sequence's ends in both directions must never be used.
-    small_tuning(monkeypatch, fwd_min_len=10, fwd_prefetch=prefetch, fwd_summary_prefetch=prefetch)
+    # Loads issued 1-3 steps ahead in both forward passes and the backward's summaries: the clamped prefetches
+    # past a segment's end (forward segments of 10 steps, one of 7; backward segments of one 16-step chunk, one
+    # of 5) and past the sequence's ends in both directions must never be used.
+    small_tuning(monkeypatch, fwd_min_len=10, fwd_prefetch=prefetch, fwd_summary_prefetch=prefetch,
+                 bwd_min_chunks=1, bwd_summary_prefetch=prefetch)
     assert_scan_parity(scan_inputs(1, 37, 16, 4, seed=prefetch))
 
 

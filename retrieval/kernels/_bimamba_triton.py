@@ -316,29 +316,55 @@ def _store_channel_sums(ptr, v, lane, mask_d, BD: tl.constexpr, NV: tl.constexpr
 
 
 @triton.jit
+def _bwd_summary_loads(dt_ptr, C_ptr, z_ptr, g_ptr, t, s_dt_t, s_C_t, s_C_n, s_z_t, s_g_t, offs_d, mask_d,
+                       HAS_Z: tl.constexpr, N: tl.constexpr, PACK: tl.constexpr):
+    """Step t's inputs to the adjoint summary: dt, dL/dy, z (dL/dy again without a gate), C_t's words."""
+    g = _vec(g_ptr, t, s_g_t, offs_d, mask_d)
+    z = _vec(z_ptr, t, s_z_t, offs_d, mask_d) if HAS_Z else g
+    return _vec(dt_ptr, t, s_dt_t, offs_d, mask_d), g, z, _row_words(C_ptr + t * s_C_t, s_C_n, N, PACK)
+
+
+@triton.jit
 def _bwd_summary_direction(dt_ptr, C_ptr, z_ptr, g_ptr, E_ptr, S_ptr, A2, bias, offs_d, mask_d, L, Dm,
                            seg, seg_chunks, s_dt_t, s_C_t, s_C_n, s_z_t, s_g_t,
                            REVERSE: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
-                           SOFTPLUS: tl.constexpr, BT: tl.constexpr, N: tl.constexpr, PACK: tl.constexpr):
+                           SOFTPLUS: tl.constexpr, BT: tl.constexpr, N: tl.constexpr, PACK: tl.constexpr,
+                           PREFETCH: tl.constexpr):
     """The adjoint's segment summary: r = a_first dL/dh_first (what flows out of the segment's first step,
-    in scan order, into the step before it) from a zero inflow, and the sum of the segment's deltas."""
+    in scan order, into the step before it) from a zero inflow, and the sum of the segment's deltas.
+    With PREFETCH > 0, step t+PREFETCH's loads (against the scan order) are issued before step t's work."""
     lo = seg * seg_chunks * BT
     hi = tl.minimum(lo + seg_chunks * BT, L)
     r = _zeros(A2[0], N)
     dsum = tl.zeros_like(A2[0])
+    dir_step = 1 if REVERSE else -1  # against the scan order
+    t = lo if REVERSE else hi - 1
+    ahead = ()
+    for p in tl.static_range(PREFETCH):
+        tp = tl.minimum(tl.maximum(t + p * dir_step, 0), L - 1)
+        ahead = ahead + (_bwd_summary_loads(dt_ptr, C_ptr, z_ptr, g_ptr, tp, s_dt_t, s_C_t, s_C_n, s_z_t, s_g_t,
+                                            offs_d, mask_d, HAS_Z, N, PACK),)
     for j in range(hi - lo):
-        t = lo + j if REVERSE else hi - 1 - j  # against the scan order
-        d = _delta(_vec(dt_ptr, t, s_dt_t, offs_d, mask_d), bias, HAS_BIAS, SOFTPLUS)
-        g = _vec(g_ptr, t, s_g_t, offs_d, mask_d)
+        if PREFETCH > 0:
+            tn = tl.minimum(tl.maximum(t + PREFETCH * dir_step, 0), L - 1)
+            later = _bwd_summary_loads(dt_ptr, C_ptr, z_ptr, g_ptr, tn, s_dt_t, s_C_t, s_C_n, s_z_t, s_g_t,
+                                       offs_d, mask_d, HAS_Z, N, PACK)
+            dt, g, z, Cw = ahead[0]
+            ahead = ahead[1:] + (later,)
+        else:
+            t = lo + j if REVERSE else hi - 1 - j
+            dt, g, z, Cw = _bwd_summary_loads(dt_ptr, C_ptr, z_ptr, g_ptr, t, s_dt_t, s_C_t, s_C_n, s_z_t, s_g_t,
+                                              offs_d, mask_d, HAS_Z, N, PACK)
+        d = _delta(dt, bias, HAS_BIAS, SOFTPLUS)
         if HAS_Z:
-            z = _vec(z_ptr, t, s_z_t, offs_d, mask_d)
             g = g * z * tl.sigmoid(z)
-        Ct = _row(C_ptr + t * s_C_t, s_C_n, N, PACK)
+        Ct = _unpack(Cw, N, PACK)
         rn = ()
         for n in tl.static_range(N):
             rn = rn + (tl.exp2(d * A2[n]) * (g * Ct[n] + r[n]),)
         r = rn
         dsum += d
+        t += dir_step
     _store_state(E_ptr + seg * N * Dm, r, offs_d, mask_d, Dm, N)
     tl.store(S_ptr + seg * Dm + offs_d, dsum, mask=mask_d)
 
@@ -450,7 +476,7 @@ def bimamba_bwd_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, z_pt
                        s_gx_k, s_gx_b, s_gx_t, s_gbc_p, s_gbc_k, s_gbc_b, s_gbc_t, s_gz_k, s_gz_b, s_gz_t,
                        SUMMARY: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
                        SOFTPLUS: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr, N: tl.constexpr,
-                       PACK: tl.constexpr, EVEN_D: tl.constexpr):
+                       PACK: tl.constexpr, EVEN_D: tl.constexpr, PREFETCH: tl.constexpr = 0):
     """Grid and segments as in bimamba_fwd_kernel (segments of whole chunks). Partial sums the launcher
     adds up: dL/dB and dL/dC per channel block, (n_dblk, 2, B, L, 2N); dL/dA, dL/dD, dL/dbias per
     (direction, batch, segment)."""
@@ -469,9 +495,9 @@ def bimamba_bwd_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, z_pt
         args = (dt_ptr, C_ptr, z_ptr, g_ptr, E_ptr, S_ptr, A2, bias, offs_d, mask_d, L, Dm,
                 seg, seg_chunks, s_dt_t, s_C_t, s_C_n, s_z_t, s_g_t)
         if k == 0:
-            _bwd_summary_direction(*args, False, HAS_Z, HAS_BIAS, SOFTPLUS, BT, N, PACK)
+            _bwd_summary_direction(*args, False, HAS_Z, HAS_BIAS, SOFTPLUS, BT, N, PACK, PREFETCH)
         else:
-            _bwd_summary_direction(*args, True, HAS_Z, HAS_BIAS, SOFTPLUS, BT, N, PACK)
+            _bwd_summary_direction(*args, True, HAS_Z, HAS_BIAS, SOFTPLUS, BT, N, PACK, PREFETCH)
     else:
         part = k * tl.num_programs(1) + pid_bs  # this program's row of the dL/dA, dL/dD, dL/dbias sums
         w_ptr += (part * tl.num_programs(0) + pid_d) * (BT + 1) * N * BD

@@ -35,6 +35,7 @@ TUNING = {
     "bwd_block": (32, 1),  # backward: channels per program, warps
     "bwd_programs_per_sm": 62,  # as fwd_programs_per_sm, for the backward's segments
     "bwd_min_chunks": 4,
+    "bwd_summary_prefetch": 0,  # steps the backward's summary pass loads ahead (0: none; Nsight: it waits on loads)
     "bwd_maxnreg": 168,  # 254 without a cap: 8 resident warps per SM, 12 with it, no spills
 }
 
@@ -166,7 +167,7 @@ class _BiMambaScan(torch.autograd.Function):
                      SOFTPLUS=softplus_mode(ctx.delta_softplus), BT=BT, BD=BD, N=n, PACK=packed_rows(B, C),
                      EVEN_D=dim % BD == 0, num_warps=warps)
         if n_seg > 1:
-            k.bimamba_bwd_kernel[grid](*args, SUMMARY=True, **flags)
+            k.bimamba_bwd_kernel[grid](*args, SUMMARY=True, PREFETCH=TUNING["bwd_summary_prefetch"], **flags)
         k.bimamba_bwd_kernel[grid](*args, SUMMARY=False, **flags, **register_cap(TUNING["bwd_maxnreg"]))
         per_dir = lambda t: t.view(2, bsz * n_seg, *t.shape[1:]).sum(1)  # noqa: E731
         gBC = gBC.sum(0)
