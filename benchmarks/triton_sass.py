@@ -130,16 +130,17 @@ def main(argv=None):
     p.add_argument("--top", type=int, default=10, help="opcodes listed per loop")
     p.add_argument("--sms", type=int, default=132, help="SMs the launcher sizes its grids for (132: H100/H200 SXM)")
     p.add_argument("--tuning", nargs="*", default=[], metavar="KEY=INT",
-                   help="override launch settings, e.g. fwd_maxnreg=72 (TUNING in retrieval/kernels/bimamba_scan.py)")
+                   help="override launch settings, e.g. fwd_maxnreg=72 or fwd_maxnreg=none "
+                        "(TUNING in retrieval/kernels/bimamba_scan.py)")
     args = p.parse_args(argv)
     os.environ.pop("TRITON_INTERPRET", None)
     seqlen = 1 + args.frames * 196
     bs.sm_count = lambda device: args.sms
     for item in args.tuning:
-        key, value = item.split("=")
-        if key not in bs.TUNING:
-            p.error(f"--tuning: unknown key {key!r}; known: {', '.join(bs.TUNING)}")
-        bs.TUNING[key] = int(value)
+        key, _, value = item.partition("=")
+        if key not in bs.TUNING or not value:
+            p.error(f"--tuning: expected KEY=INT with KEY one of {', '.join(bs.TUNING)}, got {item!r}")
+        bs.TUNING[key] = None if value.lower() == "none" else int(value)
     print(f"triton {triton.__version__}, sm_{args.arch}, batch {args.batch}, L {seqlen}")
     seen = set()
     for fn, grid, a, kw in capture_launches(args.batch, seqlen):

@@ -36,7 +36,7 @@ TUNING = {
     "bwd_programs_per_sm": 62,  # as fwd_programs_per_sm, for the backward's segments
     "bwd_min_chunks": 4,
     "bwd_summary_prefetch": 0,  # steps the backward's summary pass loads ahead (0: none; Nsight: it waits on loads)
-    "bwd_maxnreg": 168,  # 254 without a cap: 8 resident warps per SM, 12 with it, no spills
+    "bwd_maxnreg": 168,  # 12 resident warps per SM, no spills (the sweep's code took 254 uncapped: 8 warps)
 }
 
 
