@@ -10,8 +10,8 @@ of N (BD,) vectors: per-channel work (softplus, gate, D skip) runs once per chan
 scalars every lane reads (four bf16 per 8-byte load where aligned), and nothing crosses lanes but
 the backward's sums over channels (dL/dB, dL/dC). exp is exp2 with log2(e) folded into A.
 
-Forward: a program walks one segment of the sequence step by step, the next step's loads issued
-before this step's arithmetic. Segments give enough warps to hide the loads' latency: a summary
+Forward: a program walks one segment of the sequence step by step, the loads of the step PREFETCH
+ahead issued before this step's arithmetic. Segments give enough warps to hide the loads' latency: a summary
 launch leaves each segment's end state from zero and the sum of its deltas, and the output launch
 enters each segment with the state its predecessors leave. With grad, the forward also saves the
 state entering every BT-step chunk (fp32, (2, B, n_chunks, N, D)).
