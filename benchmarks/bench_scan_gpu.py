@@ -26,6 +26,9 @@ BOOST_HZ = 1.98e9
 FWD_PER_SM = (18, 25, 28, 36, 50, 56, 62)
 FWD_MAXNREG = (None, 80, 72)
 FWD_SUMMARY_PREFETCH = (1, 2)  # steps the summary pass loads ahead: 72 registers at 1, 80 at 2 (28 -> 24 warps/SM)
+# B and C copied to fp32 (fwd_fp32_rows): the output pass 724 -> 635 instructions per 4 steps but 96 registers
+# without a spill (20 warps/SM; at 80 it spills), the summaries 445 -> 400 at 76 registers.
+FP32_ROWS_MAXNREG = (80, 96)
 # (bwd_programs_per_sm, bwd_maxnreg, fwd_save_maxnreg); 254 registers: 8 warps/SM, 168: 12; the saving forward
 # 168: 12, 112: 16.
 BWD_CONFIGS = ((62, None, None), (8, None, None), (16, None, None), (12, 168, None), (24, 168, None),
@@ -114,6 +117,51 @@ def timed_fwd(inp) -> float:
         return timed(lambda: run_ours(inp, False), 5, 1) * 1e3
 
 
+def _sweep(rows: list, key: str, measure, **settings) -> None:
+    """Time one complete set of launch settings and record it (every row holds all the settings it ran with)."""
+    bs.TUNING.update(settings)
+    rows.append({**settings, key: measure()})
+    print(rows[-1], flush=True)
+
+
+def _keep_fastest(rows: list, key: str) -> dict:
+    best = min(rows, key=lambda r: r[key])
+    settings = {k: v for k, v in best.items() if k != key}
+    bs.TUNING.update(settings)
+    return settings
+
+
+def sweep_forward(inp) -> list[dict]:
+    """Stage by stage, each from the fastest so far: programs per SM x register cap, the summaries' prefetch
+    depth, then B and C copied to fp32 (with their own caps). Leaves the fastest in TUNING."""
+    rows, key, measure = [], "fwd_ms", lambda: timed_fwd(inp)
+    for per_sm, maxnreg in itertools.product(FWD_PER_SM, FWD_MAXNREG):
+        _sweep(rows, key, measure, fwd_programs_per_sm=per_sm, fwd_maxnreg=maxnreg,
+               fwd_summary_prefetch=FWD_SUMMARY_PREFETCH[0], fwd_fp32_rows=False)
+    best = _keep_fastest(rows, key)
+    for prefetch in FWD_SUMMARY_PREFETCH[1:]:  # the summaries wait on their loads (Nsight, BENCHMARKS 9c)
+        _sweep(rows, key, measure, **{**best, "fwd_summary_prefetch": prefetch})
+    best = _keep_fastest(rows, key)
+    for maxnreg in FP32_ROWS_MAXNREG:  # fewer instructions per step, more registers
+        _sweep(rows, key, measure, **{**best, "fwd_fp32_rows": True, "fwd_maxnreg": maxnreg})
+    _keep_fastest(rows, key)
+    return rows
+
+
+def sweep_backward(inp) -> list[dict]:
+    """Forward + backward with the forward's settings fixed: the backward's split and caps, then its summaries'
+    prefetch depth. Leaves the fastest in TUNING."""
+    rows, key, measure = [], "fwdbwd_ms", lambda: timed(lambda: run_ours(inp, True), 3, 1) * 1e3
+    for per_sm, maxnreg, save_maxnreg in BWD_CONFIGS:
+        _sweep(rows, key, measure, bwd_programs_per_sm=per_sm, bwd_maxnreg=maxnreg, fwd_save_maxnreg=save_maxnreg,
+               bwd_summary_prefetch=BWD_SUMMARY_PREFETCH[0])
+    best = _keep_fastest(rows, key)
+    for prefetch in BWD_SUMMARY_PREFETCH[1:]:  # the backward's summaries wait on their loads too
+        _sweep(rows, key, measure, **{**best, "bwd_summary_prefetch": prefetch})
+    _keep_fastest(rows, key)
+    return rows
+
+
 def traffic_bytes(batch, seqlen, dim, dstate, elem=2) -> float:
     """Least HBM traffic of one forward: read u, dt (both directions), z, B, C; write y (both)."""
     per_token = (2 * 2 * dim + dim + 2 * 2 * dstate + 2 * dim) * elem
@@ -135,39 +183,8 @@ def main(argv=None):
     dt = torch.bfloat16
     inp = make_inputs(args.batch, args.seqlen, args.dim, args.dstate, dt)
     res = {"device": torch.cuda.get_device_name(), "shape": vars(args), "sweep": []}
-    if args.sweep:  # forward settings (inference), then the backward's split; the fastest of each kept
-        rows = []
-        for per_sm, maxnreg in itertools.product(FWD_PER_SM, FWD_MAXNREG):
-            bs.TUNING.update(fwd_programs_per_sm=per_sm, fwd_maxnreg=maxnreg,
-                             fwd_summary_prefetch=FWD_SUMMARY_PREFETCH[0])
-            rows.append({"fwd_programs_per_sm": per_sm, "fwd_maxnreg": maxnreg,
-                         "fwd_summary_prefetch": FWD_SUMMARY_PREFETCH[0], "fwd_ms": timed_fwd(inp)})
-            print(rows[-1], flush=True)
-        best = min(rows, key=lambda r: r["fwd_ms"])
-        bs.TUNING.update({k: v for k, v in best.items() if k.startswith("fwd_") and k != "fwd_ms"})
-        for prefetch in FWD_SUMMARY_PREFETCH[1:]:  # the summaries wait on their loads (Nsight, BENCHMARKS 9c)
-            bs.TUNING["fwd_summary_prefetch"] = prefetch
-            rows.append({**best, "fwd_summary_prefetch": prefetch, "fwd_ms": timed_fwd(inp)})
-            print(rows[-1], flush=True)
-        best = min(rows, key=lambda r: r["fwd_ms"])
-        bs.TUNING.update({k: v for k, v in best.items() if k.startswith("fwd_") and k != "fwd_ms"})
-        train_rows = []
-        for per_sm, maxnreg, save_maxnreg in BWD_CONFIGS:
-            bs.TUNING.update(bwd_programs_per_sm=per_sm, bwd_maxnreg=maxnreg, fwd_save_maxnreg=save_maxnreg,
-                             bwd_summary_prefetch=BWD_SUMMARY_PREFETCH[0])
-            train_rows.append({"bwd_programs_per_sm": per_sm, "bwd_maxnreg": maxnreg, "fwd_save_maxnreg": save_maxnreg,
-                               "bwd_summary_prefetch": BWD_SUMMARY_PREFETCH[0],
-                               "fwdbwd_ms": timed(lambda: run_ours(inp, True), 3, 1) * 1e3})
-            print(train_rows[-1], flush=True)
-        best = min(train_rows, key=lambda r: r["fwdbwd_ms"])
-        bs.TUNING.update({k: v for k, v in best.items() if k != "fwdbwd_ms"})
-        for prefetch in BWD_SUMMARY_PREFETCH[1:]:  # the backward's summaries wait on their loads too
-            bs.TUNING["bwd_summary_prefetch"] = prefetch
-            train_rows.append({**best, "bwd_summary_prefetch": prefetch,
-                               "fwdbwd_ms": timed(lambda: run_ours(inp, True), 3, 1) * 1e3})
-            print(train_rows[-1], flush=True)
-        best = min(train_rows, key=lambda r: r["fwdbwd_ms"])
-        bs.TUNING.update({k: v for k, v in best.items() if k != "fwdbwd_ms"})
+    if args.sweep:  # forward settings (inference), then the backward's; the fastest of each kept
+        rows, train_rows = sweep_forward(inp), sweep_backward(inp)
         res["sweep"] = rows + train_rows
         if args.save_blocks:
             with open(args.save_blocks, "w") as f:

@@ -139,13 +139,17 @@ def test_bimamba_scan_lane_reduce_scatter(interpreter, small_blocks, dim):
 
 
 @needs_interpreter
-def test_bimamba_scan_packed_bf16_rows(interpreter, small_blocks):
+@pytest.mark.parametrize("fp32_rows", [False, True], ids=["bf16-words", "fp32-copy"])
+def test_bimamba_scan_packed_bf16_rows(interpreter, monkeypatch, fp32_rows):
     # B and C in bf16 as 8-byte-aligned strided views of one projection (the model's layout: d_state
-    # 16 at offsets 12 and 28 of 44 columns) are read four at a time; the math stays fp32.
+    # 16 at offsets 12 and 28 of 44 columns) are read four at a time, or copied to fp32 first and read two
+    # at a time (fwd_fp32_rows; the backward still reads the bf16 views); the math stays fp32.
+    small_tuning(monkeypatch, fwd_fp32_rows=fp32_rows)
     inp = scan_inputs(2, 21, 16, 16, seed=13)
     xdbl = torch.randn(2, 2 * 21, 44, generator=torch.Generator().manual_seed(4)).bfloat16()
     B, C = xdbl[..., 12:28].view(2, 2, 21, 16), xdbl[..., 28:].view(2, 2, 21, 16)
-    assert bimamba_scan.packed_rows(B, C) and not bimamba_scan.packed_rows(B.float(), C)
+    assert bimamba_scan.packed_rows(B, C) == 4 and bimamba_scan.packed_rows(B.float(), C.float()) == 2
+    assert not bimamba_scan.packed_rows(B.float(), C) and not bimamba_scan.packed_rows(B.float()[..., 1:], C.float()[..., 1:])
     grad_out = torch.randn(2, 21, 2, 16, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
     leaves = {k: v.requires_grad_(True) for k, v in dict(inp, B=B, C=C).items()}
     y = bimamba_scan_fn(**leaves)

@@ -84,12 +84,12 @@ def _bf16_to_f32(w):
 
 @triton.jit
 def _row_words(ptr, s_n, N: tl.constexpr, PACK: tl.constexpr):
-    """Step t's B_t or C_t as loaded: with PACK, N/4 int64 words of four bf16 each (the launcher checks
-    unit stride and 8-byte alignment), else N scalars. Every lane reads the same addresses."""
+    """Step t's B_t or C_t as loaded: with PACK (values per 8-byte word: 4 bf16 or 2 fp32; the launcher checks
+    unit stride and 8-byte alignment) N/PACK int64 words, else N scalars. Every lane reads the same addresses."""
     r = ()
     if PACK:
         p64 = ptr.to(tl.pointer_type(tl.int64))
-        for i in tl.static_range(N // 4):
+        for i in tl.static_range(N // PACK):
             r = r + (tl.load(p64 + i),)
     else:
         for n in tl.static_range(N):
@@ -99,9 +99,13 @@ def _row_words(ptr, s_n, N: tl.constexpr, PACK: tl.constexpr):
 
 @triton.jit
 def _unpack(words, N: tl.constexpr, PACK: tl.constexpr):
-    """_row_words' result as N fp32 scalars."""
+    """_row_words' result as N fp32 scalars (fp32 words are two registers: nothing to convert)."""
     r = ()
-    if PACK:
+    if PACK == 2:
+        for i in tl.static_range(N // 2):
+            r = r + (words[i].to(tl.int32).to(tl.float32, bitcast=True),
+                     (words[i] >> 32).to(tl.int32).to(tl.float32, bitcast=True))
+    elif PACK == 4:
         for i in tl.static_range(N // 4):
             lo = words[i].to(tl.int32)
             hi = (words[i] >> 32).to(tl.int32)

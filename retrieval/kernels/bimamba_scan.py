@@ -29,6 +29,7 @@ TUNING = {
     "fwd_unroll": 4,  # steps per iteration of the forward's loop (unrolling saves the prefetch's register moves)
     "fwd_prefetch": 1,  # how many steps ahead the output pass loads (each step more holds another step's inputs)
     "fwd_summary_prefetch": 1,  # the same for the summary pass (Nsight: it waits on its loads, BENCHMARKS 9c)
+    "fwd_fp32_rows": False,  # copy bf16 B and C to fp32 first: 32 bf16 conversions a step fewer, 2 loads more
     "fwd_maxnreg": 80,  # registers per thread (Triton's `maxnreg`; None: the compiler's choice, 106 here)
     "fwd_save_maxnreg": None,  # the same for the training forward, which also saves chunk states (168)
     "chunk": 8,  # backward chunk length; the forward saves the state entering each chunk
@@ -108,14 +109,17 @@ class _BiMambaScan(torch.autograd.Function):
         dummy = A  # stands in for absent optional tensors (never read)
         zz = z if z is not None else u[0]
         grid = (n_dblk, bsz * n_seg, 2)
-        args = (u, delta, A, B, C, D if D is not None else dummy,
+        Bk, Ck = B, C  # what the forward's kernels read; the backward reads B and C as given
+        if TUNING["fwd_fp32_rows"] and B.dtype == torch.bfloat16:
+            Bk, Ck = B.float(), C.float()  # a small copy each, so the loop converts no bf16
+        args = (u, delta, A, Bk, Ck, D if D is not None else dummy,
                 delta_bias if delta_bias is not None else dummy, zz, y, h, E, S, L, dim, seg_len, n_seg,
                 u.stride(0), u.stride(1), u.stride(2), delta.stride(0), delta.stride(1), delta.stride(2),
-                B.stride(0), B.stride(1), B.stride(2), B.stride(3), C.stride(0), C.stride(1), C.stride(2),
-                C.stride(3), zz.stride(0), zz.stride(1), y.stride(0), y.stride(1), y.stride(2),
+                Bk.stride(0), Bk.stride(1), Bk.stride(2), Bk.stride(3), Ck.stride(0), Ck.stride(1), Ck.stride(2),
+                Ck.stride(3), zz.stride(0), zz.stride(1), y.stride(0), y.stride(1), y.stride(2),
                 h.stride(0) if save else 0, h.stride(1) if save else 0, h.stride(2) if save else 0)
         flags = dict(HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
-                     SOFTPLUS=softplus_mode(delta_softplus), BT=BT, BD=BD, N=n, PACK=packed_rows(B, C),
+                     SOFTPLUS=softplus_mode(delta_softplus), BT=BT, BD=BD, N=n, PACK=packed_rows(Bk, Ck),
                      EVEN_D=dim % BD == 0, UNROLL=TUNING["fwd_unroll"], num_warps=warps)
         if n_seg > 1:  # segment summaries first (few registers: no cap); the output launch chains them
             k.bimamba_fwd_kernel[grid](*args, SUMMARY=True, SAVE=False, PREFETCH=TUNING["fwd_summary_prefetch"],
@@ -213,13 +217,16 @@ def softplus_mode(delta_softplus: bool) -> int:
     return 1 if interpreting() else 2
 
 
-def packed_rows(B: torch.Tensor, C: torch.Tensor) -> bool:
-    """Whether the kernels may read B_t and C_t as bf16 quadruples (int64 loads): bf16, d_state a
-    multiple of 4, unit stride along the state and every row 8-byte aligned."""
+def packed_rows(B: torch.Tensor, C: torch.Tensor) -> int:
+    """The kernels' PACK flag: how many values of B_t and C_t they may read per 8-byte (int64) load, 4 bf16
+    or 2 fp32, where d_state is a multiple of that, the state has unit stride and every row is 8-byte
+    aligned; 0: one load per value."""
+    per_word = {torch.bfloat16: 4, torch.float32: 2}.get(B.dtype, 0)
+
     def ok(t):
-        return (t.dtype == torch.bfloat16 and t.shape[-1] % 4 == 0 and t.stride(-1) == 1
-                and t.data_ptr() % 8 == 0 and all(s % 4 == 0 for s in t.stride()[:-1]))
-    return ok(B) and ok(C)
+        return (t.dtype == B.dtype and t.shape[-1] % per_word == 0 and t.stride(-1) == 1
+                and t.data_ptr() % 8 == 0 and all(s % per_word == 0 for s in t.stride()[:-1]))
+    return per_word if per_word and ok(B) and ok(C) else 0
 
 
 def bimamba_scan_fn(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=True):
