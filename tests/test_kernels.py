@@ -148,9 +148,10 @@ def test_bimamba_scan_packed_bf16_rows(interpreter, monkeypatch, fp32_rows):
     inp = scan_inputs(2, 21, 16, 16, seed=13)
     xdbl = torch.randn(2, 2 * 21, 44, generator=torch.Generator().manual_seed(4)).bfloat16()
     B, C = xdbl[..., 12:28].view(2, 2, 21, 16), xdbl[..., 28:].view(2, 2, 21, 16)
-    assert bimamba_scan.packed_rows(B, C) == 4 and bimamba_scan.packed_rows(B.float(), C.float()) == 2
-    assert not bimamba_scan.packed_rows(B.float(), C)  # mixed dtypes
-    assert not bimamba_scan.packed_rows(B.float()[..., 1:], C.float()[..., 1:])  # 15 states: no whole pairs
+    assert bimamba_scan.packed_rows(B, C) == 4 and bimamba_scan.packed_rows(B.float(), C.float(), True) == 2
+    assert not bimamba_scan.packed_rows(B.float(), C.float())  # fp32 words only where asked for
+    assert not bimamba_scan.packed_rows(B.float(), C, True)  # mixed dtypes
+    assert not bimamba_scan.packed_rows(B.float()[..., 1:], C.float()[..., 1:], True)  # 15 states: no pairs
     grad_out = torch.randn(2, 21, 2, 16, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
     leaves = {k: v.requires_grad_(True) for k, v in dict(inp, B=B, C=C).items()}
     y = bimamba_scan_fn(**leaves)

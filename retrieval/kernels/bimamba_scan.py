@@ -119,7 +119,8 @@ class _BiMambaScan(torch.autograd.Function):
                 Ck.stride(3), zz.stride(0), zz.stride(1), y.stride(0), y.stride(1), y.stride(2),
                 h.stride(0) if save else 0, h.stride(1) if save else 0, h.stride(2) if save else 0)
         flags = dict(HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
-                     SOFTPLUS=softplus_mode(delta_softplus), BT=BT, BD=BD, N=n, PACK=packed_rows(Bk, Ck),
+                     SOFTPLUS=softplus_mode(delta_softplus), BT=BT, BD=BD, N=n,
+                     PACK=packed_rows(Bk, Ck, fp32_words=TUNING["fwd_fp32_rows"]),
                      EVEN_D=dim % BD == 0, UNROLL=TUNING["fwd_unroll"], num_warps=warps)
         if n_seg > 1:  # segment summaries first (few registers: no cap); the output launch chains them
             k.bimamba_fwd_kernel[grid](*args, SUMMARY=True, SAVE=False, PREFETCH=TUNING["fwd_summary_prefetch"],
@@ -217,11 +218,11 @@ def softplus_mode(delta_softplus: bool) -> int:
     return 1 if interpreting() else 2
 
 
-def packed_rows(B: torch.Tensor, C: torch.Tensor) -> int:
+def packed_rows(B: torch.Tensor, C: torch.Tensor, fp32_words: bool = False) -> int:
     """The kernels' PACK flag: how many values of B_t and C_t they may read per 8-byte (int64) load, 4 bf16
-    or 2 fp32, where d_state is a multiple of that, the state has unit stride and every row is 8-byte
-    aligned; 0: one load per value."""
-    per_word = {torch.bfloat16: 4, torch.float32: 2}.get(B.dtype, 0)
+    or (with fp32_words) 2 fp32, where d_state is a multiple of that, the state has unit stride and every
+    row is 8-byte aligned; 0: one load per value."""
+    per_word = {torch.bfloat16: 4, torch.float32: 2 if fp32_words else 0}.get(B.dtype, 0)
 
     def ok(t):
         return (t.dtype == B.dtype and t.shape[-1] % per_word == 0 and t.stride(-1) == 1
