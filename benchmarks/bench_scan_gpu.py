@@ -117,18 +117,17 @@ def timed_fwd(inp) -> float:
         return timed(lambda: run_ours(inp, False), 5, 1) * 1e3
 
 
-def _sweep(rows: list, key: str, measure, **settings) -> None:
+def _sweep(rows: list, key: str, measure, **launch) -> None:
     """Time one complete set of launch settings and record it (every row holds all the settings it ran with)."""
-    bs.TUNING.update(settings)
-    rows.append({**settings, key: measure()})
+    bs.TUNING.update(launch)
+    rows.append({**launch, key: measure()})
     print(rows[-1], flush=True)
 
 
 def _keep_fastest(rows: list, key: str) -> dict:
-    best = min(rows, key=lambda r: r[key])
-    settings = {k: v for k, v in best.items() if k != key}
-    bs.TUNING.update(settings)
-    return settings
+    best = {k: v for k, v in min(rows, key=lambda r: r[key]).items() if k != key}
+    bs.TUNING.update(best)
+    return best
 
 
 def sweep_forward(inp) -> list[dict]:

@@ -124,6 +124,13 @@ def _row(ptr, s_n, N: tl.constexpr, PACK: tl.constexpr):
 
 
 @triton.jit
+def _clamp_step(t, L):
+    """Step t kept inside the sequence: a prefetch past either end reads a valid step (never used) instead of
+    masking its loads."""
+    return tl.minimum(tl.maximum(t, 0), L - 1)
+
+
+@triton.jit
 def _vec(ptr, t, s_t, offs_d, mask_d):
     return tl.load(ptr + t * s_t + offs_d, mask=mask_d, other=0.0).to(tl.float32)
 
@@ -206,17 +213,16 @@ def _fwd_direction(u_ptr, dt_ptr, B_ptr, C_ptr, z_ptr, y_ptr, h_ptr, E_ptr, S_pt
     if not SUMMARY:  # enter with what the segments before this one (in scan order) leave behind
         h = _chain(h, E_ptr, S_ptr, A2, offs_d, mask_d, Dm, seg, n_seg, REVERSE, N)
     dsum = tl.zeros_like(A2[0])
-    # Software-pipelined by hand: step t+PREFETCH's loads are issued before step t's arithmetic; prefetches
-    # past the segment's end clamp to a valid step (read, never used).
+    # Software-pipelined by hand: step t+PREFETCH's loads are issued before step t's arithmetic.
     dir_step = -1 if REVERSE else 1
     t = t1 - 1 if REVERSE else t0
     ahead = ()
     for p in tl.static_range(PREFETCH):
-        tp = tl.minimum(tl.maximum(t + p * dir_step, 0), L - 1)
+        tp = _clamp_step(t + p * dir_step, L)
         ahead = ahead + (_fwd_loads(u_ptr, dt_ptr, B_ptr, C_ptr, z_ptr, tp, s_u_t, s_dt_t, s_B_t, s_B_n, s_C_t,
                                     s_C_n, s_z_t, offs_d, mask_d, SUMMARY, HAS_Z, N, PACK),)
     for i in tl.range(t1 - t0, loop_unroll_factor=UNROLL):
-        tn = tl.minimum(tl.maximum(t + PREFETCH * dir_step, 0), L - 1)
+        tn = _clamp_step(t + PREFETCH * dir_step, L)
         later = _fwd_loads(u_ptr, dt_ptr, B_ptr, C_ptr, z_ptr, tn, s_u_t, s_dt_t, s_B_t, s_B_n, s_C_t, s_C_n,
                            s_z_t, offs_d, mask_d, SUMMARY, HAS_Z, N, PACK)
         u, d, Bw, Cw, z = ahead[0]
@@ -345,17 +351,17 @@ def _bwd_summary_direction(dt_ptr, C_ptr, z_ptr, g_ptr, E_ptr, S_ptr, A2, bias, 
     t = lo if REVERSE else hi - 1
     ahead = ()
     for p in tl.static_range(PREFETCH):
-        tp = tl.minimum(tl.maximum(t + p * dir_step, 0), L - 1)
+        tp = _clamp_step(t + p * dir_step, L)
         ahead = ahead + (_bwd_summary_loads(dt_ptr, C_ptr, z_ptr, g_ptr, tp, s_dt_t, s_C_t, s_C_n, s_z_t, s_g_t,
                                             offs_d, mask_d, HAS_Z, N, PACK),)
     for j in range(hi - lo):
         if PREFETCH > 0:
-            tn = tl.minimum(tl.maximum(t + PREFETCH * dir_step, 0), L - 1)
+            tn = _clamp_step(t + PREFETCH * dir_step, L)
             later = _bwd_summary_loads(dt_ptr, C_ptr, z_ptr, g_ptr, tn, s_dt_t, s_C_t, s_C_n, s_z_t, s_g_t,
                                        offs_d, mask_d, HAS_Z, N, PACK)
             dt, g, z, Cw = ahead[0]
             ahead = ahead[1:] + (later,)
-        else:
+        else:  # t from j rather than carried: the code before prefetching, and its SASS
             t = lo + j if REVERSE else hi - 1 - j
             dt, g, z, Cw = _bwd_summary_loads(dt_ptr, C_ptr, z_ptr, g_ptr, t, s_dt_t, s_C_t, s_C_n, s_z_t, s_g_t,
                                               offs_d, mask_d, HAS_Z, N, PACK)
