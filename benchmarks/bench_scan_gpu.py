@@ -31,6 +31,9 @@ FWD_SUMMARY_PREFETCH = (1, 2)  # steps the summary pass loads ahead: 72 register
 FP32_ROWS_MAXNREG = (80, 96)
 # (bwd_programs_per_sm, bwd_maxnreg, fwd_save_maxnreg); 254 registers: 8 warps/SM, 168: 12; the saving forward
 # 168: 12, 112: 16.
+# the single-pass inference forward: states per lane x B, C copied to fp32 x loads a chunk ahead
+LANES = tuple(itertools.product((1, 2, 4), (False, True), (1, 0)))
+CROSSOVER_SHAPES = ((1, 12545), (2, 12545), (4, 12545), (8, 12545), (16, 1569), (64, 1569), (32, 315))
 BWD_CONFIGS = ((62, None, None), (8, None, None), (16, None, None), (12, 168, None), (24, 168, None),
                (62, 168, None), (62, None, 112), (62, 168, 112), (24, 168, 112))
 BWD_SUMMARY_PREFETCH = (0, 1, 2)  # the backward's summaries: 72-74 registers at each depth
@@ -135,7 +138,7 @@ def sweep_forward(inp) -> list[dict]:
     depth, then B and C copied to fp32 (with their own caps). Leaves the fastest in TUNING."""
     rows, key, measure = [], "fwd_ms", lambda: timed_fwd(inp)
     for per_sm, maxnreg in itertools.product(FWD_PER_SM, FWD_MAXNREG):
-        _sweep(rows, key, measure, fwd_programs_per_sm=per_sm, fwd_maxnreg=maxnreg,
+        _sweep(rows, key, measure, fwd_lanes_states=0, fwd_programs_per_sm=per_sm, fwd_maxnreg=maxnreg,
                fwd_summary_prefetch=FWD_SUMMARY_PREFETCH[0], fwd_fp32_rows=False)
     best = _keep_fastest(rows, key)
     for prefetch in FWD_SUMMARY_PREFETCH[1:]:  # the summaries wait on their loads (Nsight, BENCHMARKS 9c)
@@ -143,7 +146,38 @@ def sweep_forward(inp) -> list[dict]:
     best = _keep_fastest(rows, key)
     for maxnreg in FP32_ROWS_MAXNREG:  # fewer instructions per step, more registers
         _sweep(rows, key, measure, **{**best, "fwd_fp32_rows": True, "fwd_maxnreg": maxnreg})
+    best = _keep_fastest(rows, key)
+    for states, fp32_rows, prefetch in LANES:  # one pass, no segments (taken at any size here)
+        _sweep(rows, key, measure, **{**best, "fwd_lanes_states": states, "fwd_lanes_fp32_rows": fp32_rows,
+                                      "fwd_lanes_prefetch": prefetch, "fwd_lanes_min_programs_per_sm": 0})
     _keep_fastest(rows, key)
+    return rows
+
+
+def lanes_crossover(dim: int, dstate: int) -> list[dict]:
+    """The inference forward at several (batch, L), segmented against single-pass with the swept settings; sets
+    fwd_lanes_min_programs_per_sm to the fewest programs per SM from which the single pass wins at every
+    larger measured size (off where it never does)."""
+    states = bs.TUNING["fwd_lanes_states"] or 2
+    per_sm = lambda batch: bs.triton_cdiv(dim, 32 // (dstate // states)) * batch * 2 / bs.sm_count(  # noqa: E731
+        torch.device("cuda"))
+    rows = []
+    for batch, seqlen in CROSSOVER_SHAPES:
+        inp = make_inputs(batch, seqlen, dim, dstate, torch.bfloat16)
+        row = {"batch": batch, "seqlen": seqlen, "lanes_programs_per_sm": per_sm(batch)}
+        for name, on in (("segmented_ms", 0), ("lanes_ms", states)):
+            bs.TUNING.update(fwd_lanes_states=on, fwd_lanes_min_programs_per_sm=0)
+            row[name] = timed_fwd(inp)
+        rows.append(row)
+        print(row, flush=True)
+    wins = sorted(rows, key=lambda r: r["lanes_programs_per_sm"])
+    threshold = None
+    for i, r in enumerate(wins):
+        if all(w["lanes_ms"] < w["segmented_ms"] for w in wins[i:]):
+            threshold = r["lanes_programs_per_sm"]
+            break
+    bs.TUNING.update(fwd_lanes_states=states if threshold is not None else 0,
+                     fwd_lanes_min_programs_per_sm=int(threshold) if threshold is not None else 0)
     return rows
 
 
@@ -185,9 +219,13 @@ def main(argv=None):
     if args.sweep:  # forward settings (inference), then the backward's; the fastest of each kept
         rows, train_rows = sweep_forward(inp), sweep_backward(inp)
         res["sweep"] = rows + train_rows
+        res["lanes_crossover"] = lanes_crossover(args.dim, args.dstate)
         if args.save_blocks:
             with open(args.save_blocks, "w") as f:
                 json.dump(settings(), f)
+        if args.json:  # the sweep's results stand on their own (the comparison below needs mamba-ssm)
+            with open(args.json, "w") as f:
+                json.dump(res, f, indent=1)
     elif args.load_blocks:
         with open(args.load_blocks) as f:
             load_blocks(json.load(f))

@@ -28,6 +28,7 @@ from triton._C.libtriton import native_specialize_impl
 from triton.backends.compiler import BaseBackend, GPUTarget
 from triton.compiler import ASTSource
 
+from retrieval.kernels import _bimamba_lanes as KL
 from retrieval.kernels import _bimamba_triton as K
 from retrieval.kernels import bimamba_scan as bs
 from retrieval.kernels.bimamba_scan import _BiMambaScan
@@ -46,11 +47,13 @@ class _Capture:
 
 
 def capture_launches(batch: int, seqlen: int, dim: int = 384, dstate: int = 16) -> list:
-    """The kernel launches of a forward with grad, one without and a backward at these shapes, on CPU stand-ins."""
+    """The kernel launches of a forward with grad, one without (the lanes kernel where the launcher picks it) and a
+    backward at these shapes, on CPU stand-ins."""
     launches = []
-    real = {n: getattr(K, n) for n in ("bimamba_fwd_kernel", "bimamba_bwd_kernel")}
-    for n, fn in real.items():
-        setattr(K, n, _Capture(fn, launches))
+    real = {(mod, n): getattr(mod, n) for mod, n in ((K, "bimamba_fwd_kernel"), (K, "bimamba_bwd_kernel"),
+                                                      (KL, "bimamba_fwd_lanes_kernel"))}
+    for (mod, n), fn in real.items():
+        setattr(mod, n, _Capture(fn, launches))
     try:
         bf = torch.bfloat16
         xdbl = torch.zeros(2, batch * seqlen, 2 * dstate + 12, dtype=bf)  # B, C as x_proj's strided views
@@ -72,8 +75,8 @@ def capture_launches(batch: int, seqlen: int, dim: int = 384, dstate: int = 16) 
         _BiMambaScan.forward(ctx, *inputs)  # the inference forward too (saves nothing)
         _BiMambaScan.backward(ctx, torch.zeros(batch, seqlen, 2, dim, dtype=bf))
     finally:
-        for n, fn in real.items():
-            setattr(K, n, fn)
+        for (mod, n), fn in real.items():
+            setattr(mod, n, fn)
     return launches
 
 

@@ -172,6 +172,73 @@ def test_inference_forward_saves_nothing_and_matches(interpreter, small_blocks):
     assert rel_err(y, y64) < TOL
 
 
+def lanes_tuning(monkeypatch, states, **overrides) -> None:
+    """The single-pass inference forward at any size (Triton's interpreter counts one SM)."""
+    small_tuning(monkeypatch, fwd_lanes_states=states, fwd_lanes_min_programs_per_sm=0, **overrides)
+
+
+def assert_inference_parity(inputs, softplus=True):
+    with torch.no_grad():
+        y = bimamba_scan_fn(**inputs, delta_softplus=softplus)
+    y64 = bimamba_scan_ref(**{k: None if v is None else v.double() for k, v in inputs.items()},
+                           delta_softplus=softplus)
+    assert y.shape == y64.shape and rel_err(y, y64) < TOL, f"output: {rel_err(y, y64):.2e}"
+
+
+@needs_interpreter
+@pytest.mark.parametrize("states,dstate,seqlen,prefetch", [
+    (2, 16, 1, 1), (2, 16, 17, 1), (2, 16, 129, 1), (2, 16, 16, 1), (2, 16, 24, 0),
+    (1, 16, 37, 1), (4, 16, 37, 0), (16, 16, 5, 1), (1, 4, 33, 0), (2, 8, 9, 1),
+], ids=str)
+def test_lanes_forward_matches_reference(interpreter, monkeypatch, states, dstate, seqlen, prefetch):
+    # Chunks of d_state / states steps: lengths shorter than one, exactly one, two whole ones (nothing left
+    # for the prefetching loop), and many with a partial last one; dim 20 leaves a masked channel tail.
+    lanes_tuning(monkeypatch, states, fwd_lanes_prefetch=prefetch)
+    inp = scan_inputs(2, seqlen, 20, dstate, seed=seqlen + states)
+    assert bimamba_scan.lanes_split(dstate, 20, 2, torch.device("cpu")) == states
+    assert_inference_parity(inp)
+
+
+@needs_interpreter
+@pytest.mark.parametrize("use_D,use_z,use_bias,softplus", [
+    (False, True, True, True), (True, False, True, True), (True, True, False, True), (True, True, True, False),
+    (False, False, False, False),
+])
+def test_lanes_forward_optional_parts(interpreter, monkeypatch, use_D, use_z, use_bias, softplus):
+    lanes_tuning(monkeypatch, 2)
+    assert_inference_parity(scan_inputs(1, 19, 8, 8, seed=3, use_D=use_D, use_z=use_z, use_bias=use_bias),
+                            softplus=softplus)
+
+
+@needs_interpreter
+@pytest.mark.parametrize("states,fp32_rows,pack", [(1, False, 1), (2, False, 2), (4, False, 4), (2, True, 2),
+                                                    (4, True, 2)])
+def test_lanes_forward_packed_rows(interpreter, monkeypatch, states, fp32_rows, pack):
+    # The model's layout (bf16 x_proj views, d_state 16 at offsets 12 and 28 of 44 columns): a lane's states read
+    # 2 or 4 per load, or from fp32 copies 2 per load; odd offsets fall back to one load per value.
+    lanes_tuning(monkeypatch, states, fwd_lanes_fp32_rows=fp32_rows)
+    inp = scan_inputs(2, 21, 16, 16, seed=13)
+    xdbl = torch.randn(2, 2 * 21, 44, generator=torch.Generator().manual_seed(4)).bfloat16()
+    B, C = xdbl[..., 12:28].view(2, 2, 21, 16), xdbl[..., 28:].view(2, 2, 21, 16)
+    rows = (B.float(), C.float()) if fp32_rows else (B, C)
+    assert bimamba_scan.lane_pack(*rows, states) == pack
+    assert bimamba_scan.lane_pack(xdbl[..., 11:27].view(2, 2, 21, 16), C, states) == 1
+    with torch.no_grad():
+        y = bimamba_scan_fn(**dict(inp, B=B, C=C))
+    assert rel_err(y, bimamba_scan_ref(**{k: v.double() for k, v in dict(inp, B=B, C=C).items()})) < TOL
+
+
+def test_lanes_split_rule(monkeypatch):
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(bimamba_scan, "TUNING", dict(bimamba_scan.TUNING, fwd_lanes_states=2,
+                                                     fwd_lanes_min_programs_per_sm=8))
+    assert bimamba_scan.lanes_split(16, 384, 8, cpu) == 2  # 96 channel blocks x 8 x 2 programs
+    assert bimamba_scan.lanes_split(12, 384, 8, cpu) == 0  # 6 lanes a channel: not a power of two
+    assert bimamba_scan.lanes_split(16, 4, 1, cpu) == 0  # 2 programs: the segmented kernels fill the card better
+    bimamba_scan.TUNING["fwd_lanes_states"] = 0
+    assert bimamba_scan.lanes_split(16, 384, 8, cpu) == 0
+
+
 @needs_interpreter
 @pytest.mark.parametrize("seqlen", [1, 3, 70])
 def test_biconv_matches_reference(interpreter, seqlen):
@@ -267,3 +334,39 @@ def test_encoder_triton_matches_torch_on_gpu(monkeypatch, dtype, tol):
     assert rel_err(out_k, out_t) < tol
     worst = max(g_t, key=lambda n: rel_err(g_k[n], g_t[n]))
     assert rel_err(g_k[worst], g_t[worst]) < tol, f"{worst}: {rel_err(g_k[worst], g_t[worst]):.2e}"
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("states", [1, 2, 4])
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.bfloat16, 1e-2)])
+def test_lanes_forward_matches_reference_on_gpu(monkeypatch, states, dtype, tol):
+    # The single-pass inference forward at an 8-frame clip's length, B and C as the model's strided views.
+    monkeypatch.setattr(bimamba_scan, "TUNING", dict(bimamba_scan.TUNING, fwd_lanes_states=states,
+                                                     fwd_lanes_min_programs_per_sm=0))
+    inp = scan_inputs(2, 1569, 384, 16, seed=states)
+    xdbl = torch.randn(2, 2 * 1569, 44, generator=torch.Generator().manual_seed(4))
+    inp["B"], inp["C"] = xdbl[..., 12:28].view(2, 2, 1569, 16), xdbl[..., 28:].view(2, 2, 1569, 16)
+    with torch.no_grad():
+        y = bimamba_scan_fn(**{k: v.to("cuda", dtype) if k in ("u", "delta", "B", "C", "z") else v.cuda()
+                               for k, v in inp.items()})
+    cast = {k: v.to(dtype).double().cuda() if k in ("u", "delta", "B", "C", "z") else v.double().cuda()
+            for k, v in inp.items()}
+    assert rel_err(y, bimamba_scan_ref(**cast)) < tol
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-3), (torch.bfloat16, 2e-2)])
+def test_encoder_inference_on_lanes_matches_torch_on_gpu(monkeypatch, dtype, tol):
+    from retrieval import create_video_encoder
+    monkeypatch.setattr(bimamba_scan, "TUNING", dict(bimamba_scan.TUNING, fwd_lanes_min_programs_per_sm=0))
+    x = torch.randn(2, 3, 8, 224, 224, device="cuda", generator=torch.Generator("cuda").manual_seed(1))
+    outs = {}
+    for backend in ("torch", "triton"):
+        monkeypatch.setenv("VMR_SCAN_BACKEND", backend)
+        torch.manual_seed(0)
+        enc = create_video_encoder("videomamba_tiny", num_frames=8).cuda().eval()
+        with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+            outs[backend] = enc.forward_features(x).float()
+    assert rel_err(outs["triton"], outs["torch"]) < tol

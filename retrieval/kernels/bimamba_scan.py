@@ -21,6 +21,14 @@ __all__ = ["TUNING", "bimamba_scan_fn", "bimamba_scan_ref"]
 # benchmarks/results/scan_blocks_h100.json. Register caps trade a few instructions for resident warps: the
 # forward is latency-bound, so 80 registers (24 one-warp programs per SM instead of 16) made it 1.2x faster.
 TUNING = {
+    # Inference forward in one pass with a channel's states spread over lanes (_bimamba_lanes.py): states per lane
+    # (0: off, the segmented kernels below always), used where at least this many of its one-warp programs per SM
+    # fill the card, its loads one chunk ahead with prefetch 1, and its register cap.
+    "fwd_lanes_states": 2,
+    "fwd_lanes_min_programs_per_sm": 8,
+    "fwd_lanes_prefetch": 1,
+    "fwd_lanes_maxnreg": None,
+    "fwd_lanes_fp32_rows": False,  # B and C copied to fp32 first: no bf16 conversions in the loop
     "fwd_block": (32, 1),  # forward: channels per program (a thread each), warps
     # Cut the sequence into segments until at most this many programs per SM run: per SM, so the split
     # scales with the card (how many fit at once depends on the registers, see the caps below).
@@ -97,6 +105,8 @@ class _BiMambaScan(torch.autograd.Function):
         _, bsz, L, dim = u.shape
         n = A.shape[2]
         save = any(ctx.needs_input_grad)
+        if not save and (S := lanes_split(n, dim, bsz, u.device)):
+            return _forward_lanes(u, delta, A, B, C, D, z, delta_bias, delta_softplus, S)
         BT, (BD, warps) = TUNING["chunk"], TUNING["fwd_block"]
         n_chunks = triton_cdiv(L, BT)
         y = u.new_empty(bsz, L, 2, dim)
@@ -182,6 +192,30 @@ class _BiMambaScan(torch.autograd.Function):
                 per_dir(gbias) if delta_bias is not None else None, None)
 
 
+def _forward_lanes(u, delta, A, B, C, D, z, delta_bias, delta_softplus, S: int) -> torch.Tensor:
+    """The inference forward in one pass, S states per lane (_bimamba_lanes.py); inputs as the launcher
+    prepared them."""
+    from . import _bimamba_lanes as k
+    _, bsz, L, dim = u.shape
+    n = A.shape[2]
+    G = n // S
+    y = u.new_empty(bsz, L, 2, dim)
+    if TUNING["fwd_lanes_fp32_rows"] and B.dtype == torch.bfloat16:
+        B, C = B.float(), C.float()  # a small copy each, so the loop converts no bf16
+    dummy = A
+    zz = z if z is not None else u[0]
+    k.bimamba_fwd_lanes_kernel[(triton_cdiv(dim, 32 // G), bsz, 2)](
+        u, delta, A, B, C, D if D is not None else dummy, delta_bias if delta_bias is not None else dummy, zz, y,
+        L, dim, u.stride(0), u.stride(1), u.stride(2), delta.stride(0), delta.stride(1), delta.stride(2),
+        B.stride(0), B.stride(1), B.stride(3), C.stride(0), C.stride(1), C.stride(3),
+        zz.stride(0), zz.stride(1), y.stride(0), y.stride(1), y.stride(2),
+        S_B_T=B.stride(2), S_C_T=C.stride(2), HAS_D=D is not None, HAS_Z=z is not None,
+        HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus_mode(delta_softplus), N=n, S=S,
+        PACK=lane_pack(B, C, S), EVEN_D=dim % (32 // G) == 0, PREFETCH=TUNING["fwd_lanes_prefetch"], num_warps=1,
+        **register_cap(TUNING["fwd_lanes_maxnreg"]))
+    return y
+
+
 def split_sequence(length: int, programs: int, target: int, min_len: int) -> tuple[int, int]:
     """(segments, units per segment) for a sequence of `length` units (steps or chunks) when `programs`
     programs would run unsplit: at most `target` programs in all (at least one segment), segments at least
@@ -218,16 +252,45 @@ def softplus_mode(delta_softplus: bool) -> int:
     return 1 if interpreting() else 2
 
 
+def _words_fit(B: torch.Tensor, C: torch.Tensor, per_word: int, word_bytes: int) -> bool:
+    """Can B and C be read per_word values at a time through word_bytes-wide loads: one dtype, d_state a
+    multiple of per_word, unit stride on the state, and every row word-aligned."""
+    def ok(t):
+        return (t.dtype == B.dtype and t.shape[-1] % per_word == 0 and t.stride(-1) == 1
+                and t.data_ptr() % word_bytes == 0 and all(s % per_word == 0 for s in t.stride()[:-1]))
+    return ok(B) and ok(C)
+
+
 def packed_rows(B: torch.Tensor, C: torch.Tensor, fp32_words: bool = False) -> int:
     """The kernels' PACK flag: how many values of B_t and C_t they may read per 8-byte (int64) load, 4 bf16
     or (with fp32_words) 2 fp32, where d_state is a multiple of that, the state has unit stride and every
     row is 8-byte aligned; 0: one load per value."""
     per_word = {torch.bfloat16: 4, torch.float32: 2 if fp32_words else 0}.get(B.dtype, 0)
+    return per_word if per_word and _words_fit(B, C, per_word, 8) else 0
 
-    def ok(t):
-        return (t.dtype == B.dtype and t.shape[-1] % per_word == 0 and t.stride(-1) == 1
-                and t.data_ptr() % 8 == 0 and all(s % per_word == 0 for s in t.stride()[:-1]))
-    return per_word if per_word and ok(B) and ok(C) else 0
+
+def lane_pack(B: torch.Tensor, C: torch.Tensor, states_per_lane: int) -> int:
+    """The lanes kernel's PACK flag: how many of a lane's states of B_t and C_t one load reads (4 or 2 bf16 per
+    int64 / int32 word, 2 fp32 per int64), where aligned; 1: one load per value."""
+    options = {torch.bfloat16: ((4, 8), (2, 4)), torch.float32: ((2, 8),)}.get(B.dtype, ())
+    for per_word, nbytes in options:
+        if states_per_lane % per_word == 0 and _words_fit(B, C, per_word, nbytes):
+            return per_word
+    return 1
+
+
+def lanes_split(d_state: int, dim: int, batch: int, device: torch.device) -> int:
+    """States per lane for the single-pass inference forward (bimamba_fwd_lanes_kernel), or 0 where the
+    segmented kernels run instead: the setting is off, d_state / states is not a power of two up to 32, or
+    too few one-warp programs (one per 32 / lanes-per-channel channels, batch and direction) fill the card."""
+    S = TUNING["fwd_lanes_states"]
+    if not S or d_state % S:
+        return 0
+    G = d_state // S
+    if G > 32 or G & (G - 1):
+        return 0
+    programs = triton_cdiv(dim, 32 // G) * batch * 2
+    return S if programs >= TUNING["fwd_lanes_min_programs_per_sm"] * sm_count(device) else 0
 
 
 def bimamba_scan_fn(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=True):
