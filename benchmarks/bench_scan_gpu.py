@@ -32,7 +32,7 @@ FP32_ROWS_MAXNREG = (80, 96)
 # (bwd_programs_per_sm, bwd_maxnreg, fwd_save_maxnreg); 254 registers: 8 warps/SM, 168: 12; the saving forward
 # 168: 12, 112: 16.
 # the single-pass inference forward: states per lane x B, C copied to fp32 x loads a chunk ahead
-LANES = tuple(itertools.product((1, 2, 4), (False, True), (1, 0)))
+LANES = tuple(itertools.product((1, 2, 4), (False, True), (1, 0, 2)))
 CROSSOVER_SHAPES = ((1, 12545), (2, 12545), (4, 12545), (8, 12545), (16, 1569), (64, 1569), (32, 315))
 BWD_CONFIGS = ((62, None, None), (8, None, None), (16, None, None), (12, 168, None), (24, 168, None),
                (62, 168, None), (62, None, 112), (62, 168, 112), (24, 168, 112))

@@ -10,7 +10,7 @@ steps. At a chunk's start lane g loads step g's u, dt and z of its channel and d
 work (softplus, the gate) once; each step of the chunk then takes delta and delta * u from the lane that
 computed them (a warp shuffle). A lane's share of C_t . h_t is kept for each step of the chunk, and a
 reduce-scatter over the G lanes (G - 1 lane swaps) leaves step g's sum on lane g, which finishes it (D skip,
-gate) and stores it: one store per lane per chunk. With PREFETCH, a chunk's loads are issued one chunk ahead.
+gate) and stores it: one store per lane per chunk. A chunk's loads are issued PREFETCH chunks ahead.
 
 Same layouts as the segmented kernels; B and C rows have a compile-time stride (S_B_T, S_C_T) so each step's
 address is an immediate offset from its chunk's.
@@ -134,20 +134,23 @@ def _lanes_direction(u_ptr, dt_ptr, z_ptr, B_ptr, C_ptr, y_ptr, A2, Dv, bias, la
     load_args = (u_ptr, dt_ptr, z_ptr, B_ptr, C_ptr)
     lane_args = (L, g, offs_d, mask_d, s_u_t, s_dt_t, s_z_t, s_B_n, s_C_n)
     chunk_args = (A2, Dv, bias, lane, src, y_ptr, s_y_t, offs_d)
-    n_inner = L // G - 1  # whole chunks whose successor is whole too: no masks, and the next one may be prefetched
+    # Whole chunks whose PREFETCH successors are whole too: no masks, and those successors' loads go out first.
+    n_inner = L // G - PREFETCH
     done = 0
     if n_inner > 0:
-        if PREFETCH:
-            ahead = _chunk_loads(*load_args, 0, *lane_args, S_B_T, S_C_T, REVERSE, False, HAS_Z, S, G, PACK)
-            for c in range(n_inner):
-                later = _chunk_loads(*load_args, (c + 1) * G, *lane_args, S_B_T, S_C_T, REVERSE, False, HAS_Z, S,
-                                     G, PACK)
-                h = _chunk(h, ahead, *chunk_args, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, S, G, PACK)
-                ahead = later
-        else:
-            for c in range(n_inner):
+        ahead = ()
+        for p in tl.static_range(PREFETCH):
+            ahead = ahead + (_chunk_loads(*load_args, p * G, *lane_args, S_B_T, S_C_T, REVERSE, False, HAS_Z, S, G,
+                                          PACK),)
+        for c in range(n_inner):
+            if PREFETCH:
+                later = _chunk_loads(*load_args, (c + PREFETCH) * G, *lane_args, S_B_T, S_C_T, REVERSE, False, HAS_Z,
+                                     S, G, PACK)
+                inputs = ahead[0]
+                ahead = ahead[1:] + (later,)
+            else:
                 inputs = _chunk_loads(*load_args, c * G, *lane_args, S_B_T, S_C_T, REVERSE, False, HAS_Z, S, G, PACK)
-                h = _chunk(h, inputs, *chunk_args, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, S, G, PACK)
+            h = _chunk(h, inputs, *chunk_args, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, S, G, PACK)
         done = n_inner * G
     for j0 in range(done, L, G):  # the last whole chunk and a partial one: masked
         inputs = _chunk_loads(*load_args, j0, *lane_args, S_B_T, S_C_T, REVERSE, True, HAS_Z, S, G, PACK)
