@@ -31,8 +31,9 @@ FWD_SUMMARY_PREFETCH = (1, 2)  # steps the summary pass loads ahead: 72 register
 FP32_ROWS_MAXNREG = (80, 96)
 # (bwd_programs_per_sm, bwd_maxnreg, fwd_save_maxnreg); 254 registers: 8 warps/SM, 168: 12; the saving forward
 # 168: 12, 112: 16.
-# the single-pass inference forward: states per lane x B, C copied to fp32 x loads a chunk ahead
-LANES = tuple(itertools.product((1, 2, 4), (False, True), (1, 0, 2)))
+# the single-pass inference forward: (states per lane, B and C copied to fp32, chunks its loads run ahead). One state
+# a lane is left out: 96 registers and the most instructions per channel-step (triton_sass.py)
+LANES = ((2, False, 0),) + tuple(itertools.product((2, 4), (False, True), (1, 2)))
 CROSSOVER_SHAPES = ((1, 12545), (2, 12545), (4, 12545), (8, 12545), (16, 1569), (64, 1569), (32, 315))
 BWD_CONFIGS = ((62, None, None), (8, None, None), (16, None, None), (12, 168, None), (24, 168, None),
                (62, 168, None), (62, None, 112), (62, 168, 112), (24, 168, 112))
@@ -147,8 +148,20 @@ def sweep_forward(inp) -> list[dict]:
     for maxnreg in FP32_ROWS_MAXNREG:  # fewer instructions per step, more registers
         _sweep(rows, key, measure, **{**best, "fwd_fp32_rows": True, "fwd_maxnreg": maxnreg})
     best = _keep_fastest(rows, key)
+    rows += sweep_lanes(inp, best)
+    return rows
+
+
+def sweep_lanes(inp, segmented: dict | None = None) -> list[dict]:
+    """The single-pass forward's settings against the segmented forward (its settings as given, else as in
+    TUNING); leaves the fastest in TUNING."""
+    rows, key, measure = [], "fwd_ms", lambda: timed_fwd(inp)
+    if segmented is None:
+        segmented = {k: bs.TUNING[k] for k in ("fwd_programs_per_sm", "fwd_maxnreg", "fwd_summary_prefetch",
+                                              "fwd_fp32_rows")}
+        _sweep(rows, key, measure, **segmented, fwd_lanes_states=0)
     for states, fp32_rows, prefetch in LANES:  # one pass, no segments (taken at any size here)
-        _sweep(rows, key, measure, **{**best, "fwd_lanes_states": states, "fwd_lanes_fp32_rows": fp32_rows,
+        _sweep(rows, key, measure, **{**segmented, "fwd_lanes_states": states, "fwd_lanes_fp32_rows": fp32_rows,
                                       "fwd_lanes_prefetch": prefetch, "fwd_lanes_min_programs_per_sm": 0})
     _keep_fastest(rows, key)
     return rows
@@ -209,6 +222,8 @@ def main(argv=None):
     p.add_argument("--dstate", type=int, default=16)
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--sweep", action="store_true", help="time block-size configs first and keep the fastest")
+    p.add_argument("--sweep-lanes", action="store_true",
+                   help="sweep only the single-pass forward's settings (the others as in TUNING)")
     p.add_argument("--save-blocks", help="with --sweep: write the chosen block sizes here")
     p.add_argument("--load-blocks", help="use block sizes from a --save-blocks file")
     p.add_argument("--json", help="write results here")
@@ -216,9 +231,8 @@ def main(argv=None):
     dt = torch.bfloat16
     inp = make_inputs(args.batch, args.seqlen, args.dim, args.dstate, dt)
     res = {"device": torch.cuda.get_device_name(), "shape": vars(args), "sweep": []}
-    if args.sweep:  # forward settings (inference), then the backward's; the fastest of each kept
-        rows, train_rows = sweep_forward(inp), sweep_backward(inp)
-        res["sweep"] = rows + train_rows
+    if args.sweep or args.sweep_lanes:  # forward settings (inference), then the backward's; the fastest kept
+        res["sweep"] = sweep_forward(inp) + sweep_backward(inp) if args.sweep else sweep_lanes(inp)
         res["lanes_crossover"] = lanes_crossover(args.dim, args.dstate)
         if args.save_blocks:
             with open(args.save_blocks, "w") as f:
