@@ -28,7 +28,7 @@ from triton._C.libtriton import native_specialize_impl
 from triton.backends.compiler import BaseBackend, GPUTarget
 from triton.compiler import ASTSource
 
-from retrieval.kernels import _bimamba_lanes as KL
+from retrieval.kernels import _bimamba_lanes_triton as KL
 from retrieval.kernels import _bimamba_triton as K
 from retrieval.kernels import bimamba_scan as bs
 from retrieval.kernels.bimamba_scan import _BiMambaScan

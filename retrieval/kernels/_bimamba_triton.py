@@ -5,7 +5,9 @@ u, dt (2, B, L, D); B, C (2, B, L, N), any strides; z (B, L, D) shared by both d
 A (2, D, N) contiguous; D, bias (2, D); y (B, L, 2, D). Direction 0 scans t = 0 .. L-1, direction 1 scans
 t = L-1 .. 0 on the same inputs, so no flipped copies exist anywhere.
 
-Every kernel gives each lane one channel and keeps that channel's N states in registers as a tuple
+These are the segmented kernels: training's forward and backward, and the inference forward where the batch is
+too small for the single-pass one (_bimamba_lanes_triton.py, which spreads a channel's states over lanes).
+Every kernel here gives each lane one channel and keeps that channel's N states in registers as a tuple
 of N (BD,) vectors: per-channel work (softplus, gate, D skip) runs once per channel, B_t and C_t are
 scalars every lane reads (four bf16 per 8-byte load where aligned), and nothing crosses lanes but
 the backward's sums over channels (dL/dB, dL/dC). exp is exp2 with log2(e) folded into A.

@@ -21,13 +21,11 @@ __all__ = ["TUNING", "bimamba_scan_fn", "bimamba_scan_ref"]
 # benchmarks/results/scan_blocks_h100.json. Register caps trade a few instructions for resident warps: the
 # forward is latency-bound, so 80 registers (24 one-warp programs per SM instead of 16) made it 1.2x faster.
 TUNING = {
-    # Inference forward in one pass with a channel's states spread over lanes (_bimamba_lanes.py): states per lane
-    # (0: off, the segmented kernels below always), used where at least this many of its one-warp programs per SM
-    # fill the card, its loads one chunk ahead with prefetch 1, and its register cap.
-    "fwd_lanes_states": 2,
-    "fwd_lanes_min_programs_per_sm": 8,
-    "fwd_lanes_prefetch": 1,
-    "fwd_lanes_maxnreg": None,
+    # The inference forward in one pass, a channel's states spread over lanes (_bimamba_lanes_triton.py):
+    "fwd_lanes_states": 2,  # states per lane (0: off, the segmented forward below runs everywhere)
+    "fwd_lanes_min_programs_per_sm": 8,  # used where at least this many of its one-warp programs per SM fill the card
+    "fwd_lanes_prefetch": 1,  # how many chunks ahead its loads go out
+    "fwd_lanes_maxnreg": None,  # its register cap
     "fwd_lanes_fp32_rows": False,  # B and C copied to fp32 first: no bf16 conversions in the loop
     "fwd_block": (32, 1),  # forward: channels per program (a thread each), warps
     # Cut the sequence into segments until at most this many programs per SM run: per SM, so the split
@@ -193,9 +191,9 @@ class _BiMambaScan(torch.autograd.Function):
 
 
 def _forward_lanes(u, delta, A, B, C, D, z, delta_bias, delta_softplus, S: int) -> torch.Tensor:
-    """The inference forward in one pass, S states per lane (_bimamba_lanes.py); inputs as the launcher
+    """The inference forward in one pass, S states per lane (_bimamba_lanes_triton.py); inputs as the launcher
     prepared them."""
-    from . import _bimamba_lanes as k
+    from . import _bimamba_lanes_triton as k
     _, bsz, L, dim = u.shape
     n = A.shape[2]
     G = n // S
