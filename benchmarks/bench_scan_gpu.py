@@ -31,9 +31,11 @@ FWD_SUMMARY_PREFETCH = (1, 2)  # steps the summary pass loads ahead: 72 register
 FP32_ROWS_MAXNREG = (80, 96)
 # (bwd_programs_per_sm, bwd_maxnreg, fwd_save_maxnreg); 254 registers: 8 warps/SM, 168: 12; the saving forward
 # 168: 12, 112: 16.
-# the single-pass inference forward: (states per lane, B and C copied to fp32, chunks its loads run ahead). One state
-# a lane is left out: 96 registers and the most instructions per channel-step (triton_sass.py)
-LANES = ((2, False, 0),) + tuple(itertools.product((2, 4), (False, True), (1, 2)))
+# the single-pass inference forward: (states per lane, B and C copied to fp32, chunks its loads run ahead, chunks per
+# loop iteration). One state a lane is left out: 96 registers and the most instructions per channel-step
+# (triton_sass.py); four states a lane leaves too few warps (H100, 9d: 1.7x slower than two).
+LANES = ((2, False, 1, 1), (2, False, 2, 1), (2, False, 2, 2), (2, False, 3, 1), (2, False, 3, 3),
+         (2, True, 2, 2))
 CROSSOVER_SHAPES = ((1, 12545), (2, 12545), (4, 12545), (8, 12545), (16, 1569), (64, 1569), (32, 315))
 BWD_CONFIGS = ((62, None, None), (8, None, None), (16, None, None), (12, 168, None), (24, 168, None),
                (62, 168, None), (62, None, 112), (62, 168, 112), (24, 168, 112))
@@ -160,9 +162,10 @@ def sweep_lanes(inp, segmented: dict | None = None) -> list[dict]:
         segmented = {k: bs.TUNING[k] for k in ("fwd_programs_per_sm", "fwd_maxnreg", "fwd_summary_prefetch",
                                               "fwd_fp32_rows")}
         _sweep(rows, key, measure, **segmented, fwd_lanes_states=0)
-    for states, fp32_rows, prefetch in LANES:  # one pass, no segments (taken at any size here)
+    for states, fp32_rows, prefetch, unroll in LANES:  # one pass, no segments (taken at any size here)
         _sweep(rows, key, measure, **{**segmented, "fwd_lanes_states": states, "fwd_lanes_fp32_rows": fp32_rows,
-                                      "fwd_lanes_prefetch": prefetch, "fwd_lanes_min_programs_per_sm": 0})
+                                      "fwd_lanes_prefetch": prefetch, "fwd_lanes_unroll": unroll,
+                                      "fwd_lanes_min_programs_per_sm": 0})
     _keep_fastest(rows, key)
     return rows
 

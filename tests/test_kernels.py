@@ -339,15 +339,17 @@ def test_encoder_triton_matches_torch_on_gpu(monkeypatch, dtype, tol):
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-@pytest.mark.parametrize("states", [1, 2, 4])
+@pytest.mark.parametrize("states", [2, 4])
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.bfloat16, 1e-2)])
 def test_lanes_forward_matches_reference_on_gpu(monkeypatch, states, dtype, tol):
-    # The single-pass inference forward at an 8-frame clip's length, B and C as the model's strided views.
+    # The single-pass inference forward at a masked training clip's length (the float64 reference steps through it
+    # in Python), all 384 channels of VideoMamba-Ti, B and C as the model's strided views.
     monkeypatch.setattr(bimamba_scan, "TUNING", dict(bimamba_scan.TUNING, fwd_lanes_states=states,
                                                      fwd_lanes_min_programs_per_sm=0))
-    inp = scan_inputs(2, 1569, 384, 16, seed=states)
-    xdbl = torch.randn(2, 2 * 1569, 44, generator=torch.Generator().manual_seed(4))
-    inp["B"], inp["C"] = xdbl[..., 12:28].view(2, 2, 1569, 16), xdbl[..., 28:].view(2, 2, 1569, 16)
+    L = 315
+    inp = scan_inputs(2, L, 384, 16, seed=states)
+    xdbl = torch.randn(2, 2 * L, 44, generator=torch.Generator().manual_seed(4))
+    inp["B"], inp["C"] = xdbl[..., 12:28].view(2, 2, L, 16), xdbl[..., 28:].view(2, 2, L, 16)
     with torch.no_grad():
         y = bimamba_scan_fn(**{k: v.to("cuda", dtype) if k in ("u", "delta", "B", "C", "z") else v.cuda()
                                for k, v in inp.items()})

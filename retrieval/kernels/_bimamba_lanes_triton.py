@@ -126,7 +126,7 @@ def _lanes_direction(u_ptr, dt_ptr, z_ptr, B_ptr, C_ptr, y_ptr, A2, Dv, bias, la
                      s_u_t, s_dt_t, s_z_t, s_B_n, s_C_n, s_y_t, S_B_T: tl.constexpr, S_C_T: tl.constexpr,
                      REVERSE: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
                      SOFTPLUS: tl.constexpr, S: tl.constexpr, G: tl.constexpr, PACK: tl.constexpr,
-                     PREFETCH: tl.constexpr):
+                     PREFETCH: tl.constexpr, UNROLL: tl.constexpr):
     h = ()
     for s in tl.static_range(S):
         h = h + (tl.zeros_like(A2[0]),)
@@ -142,7 +142,7 @@ def _lanes_direction(u_ptr, dt_ptr, z_ptr, B_ptr, C_ptr, y_ptr, A2, Dv, bias, la
         for p in tl.static_range(PREFETCH):
             ahead = ahead + (_chunk_loads(*load_args, p * G, *lane_args, S_B_T, S_C_T, REVERSE, False, HAS_Z, S, G,
                                           PACK),)
-        for c in range(n_inner):
+        for c in tl.range(n_inner, loop_unroll_factor=UNROLL):  # unrolled by the ring's length, it rotates for free
             if PREFETCH:
                 later = _chunk_loads(*load_args, (c + PREFETCH) * G, *lane_args, S_B_T, S_C_T, REVERSE, False, HAS_Z,
                                      S, G, PACK)
@@ -162,7 +162,8 @@ def bimamba_fwd_lanes_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr
                              s_z_b, s_z_t, s_y_b, s_y_t, s_y_k,
                              S_B_T: tl.constexpr, S_C_T: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
                              HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, N: tl.constexpr, S: tl.constexpr,
-                             PACK: tl.constexpr, EVEN_D: tl.constexpr, PREFETCH: tl.constexpr):
+                             PACK: tl.constexpr, EVEN_D: tl.constexpr, PREFETCH: tl.constexpr,
+                             UNROLL: tl.constexpr = 1):
     """Grid (channel blocks of 32 / (N / S) channels, batch, direction); one warp per program."""
     G: tl.constexpr = N // S
     CW: tl.constexpr = 32 // G
@@ -189,6 +190,6 @@ def bimamba_fwd_lanes_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr
     args = (u_ptr, dt_ptr, z_ptr, B_ptr, C_ptr, y_ptr, A2, Dv, bias, lane, g, src, offs_d, mask_d, L,
             s_u_t, s_dt_t, s_z_t, s_B_n, s_C_n, s_y_t)
     if k == 0:
-        _lanes_direction(*args, S_B_T, S_C_T, False, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, S, G, PACK, PREFETCH)
+        _lanes_direction(*args, S_B_T, S_C_T, False, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, S, G, PACK, PREFETCH, UNROLL)
     else:
-        _lanes_direction(*args, S_B_T, S_C_T, True, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, S, G, PACK, PREFETCH)
+        _lanes_direction(*args, S_B_T, S_C_T, True, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, S, G, PACK, PREFETCH, UNROLL)

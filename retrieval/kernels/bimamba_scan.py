@@ -23,8 +23,9 @@ __all__ = ["TUNING", "bimamba_scan_fn", "bimamba_scan_ref"]
 TUNING = {
     # The inference forward in one pass, a channel's states spread over lanes (_bimamba_lanes_triton.py):
     "fwd_lanes_states": 2,  # states per lane (0: off, the segmented forward below runs everywhere)
-    "fwd_lanes_min_programs_per_sm": 8,  # used where at least this many of its one-warp programs per SM fill the card
-    "fwd_lanes_prefetch": 1,  # how many chunks ahead its loads go out
+    "fwd_lanes_min_programs_per_sm": 11,  # used where at least this many of its one-warp programs per SM fill the card
+    "fwd_lanes_prefetch": 2,  # how many chunks ahead its loads go out
+    "fwd_lanes_unroll": 1,  # chunks per iteration of its loop (the prefetch depth: no register moves for the ring)
     "fwd_lanes_maxnreg": None,  # its register cap
     "fwd_lanes_fp32_rows": False,  # B and C copied to fp32 first: no bf16 conversions in the loop
     "fwd_block": (32, 1),  # forward: channels per program (a thread each), warps
@@ -209,7 +210,8 @@ def _forward_lanes(u, delta, A, B, C, D, z, delta_bias, delta_softplus, S: int) 
         zz.stride(0), zz.stride(1), y.stride(0), y.stride(1), y.stride(2),
         S_B_T=B.stride(2), S_C_T=C.stride(2), HAS_D=D is not None, HAS_Z=z is not None,
         HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus_mode(delta_softplus), N=n, S=S,
-        PACK=lane_pack(B, C, S), EVEN_D=dim % (32 // G) == 0, PREFETCH=TUNING["fwd_lanes_prefetch"], num_warps=1,
+        PACK=lane_pack(B, C, S), EVEN_D=dim % (32 // G) == 0, PREFETCH=TUNING["fwd_lanes_prefetch"],
+        UNROLL=TUNING["fwd_lanes_unroll"], num_warps=1,
         **register_cap(TUNING["fwd_lanes_maxnreg"]))
     return y
 
