@@ -33,9 +33,8 @@ FP32_ROWS_MAXNREG = (80, 96)
 # 168: 12, 112: 16.
 # the single-pass inference forward: (states per lane, B and C copied to fp32, chunks its loads run ahead, chunks per
 # loop iteration). One state a lane is left out: 96 registers and the most instructions per channel-step
-# (triton_sass.py); four states a lane leaves too few warps (H100, 9d: 1.7x slower than two).
-LANES = ((2, False, 1, 1), (2, False, 2, 1), (2, False, 2, 2), (2, False, 3, 1), (2, False, 3, 3),
-         (2, True, 2, 2))
+# (triton_sass.py). Four states a lane: fewest instructions, but a quarter of one state's warps.
+LANES = ((2, False, 2, 1), (2, False, 2, 2), (2, False, 3, 3), (2, True, 2, 2), (4, False, 2, 2), (4, True, 2, 2))
 CROSSOVER_SHAPES = ((1, 12545), (2, 12545), (4, 12545), (8, 12545), (16, 1569), (64, 1569), (32, 315))
 BWD_CONFIGS = ((62, None, None), (8, None, None), (16, None, None), (12, 168, None), (24, 168, None),
                (62, 168, None), (62, None, 112), (62, 168, 112), (24, 168, 112))
