@@ -74,7 +74,7 @@ def _resolve(device: torch.device, backend: str | None, kernels_ok: bool, what: 
     if name == "auto":
         if device.type != "cuda":
             return "torch"
-        # Measured on an H100 (BENCHMARKS.md, sections 9b-9c): the Triton block path beats mamba-ssm's kernels
+        # Measured on an H100 (BENCHMARKS.md, sections 9b-9d): the Triton block path beats mamba-ssm's kernels
         # forward (2.1-2.3x the scan, 2.8-3.2x the encoder), forward + backward (1.8x the scan) and per
         # training step (1.4-1.9x).
         if _triton_reason(device) is None:
