@@ -226,7 +226,7 @@ def main(argv=None):
     p.add_argument("--sweep", action="store_true", help="time block-size configs first and keep the fastest")
     p.add_argument("--sweep-lanes", action="store_true",
                    help="sweep only the single-pass forward's settings (the others as in TUNING)")
-    p.add_argument("--save-blocks", help="with --sweep: write the chosen block sizes here")
+    p.add_argument("--save-blocks", help="with a sweep: write the chosen settings here")
     p.add_argument("--load-blocks", help="use block sizes from a --save-blocks file")
     p.add_argument("--json", help="write results here")
     args = p.parse_args(argv)

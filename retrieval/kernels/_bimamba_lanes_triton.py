@@ -10,7 +10,11 @@ steps. At a chunk's start lane g loads step g's u, dt and z of its channel and d
 work (softplus, the gate) once; each step of the chunk then takes delta and delta * u from the lane that
 computed them (a warp shuffle). A lane's share of C_t . h_t is kept for each step of the chunk, and a
 reduce-scatter over the G lanes (G - 1 lane swaps) leaves step g's sum on lane g, which finishes it (D skip,
-gate) and stores it: one store per lane per chunk. A chunk's loads are issued PREFETCH chunks ahead.
+gate) and stores it: one store per lane per chunk. A chunk's loads are issued PREFETCH chunks ahead (the loop
+unrolled UNROLL times: at the prefetch depth, the ring of loaded chunks rotates without register moves).
+
+It needs enough warps: it beats the segmented forward from ~11 programs per SM and loses below (BENCHMARKS.md 9d);
+the launcher (bimamba_scan.lanes_split) decides.
 
 Same layouts as the segmented kernels; B and C rows have a compile-time stride (S_B_T, S_C_T) so each step's
 address is an immediate offset from its chunk's.
@@ -142,7 +146,7 @@ def _lanes_direction(u_ptr, dt_ptr, z_ptr, B_ptr, C_ptr, y_ptr, A2, Dv, bias, la
         for p in tl.static_range(PREFETCH):
             ahead = ahead + (_chunk_loads(*load_args, p * G, *lane_args, S_B_T, S_C_T, REVERSE, False, HAS_Z, S, G,
                                           PACK),)
-        for c in tl.range(n_inner, loop_unroll_factor=UNROLL):  # unrolled by the ring's length, it rotates for free
+        for c in tl.range(n_inner, loop_unroll_factor=UNROLL):
             if PREFETCH:
                 later = _chunk_loads(*load_args, (c + PREFETCH) * G, *lane_args, S_B_T, S_C_T, REVERSE, False, HAS_Z,
                                      S, G, PACK)
@@ -152,9 +156,10 @@ def _lanes_direction(u_ptr, dt_ptr, z_ptr, B_ptr, C_ptr, y_ptr, A2, Dv, bias, la
                 inputs = _chunk_loads(*load_args, c * G, *lane_args, S_B_T, S_C_T, REVERSE, False, HAS_Z, S, G, PACK)
             h = _chunk(h, inputs, *chunk_args, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, S, G, PACK)
         done = n_inner * G
-    for j0 in range(done, L, G):  # the last whole chunk and a partial one: masked
+    for j0 in range(done, L, G):  # what is left (the last PREFETCH whole chunks, a partial one): masked
         inputs = _chunk_loads(*load_args, j0, *lane_args, S_B_T, S_C_T, REVERSE, True, HAS_Z, S, G, PACK)
         h = _chunk(h, inputs, *chunk_args, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, S, G, PACK)
+
 
 @triton.jit
 def bimamba_fwd_lanes_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, z_ptr, y_ptr, L, Dm,

@@ -17,7 +17,7 @@ from .support import interpreting, triton_unavailable_reason
 __all__ = ["TUNING", "bimamba_scan_fn", "bimamba_scan_ref"]
 
 # Launch settings, picked on an H100 by `benchmarks/bench_scan_gpu.py --sweep` at VideoMamba-Ti shapes (batch 8 x
-# 64 frames, and batch 32 x 315 tokens, a masked training clip): BENCHMARKS.md, section 9c;
+# 64 frames, and batch 32 x 315 tokens, a masked training clip): BENCHMARKS.md, sections 9c (segmented) and 9d (lanes);
 # benchmarks/results/scan_blocks_h100.json. Register caps trade a few instructions for resident warps: the
 # forward is latency-bound, so 80 registers (24 one-warp programs per SM instead of 16) made it 1.2x faster.
 TUNING = {
@@ -25,7 +25,7 @@ TUNING = {
     "fwd_lanes_states": 2,  # states per lane (0: off, the segmented forward below runs everywhere)
     "fwd_lanes_min_programs_per_sm": 11,  # used where at least this many of its one-warp programs per SM fill the card
     "fwd_lanes_prefetch": 2,  # how many chunks ahead its loads go out
-    "fwd_lanes_unroll": 1,  # chunks per iteration of its loop (the prefetch depth: no register moves for the ring)
+    "fwd_lanes_unroll": 1,  # chunks per loop iteration (2 was 9% faster at 8 frames; not yet checked on a GPU)
     "fwd_lanes_maxnreg": None,  # its register cap
     "fwd_lanes_fp32_rows": False,  # B and C copied to fp32 first: no bf16 conversions in the loop
     "fwd_block": (32, 1),  # forward: channels per program (a thread each), warps
