@@ -174,7 +174,7 @@ def lanes_crossover(dim: int, dstate: int) -> list[dict]:
     fwd_lanes_min_programs_per_sm to the fewest programs per SM from which the single pass wins at every
     larger measured size (off where it never does)."""
     states = bs.TUNING["fwd_lanes_states"] or 2
-    per_sm = lambda batch: bs.triton_cdiv(dim, 32 // (dstate // states)) * batch * 2 / bs.sm_count(  # noqa: E731
+    per_sm = lambda batch: bs.lanes_programs(dstate, states, dim, batch) / bs.sm_count(  # noqa: E731
         torch.device("cuda"))
     rows = []
     for batch, seqlen in CROSSOVER_SHAPES:

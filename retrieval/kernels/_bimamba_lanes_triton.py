@@ -24,7 +24,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ._bimamba_triton import LOG2E, _bf16_to_f32, _delta, _halve
+from ._bimamba_triton import LOG2E, _bf16_to_f32, _delta, _halve, _unpack
 
 
 @triton.jit
@@ -45,23 +45,14 @@ def _lane_words(ptr, mask, s_n, S: tl.constexpr, PACK: tl.constexpr):
 
 @triton.jit
 def _lane_values(words, S: tl.constexpr, PACK: tl.constexpr):
-    """_lane_words' result as S fp32 values."""
-    r = ()
-    if PACK == 1:
-        for s in tl.static_range(S):
-            r = r + (words[s].to(tl.float32),)
-    elif PACK == 2 and words[0].dtype == tl.int64:  # two fp32 per word
+    """_lane_words' result as S fp32 values: int32 words of two bf16 here, the rest as the segmented kernels
+    unpack their rows."""
+    if PACK == 2 and words[0].dtype == tl.int32:
+        r = ()
         for i in tl.static_range(S // 2):
-            r = r + (words[i].to(tl.int32).to(tl.float32, bitcast=True),
-                     (words[i] >> 32).to(tl.int32).to(tl.float32, bitcast=True))
-    else:
-        for i in tl.static_range(S // PACK):
-            w = words[i].to(tl.int32)
-            r = r + (_bf16_to_f32(w), (w & -65536).to(tl.float32, bitcast=True))
-            if PACK == 4:
-                hi = (words[i] >> 32).to(tl.int32)
-                r = r + (_bf16_to_f32(hi), (hi & -65536).to(tl.float32, bitcast=True))
-    return r
+            r = r + (_bf16_to_f32(words[i]), (words[i] & -65536).to(tl.float32, bitcast=True))
+        return r
+    return _unpack(words, S, PACK)
 
 
 @triton.jit

@@ -289,8 +289,14 @@ def lanes_split(d_state: int, dim: int, batch: int, device: torch.device) -> int
     G = d_state // S
     if G > 32 or G & (G - 1):
         return 0
-    programs = triton_cdiv(dim, 32 // G) * batch * 2
+    programs = lanes_programs(d_state, S, dim, batch)
     return S if programs >= TUNING["fwd_lanes_min_programs_per_sm"] * sm_count(device) else 0
+
+
+def lanes_programs(d_state: int, states_per_lane: int, dim: int, batch: int) -> int:
+    """How many one-warp programs the single-pass forward launches: one per block of 32 / (d_state /
+    states_per_lane) channels, batch and direction."""
+    return triton_cdiv(dim, 32 // (d_state // states_per_lane)) * batch * 2
 
 
 def bimamba_scan_fn(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=True):
