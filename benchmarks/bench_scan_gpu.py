@@ -34,7 +34,9 @@ FP32_ROWS_MAXNREG = (80, 96)
 # the single-pass inference forward: (states per lane, B and C copied to fp32, chunks its loads run ahead, chunks per
 # loop iteration). One state a lane is left out: 96 registers and the most instructions per channel-step
 # (triton_sass.py). Four states a lane: fewest instructions, but a quarter of one state's warps.
-LANES = ((2, False, 2, 1), (2, False, 2, 2), (2, False, 3, 3), (2, True, 2, 2), (4, False, 2, 2), (4, True, 2, 2))
+# (states per lane, fp32 rows, register prefetch depth, unroll, Triton pipeline stages: None = not pipelined)
+LANES = ((2, False, 2, 1, None), (2, False, 2, 2, None), (2, False, 0, 1, 2), (2, False, 0, 1, 3), (2, False, 0, 1, 4),
+         (2, False, 0, 2, 3), (4, False, 0, 1, 3))
 CROSSOVER_SHAPES = ((1, 12545), (2, 12545), (4, 12545), (8, 12545), (16, 1569), (64, 1569), (32, 315))
 BWD_CONFIGS = ((62, None, None), (8, None, None), (16, None, None), (12, 168, None), (24, 168, None),
                (62, 168, None), (62, None, 112), (62, 168, 112), (24, 168, 112))
@@ -161,10 +163,16 @@ def sweep_lanes(inp, segmented: dict | None = None) -> list[dict]:
         segmented = {k: bs.TUNING[k] for k in ("fwd_programs_per_sm", "fwd_maxnreg", "fwd_summary_prefetch",
                                               "fwd_fp32_rows")}
         _sweep(rows, key, measure, **segmented, fwd_lanes_states=0)
-    for states, fp32_rows, prefetch, unroll in LANES:  # one pass, no segments (taken at any size here)
+    bs.TUNING.update(segmented, fwd_lanes_states=0)
+    with torch.no_grad():
+        ref = run_ours(inp, False).float()
+    for states, fp32_rows, prefetch, unroll, stages in LANES:  # one pass, no segments (taken at any size here)
         _sweep(rows, key, measure, **{**segmented, "fwd_lanes_states": states, "fwd_lanes_fp32_rows": fp32_rows,
                                       "fwd_lanes_prefetch": prefetch, "fwd_lanes_unroll": unroll,
-                                      "fwd_lanes_min_programs_per_sm": 0})
+                                      "fwd_lanes_stages": stages, "fwd_lanes_min_programs_per_sm": 0})
+        with torch.no_grad():  # every variant's output against the segmented forward's
+            rows[-1]["max_rel_diff_vs_segmented"] = ((run_ours(inp, False).float() - ref).abs().max()
+                                                     / ref.abs().max()).item()
     _keep_fastest(rows, key)
     return rows
 
