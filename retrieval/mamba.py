@@ -147,19 +147,40 @@ class BiMambaMixer(nn.Module):
         R, N, Di = self.dt_rank, self.d_state, self.d_inner
         xz = self.in_proj(hidden)  # (B, L, 2 Di)
         x, z = xz[..., :Di], xz[..., Di:]  # views, no copies
-        conv_w = torch.stack([self.conv1d.weight[:, 0], self.conv1d_b.weight[:, 0]])  # (2, Di, W)
-        u = biconv1d_fn(x, conv_w, torch.stack([self.conv1d.bias, self.conv1d_b.bias]))  # (2, B, L, Di)
-        x_w = torch.stack([self.x_proj.weight, self.x_proj_b.weight])  # (2, R + 2N, Di)
+        conv_w, conv_b, x_w, dt_w, A, D, dt_bias, out_w = self._stacked_params()
+        u = biconv1d_fn(x, conv_w, conv_b)  # (2, B, L, Di)
         x_dbl = torch.bmm(u.view(2, bsz * L, Di), x_w.transpose(1, 2))  # (2, B*L, R + 2N)
-        dt_w = torch.stack([self.dt_proj.weight, self.dt_proj_b.weight])  # (2, Di, R)
         dt = torch.bmm(x_dbl[..., :R], dt_w.transpose(1, 2)).view(2, bsz, L, Di)  # bias goes in the scan
         Bm = x_dbl[..., R:R + N].view(2, bsz, L, N)
         Cm = x_dbl[..., R + N:].view(2, bsz, L, N)
-        A = -torch.exp(torch.stack([self.A_log, self.A_b_log]).float())  # (2, Di, N)
-        y = bimamba_scan_fn(u, dt, A, Bm, Cm, torch.stack([self.D, self.D_b]).float(), z,
-                            torch.stack([self.dt_proj.bias, self.dt_proj_b.bias]).float())  # (B, L, 2, Di)
+        y = bimamba_scan_fn(u, dt, A, Bm, Cm, D, z, dt_bias)  # (B, L, 2, Di)
+        return F.linear(y.view(bsz, L, 2 * Di), out_w, self.out_proj.bias)
+
+    def _stacked_params(self) -> tuple:
+        """Both directions' parameters stacked as the Triton path reads them: conv weight (2, Di, W) and bias,
+        x_proj (2, R + 2N, Di), dt_proj (2, Di, R), A (2, Di, N), D, dt bias, and out_proj's weight twice side by
+        side (2 Di columns). Without grad they are kept until a parameter or the autocast dtype changes: stacking
+        them anew costs about a dozen small kernels per block and call."""
+        params = (self.conv1d.weight, self.conv1d_b.weight, self.conv1d.bias, self.conv1d_b.bias, self.x_proj.weight,
+                  self.x_proj_b.weight, self.dt_proj.weight, self.dt_proj_b.weight, self.A_log, self.A_b_log,
+                  self.D, self.D_b, self.dt_proj.bias, self.dt_proj_b.bias, self.out_proj.weight)
+        device = params[0].device.type
+        gemm = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else params[0].dtype
+        key = (gemm,) + tuple((p.data_ptr(), p._version) for p in params)
+        cached = getattr(self, "_stacked", None)
+        if cached is not None and cached[0] == key and not torch.is_grad_enabled():
+            return cached[1]
         w = self.out_proj.weight
-        return F.linear(y.view(bsz, L, 2 * Di), torch.cat([w, w], dim=1), self.out_proj.bias)
+        stacked = (torch.stack([self.conv1d.weight[:, 0], self.conv1d_b.weight[:, 0]]),
+                   torch.stack([self.conv1d.bias, self.conv1d_b.bias]),
+                   torch.stack([self.x_proj.weight, self.x_proj_b.weight]).to(gemm),
+                   torch.stack([self.dt_proj.weight, self.dt_proj_b.weight]).to(gemm),
+                   -torch.exp(torch.stack([self.A_log, self.A_b_log]).float()),
+                   torch.stack([self.D, self.D_b]).float(),
+                   torch.stack([self.dt_proj.bias, self.dt_proj_b.bias]).float(),
+                   torch.cat([w, w], dim=1).to(gemm))
+        self._stacked = None if torch.is_grad_enabled() else (key, stacked)
+        return stacked
 
     def _forward_channel_major(self, hidden: torch.Tensor) -> torch.Tensor:
         xz = rearrange(self.in_proj(hidden), "b l d -> b d l")  # (B, 2*d_inner, L)

@@ -298,6 +298,27 @@ def test_mixer_triton_backend_matches_torch_backend(interpreter, small_blocks, m
         assert rel_err(a, b) < 1e-5, name
 
 
+@needs_interpreter
+def test_mixer_inference_keeps_stacked_params_until_they_change(interpreter, small_blocks, monkeypatch):
+    from retrieval.mamba import BiMambaMixer
+    monkeypatch.setenv("VMR_SCAN_BACKEND", "triton")
+    torch.manual_seed(0)
+    mixer = BiMambaMixer(16, d_state=4)
+    x = torch.randn(2, 9, 16)
+    with torch.no_grad():
+        mixer(x)
+        kept = mixer._stacked_params()
+        assert mixer._stacked_params() is kept
+        mixer.D_b.add_(0.5)  # an in-place update, as an optimiser step or load_state_dict makes
+        y = mixer(x)
+        assert mixer._stacked_params() is not kept
+    monkeypatch.setenv("VMR_SCAN_BACKEND", "torch")
+    with torch.no_grad():
+        assert rel_err(y, mixer(x)) < 1e-5
+    mixer._stacked_params()  # with grad: stacked anew on every call (autograd needs the ops), nothing kept
+    assert mixer._stacked is None
+
+
 def test_triton_without_gpu_says_what_to_do(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     inp = scan_inputs(1, 4, 8, 4, seed=0)
