@@ -114,6 +114,15 @@ def settings() -> dict:
     return dict(bs.TUNING)
 
 
+def apply_tuning(items: list[str]) -> None:
+    """KEY=INT (or KEY=none) overrides of bimamba_scan.TUNING, as --tuning takes them; ValueError names a bad one."""
+    for item in items:
+        key, _, value = item.partition("=")
+        if key not in bs.TUNING or not value:
+            raise ValueError(f"expected KEY=INT with KEY one of {', '.join(bs.TUNING)}, got {item!r}")
+        bs.TUNING[key] = None if value.lower() == "none" else int(value)
+
+
 def load_blocks(saved: dict) -> None:
     """Apply a --save-blocks file."""
     bs.TUNING.update({k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()})

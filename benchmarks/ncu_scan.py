@@ -17,7 +17,7 @@ if __package__ in (None, ""):
 
 import torch
 
-from benchmarks.bench_scan_gpu import make_inputs, run_ours
+from benchmarks.bench_scan_gpu import apply_tuning, make_inputs, run_ours
 
 
 def main(argv=None):
@@ -26,7 +26,13 @@ def main(argv=None):
     p.add_argument("--seqlen", type=int, default=12545, help="1 + 64 frames x 196 patches")
     p.add_argument("--calls", type=int, default=2)
     p.add_argument("--backward", action="store_true", help="forward + backward (default: inference forward)")
+    p.add_argument("--tuning", nargs="*", default=[], metavar="KEY=INT",
+                   help="override launch settings, e.g. fwd_lanes_stages=3 (bimamba_scan.TUNING)")
     args = p.parse_args(argv)
+    try:
+        apply_tuning(args.tuning)
+    except ValueError as e:
+        p.error(f"--tuning: {e}")
     inp = make_inputs(args.batch, args.seqlen, 384, 16, torch.bfloat16)
     for _ in range(args.calls):
         with torch.set_grad_enabled(args.backward):

@@ -28,6 +28,7 @@ from triton._C.libtriton import native_specialize_impl
 from triton.backends.compiler import BaseBackend, GPUTarget
 from triton.compiler import ASTSource
 
+from benchmarks.bench_scan_gpu import apply_tuning
 from retrieval.kernels import _bimamba_lanes_triton as KL
 from retrieval.kernels import _bimamba_triton as K
 from retrieval.kernels import bimamba_scan as bs
@@ -139,11 +140,10 @@ def main(argv=None):
     os.environ.pop("TRITON_INTERPRET", None)
     seqlen = 1 + args.frames * 196
     bs.sm_count = lambda device: args.sms
-    for item in args.tuning:
-        key, _, value = item.partition("=")
-        if key not in bs.TUNING or not value:
-            p.error(f"--tuning: expected KEY=INT with KEY one of {', '.join(bs.TUNING)}, got {item!r}")
-        bs.TUNING[key] = None if value.lower() == "none" else int(value)
+    try:
+        apply_tuning(args.tuning)
+    except ValueError as e:
+        p.error(f"--tuning: {e}")
     print(f"triton {triton.__version__}, sm_{args.arch}, batch {args.batch}, L {seqlen}")
     seen = set()
     for fn, grid, a, kw in capture_launches(args.batch, seqlen):
