@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from retrieval import create_video_encoder
 from retrieval.cuda_graphs import CudaGraphed
+from retrieval.videomamba import patch_linear
 
 
 class Attention(nn.Module):
@@ -52,10 +53,13 @@ class ViTBlock(nn.Module):
 
 
 class SpaceTimeViT(nn.Module):
-    """TimeSformer-Ti-style baseline: joint space-time attention over all 1 + T*196 tokens."""
+    """TimeSformer-Ti-style baseline: joint space-time attention over all 1 + T*196 tokens. gemm_patch: the patch
+    embedding as VideoMamba's runs on the GPU (one GEMM, retrieval.videomamba.patch_linear) instead of cuDNN's
+    Conv3d, so a comparison can leave that difference out."""
 
-    def __init__(self, frames, dim=192, depth=12, heads=3, fused=False, img=224, patch=16):
+    def __init__(self, frames, dim=192, depth=12, heads=3, fused=False, img=224, patch=16, gemm_patch=False):
         super().__init__()
+        self.gemm_patch = gemm_patch
         n = (img // patch) ** 2
         self.patch = nn.Conv3d(3, dim, (1, patch, patch), (1, patch, patch))
         self.cls = nn.Parameter(torch.zeros(1, 1, dim))
@@ -64,7 +68,7 @@ class SpaceTimeViT(nn.Module):
         self.norm = nn.LayerNorm(dim)
 
     def forward(self, x):
-        x = self.patch(x).flatten(2).transpose(1, 2)
+        x = (patch_linear(x, self.patch) if self.gemm_patch else self.patch(x)).flatten(2).transpose(1, 2)
         x = torch.cat([self.cls.expand(x.shape[0], -1, -1), x], 1) + self.pos
         for b in self.blocks:
             x = b(x)
@@ -146,6 +150,7 @@ def main(argv=None):
         if not args.no_materialised:
             models["vit_ti_materialised"] = (lambda: SpaceTimeViT(T, fused=False), None)
         models["vit_ti_sdpa"] = (lambda: SpaceTimeViT(T, fused=True), None)
+        models["vit_ti_sdpa_gemm_patch"] = (lambda: SpaceTimeViT(T, fused=True, gemm_patch=True), None)
         res = {}
         for name, (make, variant) in models.items():
             if variant:

@@ -13,6 +13,7 @@ import statistics
 
 import torch
 
+from retrieval.kernels import biconv
 from retrieval.kernels import bimamba_scan as bs
 from retrieval.kernels.bimamba_scan import bimamba_scan_fn
 
@@ -34,9 +35,7 @@ FP32_ROWS_MAXNREG = (80, 96)
 # the single-pass inference forward: (states per lane, B and C copied to fp32, chunks its loads run ahead, chunks per
 # loop iteration). One state a lane is left out: 96 registers and the most instructions per channel-step
 # (triton_sass.py). Four states a lane: fewest instructions, but a quarter of one state's warps.
-# (states per lane, fp32 rows, register prefetch depth, unroll, Triton pipeline stages: None = not pipelined)
-LANES = ((2, False, 2, 1, None), (2, False, 2, 2, None), (2, False, 0, 1, 2), (2, False, 0, 1, 3), (2, False, 0, 1, 4),
-         (2, False, 0, 2, 3), (4, False, 0, 1, 3))
+LANES = ((2, False, 2, 1), (2, False, 2, 2), (2, False, 3, 3), (2, True, 2, 2), (4, False, 2, 2), (4, True, 2, 2))
 CROSSOVER_SHAPES = ((1, 12545), (2, 12545), (4, 12545), (8, 12545), (16, 1569), (64, 1569), (32, 315))
 BWD_CONFIGS = ((62, None, None), (8, None, None), (16, None, None), (12, 168, None), (24, 168, None),
                (62, 168, None), (62, None, 112), (62, 168, 112), (24, 168, 112))
@@ -110,8 +109,8 @@ def run_mamba(dirs, backward: bool):
 
 
 def settings() -> dict:
-    """The kernel settings a --save-blocks file holds."""
-    return dict(bs.TUNING)
+    """The kernel settings a --save-blocks file holds: the scan's TUNING, and the conv's under "biconv"."""
+    return {**bs.TUNING, "biconv": dict(biconv.TUNING)}
 
 
 def apply_tuning(items: list[str]) -> None:
@@ -123,9 +122,15 @@ def apply_tuning(items: list[str]) -> None:
         bs.TUNING[key] = None if value.lower() == "none" else int(value)
 
 
+def _tuples(d: dict) -> dict:
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+
+
 def load_blocks(saved: dict) -> None:
     """Apply a --save-blocks file."""
-    bs.TUNING.update({k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()})
+    saved = dict(saved)
+    biconv.TUNING.update(_tuples(saved.pop("biconv", {})))
+    bs.TUNING.update(_tuples(saved))
 
 
 def timed_fwd(inp) -> float:
@@ -141,7 +146,7 @@ def _sweep(rows: list, key: str, measure, **launch) -> None:
 
 
 def _keep_fastest(rows: list, key: str) -> dict:
-    best = {k: v for k, v in min(rows, key=lambda r: r[key]).items() if k != key}
+    best = {k: v for k, v in min(rows, key=lambda r: r[key]).items() if k in bs.TUNING}
     bs.TUNING.update(best)
     return best
 
@@ -175,10 +180,10 @@ def sweep_lanes(inp, segmented: dict | None = None) -> list[dict]:
     bs.TUNING.update(segmented, fwd_lanes_states=0)
     with torch.no_grad():
         ref = run_ours(inp, False).float()
-    for states, fp32_rows, prefetch, unroll, stages in LANES:  # one pass, no segments (taken at any size here)
+    for states, fp32_rows, prefetch, unroll in LANES:  # one pass, no segments (taken at any size here)
         _sweep(rows, key, measure, **{**segmented, "fwd_lanes_states": states, "fwd_lanes_fp32_rows": fp32_rows,
                                       "fwd_lanes_prefetch": prefetch, "fwd_lanes_unroll": unroll,
-                                      "fwd_lanes_stages": stages, "fwd_lanes_min_programs_per_sm": 0})
+                                      "fwd_lanes_min_programs_per_sm": 0})
         with torch.no_grad():  # every variant's output against the segmented forward's
             rows[-1]["max_rel_diff_vs_segmented"] = ((run_ours(inp, False).float() - ref).abs().max()
                                                      / ref.abs().max()).item()

@@ -174,3 +174,16 @@ def test_time_major_mixer_matches_channel_major(length):
     torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
     for x, y in zip(ga, gb):
         torch.testing.assert_close(x, y, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("kernel,shape", [((1, 16, 16), (2, 3, 3, 32, 48)), ((2, 8, 8), (1, 3, 5, 20, 17))])
+def test_patch_linear_is_the_conv(kernel, shape):
+    """The GPU's patch embedding (one GEMM over unfolded patches) against the Conv3d it stands for, in float64:
+    tubelets of 1 and 2 frames, and sizes the kernel does not divide (the conv drops the remainder)."""
+    from retrieval.videomamba import patch_linear
+    torch.manual_seed(0)
+    conv = torch.nn.Conv3d(3, 12, kernel, stride=kernel).double()
+    x = torch.randn(*shape, dtype=torch.float64)
+    y = patch_linear(x, conv)
+    assert y.shape == conv(x).shape
+    torch.testing.assert_close(y, conv(x), rtol=1e-12, atol=1e-12)

@@ -38,11 +38,18 @@ def biconv_fwd_kernel(x_ptr, w_ptr, bias_ptr, u_ptr, L, Dm, s_x_b, s_x_t, s_u_k,
     mask_d = offs_d < Dm
     m2 = (t < L)[:, None] & mask_d[None, :]
     x_ptr += b * s_x_b
-    for k in tl.static_range(2):
-        pre = _pre(x_ptr, w_ptr, bias_ptr, t, offs_d, mask_d, L, Dm, s_x_t, k, W)
-        out = pre * tl.sigmoid(pre)
-        tl.store(u_ptr + k * s_u_k + b * s_u_b + t[:, None] * s_u_t + offs_d[None, :],
-                 out.to(u_ptr.dtype.element_ty), mask=m2)
+    pre0 = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0)[None, :] + tl.zeros([BT, BD], dtype=tl.float32)
+    pre1 = tl.load(bias_ptr + Dm + offs_d, mask=mask_d, other=0.0)[None, :] + tl.zeros([BT, BD], dtype=tl.float32)
+    for i in tl.static_range(2 * W - 1):  # each shifted tile x[t + shift] once, for whichever directions use it
+        shift: tl.constexpr = i - (W - 1)
+        xs = _tap(x_ptr, t + shift, offs_d, L, s_x_t, mask_d)
+        if shift <= 0:  # direction 0: tap W - 1 + shift
+            pre0 += tl.load(w_ptr + offs_d * W + W - 1 + shift, mask=mask_d, other=0.0)[None, :] * xs
+        if shift >= 0:  # direction 1: tap W - 1 - shift
+            pre1 += tl.load(w_ptr + (Dm + offs_d) * W + W - 1 - shift, mask=mask_d, other=0.0)[None, :] * xs
+    u_ptr += b * s_u_b + t[:, None] * s_u_t + offs_d[None, :]
+    tl.store(u_ptr, (pre0 * tl.sigmoid(pre0)).to(u_ptr.dtype.element_ty), mask=m2)
+    tl.store(u_ptr + s_u_k, (pre1 * tl.sigmoid(pre1)).to(u_ptr.dtype.element_ty), mask=m2)
 
 
 @triton.jit

@@ -56,40 +56,18 @@ def _lane_values(words, S: tl.constexpr, PACK: tl.constexpr):
 
 
 @triton.jit
-def _channel_load(row_ptr, offs_d, mask, PAIRED: tl.constexpr):
-    """This lane's channel of a row of u, dt or z. PAIRED (bf16 rows, 4-byte aligned): the int32 word holding the
-    channel and its pair neighbour, a load wide enough for Triton's pipeliner to make asynchronous."""
-    if PAIRED:
-        x = tl.load((row_ptr + 2 * (offs_d // 2)).to(tl.pointer_type(tl.int32)), mask=mask, other=0)
-    else:
-        x = tl.load(row_ptr + offs_d, mask=mask, other=0.0)
-    return x
-
-
-@triton.jit
-def _channel_value(x, offs_d, PAIRED: tl.constexpr):
-    """_channel_load's result as fp32: a paired word's low half for an even channel, its high half for odd."""
-    if PAIRED:
-        v = ((x << (16 - 16 * (offs_d % 2))) & -65536).to(tl.float32, bitcast=True)
-    else:
-        v = x.to(tl.float32)
-    return v
-
-
-@triton.jit
 def _chunk_loads(u_ptr, dt_ptr, z_ptr, B_ptr, C_ptr, j0, L, g, offs_d, mask_d, s_u_t, s_dt_t, s_z_t, s_B_n, s_C_n,
                  S_B_T: tl.constexpr, S_C_T: tl.constexpr, REVERSE: tl.constexpr, MASKED: tl.constexpr,
-                 HAS_Z: tl.constexpr, S: tl.constexpr, G: tl.constexpr, PACK: tl.constexpr,
-                 PAIRED: tl.constexpr):
+                 HAS_Z: tl.constexpr, S: tl.constexpr, G: tl.constexpr, PACK: tl.constexpr):
     """The inputs of the chunk starting at scan position j0: this lane's step (j0 + g) of u, dt, z, and, for
     each of the chunk's G steps, the lane's S values of B_t and C_t (as words). MASKED: the chunk may run
     past the sequence's end (masked loads); otherwise it lies inside it."""
     j = j0 + g
     ok = mask_d & (j < L) if MASKED else mask_d
     t = L - 1 - j if REVERSE else j
-    u = _channel_load(u_ptr + t * s_u_t, offs_d, ok, PAIRED)
-    dt = _channel_load(dt_ptr + t * s_dt_t, offs_d, ok, PAIRED)
-    z = _channel_load(z_ptr + t * s_z_t, offs_d, ok, PAIRED) if HAS_Z else u
+    u = tl.load(u_ptr + t * s_u_t + offs_d, mask=ok, other=0.0)
+    dt = tl.load(dt_ptr + t * s_dt_t + offs_d, mask=ok, other=0.0)
+    z = tl.load(z_ptr + t * s_z_t + offs_d, mask=ok, other=0.0) if HAS_Z else u
     first = L - 1 - j0 if REVERSE else j0  # the chunk's first step in time
     B_ptr += first * S_B_T  # once per chunk, so each step's address is a constant offset from it
     C_ptr += first * S_C_T
@@ -106,12 +84,11 @@ def _chunk_loads(u_ptr, dt_ptr, z_ptr, B_ptr, C_ptr, j0, L, g, offs_d, mask_d, s
 @triton.jit
 def _chunk(h, inputs, A2, Dv, bias, lane, src, y_ptr, s_y_t, offs_d, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
            HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, S: tl.constexpr, G: tl.constexpr,
-           PACK: tl.constexpr, PAIRED: tl.constexpr):
+           PACK: tl.constexpr):
     """Walk one chunk's G steps from state h (this lane's S states), store its outputs, return the state."""
     u, dt, z, Bw, Cw, ok, t = inputs
-    u = _channel_value(u, offs_d, PAIRED)
-    dt = _channel_value(dt, offs_d, PAIRED)
-    d = tl.where(ok, _delta(dt, bias, HAS_BIAS, SOFTPLUS), 0.0)  # past the end: h unchanged
+    u = u.to(tl.float32)
+    d = tl.where(ok, _delta(dt.to(tl.float32), bias, HAS_BIAS, SOFTPLUS), 0.0)  # past the end: h unchanged
     du = d * u
     parts = ()  # this lane's share of C_t . h_t for each step of the chunk
     for i in tl.static_range(G):
@@ -133,7 +110,7 @@ def _chunk(h, inputs, A2, Dv, bias, lane, src, y_ptr, s_y_t, offs_d, HAS_D: tl.c
     if HAS_D:
         y += Dv * u
     if HAS_Z:
-        zf = _channel_value(z, offs_d, PAIRED)
+        zf = z.to(tl.float32)
         y = y * zf * tl.sigmoid(zf)
     tl.store(y_ptr + t * s_y_t + offs_d, y.to(y_ptr.dtype.element_ty), mask=ok)
     return h
@@ -144,8 +121,7 @@ def _lanes_direction(u_ptr, dt_ptr, z_ptr, B_ptr, C_ptr, y_ptr, A2, Dv, bias, la
                      s_u_t, s_dt_t, s_z_t, s_B_n, s_C_n, s_y_t, S_B_T: tl.constexpr, S_C_T: tl.constexpr,
                      REVERSE: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
                      SOFTPLUS: tl.constexpr, S: tl.constexpr, G: tl.constexpr, PACK: tl.constexpr,
-                     PREFETCH: tl.constexpr, UNROLL: tl.constexpr, STAGES: tl.constexpr,
-                     PAIRED: tl.constexpr):
+                     PREFETCH: tl.constexpr, UNROLL: tl.constexpr):
     h = ()
     for s in tl.static_range(S):
         h = h + (tl.zeros_like(A2[0]),)
@@ -160,21 +136,20 @@ def _lanes_direction(u_ptr, dt_ptr, z_ptr, B_ptr, C_ptr, y_ptr, A2, Dv, bias, la
         ahead = ()
         for p in tl.static_range(PREFETCH):
             ahead = ahead + (_chunk_loads(*load_args, p * G, *lane_args, S_B_T, S_C_T, REVERSE, False, HAS_Z, S, G,
-                                          PACK, PAIRED),)
-        for c in tl.range(n_inner, num_stages=STAGES, loop_unroll_factor=UNROLL):
+                                          PACK),)
+        for c in tl.range(n_inner, loop_unroll_factor=UNROLL):
             if PREFETCH:
                 later = _chunk_loads(*load_args, (c + PREFETCH) * G, *lane_args, S_B_T, S_C_T, REVERSE, False, HAS_Z,
-                                     S, G, PACK, PAIRED)
+                                     S, G, PACK)
                 inputs = ahead[0]
                 ahead = ahead[1:] + (later,)
             else:
-                inputs = _chunk_loads(*load_args, c * G, *lane_args, S_B_T, S_C_T, REVERSE, False, HAS_Z, S, G, PACK,
-                                      PAIRED)
-            h = _chunk(h, inputs, *chunk_args, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, S, G, PACK, PAIRED)
+                inputs = _chunk_loads(*load_args, c * G, *lane_args, S_B_T, S_C_T, REVERSE, False, HAS_Z, S, G, PACK)
+            h = _chunk(h, inputs, *chunk_args, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, S, G, PACK)
         done = n_inner * G
     for j0 in range(done, L, G):  # what is left (the last PREFETCH whole chunks, a partial one): masked
-        inputs = _chunk_loads(*load_args, j0, *lane_args, S_B_T, S_C_T, REVERSE, True, HAS_Z, S, G, PACK, PAIRED)
-        h = _chunk(h, inputs, *chunk_args, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, S, G, PACK, PAIRED)
+        inputs = _chunk_loads(*load_args, j0, *lane_args, S_B_T, S_C_T, REVERSE, True, HAS_Z, S, G, PACK)
+        h = _chunk(h, inputs, *chunk_args, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, S, G, PACK)
 
 
 @triton.jit
@@ -184,8 +159,7 @@ def bimamba_fwd_lanes_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr
                              S_B_T: tl.constexpr, S_C_T: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
                              HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, N: tl.constexpr, S: tl.constexpr,
                              PACK: tl.constexpr, EVEN_D: tl.constexpr, PREFETCH: tl.constexpr,
-                             UNROLL: tl.constexpr = 1, STAGES: tl.constexpr = None,
-                             PAIRED: tl.constexpr = False):
+                             UNROLL: tl.constexpr = 1):
     """Grid (channel blocks of 32 / (N / S) channels, batch, direction); one warp per program."""
     G: tl.constexpr = N // S
     CW: tl.constexpr = 32 // G
@@ -212,8 +186,6 @@ def bimamba_fwd_lanes_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr
     args = (u_ptr, dt_ptr, z_ptr, B_ptr, C_ptr, y_ptr, A2, Dv, bias, lane, g, src, offs_d, mask_d, L,
             s_u_t, s_dt_t, s_z_t, s_B_n, s_C_n, s_y_t)
     if k == 0:
-        _lanes_direction(*args, S_B_T, S_C_T, False, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, S, G, PACK, PREFETCH, UNROLL,
-                         STAGES, PAIRED)
+        _lanes_direction(*args, S_B_T, S_C_T, False, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, S, G, PACK, PREFETCH, UNROLL)
     else:
-        _lanes_direction(*args, S_B_T, S_C_T, True, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, S, G, PACK, PREFETCH, UNROLL,
-                         STAGES, PAIRED)
+        _lanes_direction(*args, S_B_T, S_C_T, True, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, S, G, PACK, PREFETCH, UNROLL)

@@ -8,7 +8,8 @@ from .support import triton_unavailable_reason
 
 __all__ = ["biconv1d_fn", "biconv1d_ref"]
 
-_BT, _BD, _WARPS = 64, 32, 4  # time steps x channels per program
+# (time steps, channels, warps) per program; the forward's picked on an H100 by benchmarks/bench_biconv_gpu.py
+TUNING = {"fwd_block": (64, 32, 4), "bwd_block": (64, 32, 4)}
 
 
 def _check(x, weight, bias) -> None:
@@ -47,9 +48,10 @@ class _BiConv(torch.autograd.Function):
         b = torch.zeros(2, x.shape[2], device=x.device) if bias is None else bias.float().contiguous()
         bsz, L, dim = x.shape
         u = x.new_empty(2, bsz, L, dim)
-        grid = (-(-L // _BT), -(-dim // _BD), bsz)
-        k.biconv_fwd_kernel[grid](x, w, b, u, L, dim, x.stride(0), x.stride(1), u.stride(0), u.stride(1),
-                                  u.stride(2), W=w.shape[2], BT=_BT, BD=_BD, num_warps=_WARPS)
+        BT, BD, warps = TUNING["fwd_block"]
+        k.biconv_fwd_kernel[(-(-L // BT), -(-dim // BD), bsz)](
+            x, w, b, u, L, dim, x.stride(0), x.stride(1), u.stride(0), u.stride(1), u.stride(2), W=w.shape[2],
+            BT=BT, BD=BD, num_warps=warps)
         ctx.save_for_backward(x, w, b)
         ctx.has_bias, ctx.w_dtype = bias is not None, weight.dtype
         return u
@@ -62,17 +64,18 @@ class _BiConv(torch.autograd.Function):
             gu = gu.contiguous()
         bsz, L, dim = x.shape
         W = w.shape[2]
-        grid = (-(-L // _BT), -(-dim // _BD), bsz)
+        BT, BD, warps = TUNING["bwd_block"]
+        grid = (-(-L // BT), -(-dim // BD), bsz)
         gp = torch.empty(2, bsz, L, dim, dtype=torch.float32, device=x.device)
         k.biconv_bwd_pre_kernel[grid](x, w, b, gu, gp, L, dim, x.stride(0), x.stride(1), gu.stride(0),
                                       gu.stride(1), gu.stride(2), gp.stride(0), gp.stride(1), gp.stride(2),
-                                      W=W, BT=_BT, BD=_BD, num_warps=_WARPS)
+                                      W=W, BT=BT, BD=BD, num_warps=warps)
         gx = torch.empty(bsz, L, dim, dtype=x.dtype, device=x.device)
         gw = torch.zeros_like(w)
         gb = torch.zeros_like(b)
         k.biconv_bwd_kernel[grid](x, w, gp, gx, gw, gb, L, dim, x.stride(0), x.stride(1), gp.stride(0),
                                   gp.stride(1), gp.stride(2), gx.stride(0), gx.stride(1),
-                                  W=W, BT=_BT, BD=_BD, num_warps=_WARPS)
+                                  W=W, BT=BT, BD=BD, num_warps=warps)
         return gx, gw.to(ctx.w_dtype), gb.to(ctx.w_dtype) if ctx.has_bias else None
 
 

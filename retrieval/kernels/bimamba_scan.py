@@ -26,7 +26,6 @@ TUNING = {
     "fwd_lanes_min_programs_per_sm": 11,  # used where at least this many of its one-warp programs per SM fill the card
     "fwd_lanes_prefetch": 2,  # how many chunks ahead its loads go out
     "fwd_lanes_unroll": 1,  # chunks per loop iteration (2 was 9% faster at 8 frames; not yet checked on a GPU)
-    "fwd_lanes_stages": None,
     "fwd_lanes_maxnreg": None,  # its register cap
     "fwd_lanes_fp32_rows": False,  # B and C copied to fp32 first: no bf16 conversions in the loop
     "fwd_block": (32, 1),  # forward: channels per program (a thread each), warps
@@ -204,8 +203,6 @@ def _forward_lanes(u, delta, A, B, C, D, z, delta_bias, delta_softplus, S: int) 
         B, C = B.float(), C.float()  # a small copy each, so the loop converts no bf16
     dummy = A
     zz = z if z is not None else u[0]
-    stages = TUNING["fwd_lanes_stages"]
-    paired = bool(stages) and paired_channels(u, delta, zz)
     k.bimamba_fwd_lanes_kernel[(triton_cdiv(dim, 32 // G), bsz, 2)](
         u, delta, A, B, C, D if D is not None else dummy, delta_bias if delta_bias is not None else dummy, zz, y,
         L, dim, u.stride(0), u.stride(1), u.stride(2), delta.stride(0), delta.stride(1), delta.stride(2),
@@ -214,7 +211,7 @@ def _forward_lanes(u, delta, A, B, C, D, z, delta_bias, delta_softplus, S: int) 
         S_B_T=B.stride(2), S_C_T=C.stride(2), HAS_D=D is not None, HAS_Z=z is not None,
         HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus_mode(delta_softplus), N=n, S=S,
         PACK=lane_pack(B, C, S), EVEN_D=dim % (32 // G) == 0, PREFETCH=TUNING["fwd_lanes_prefetch"],
-        UNROLL=TUNING["fwd_lanes_unroll"], STAGES=stages, PAIRED=paired, num_warps=1,
+        UNROLL=TUNING["fwd_lanes_unroll"], num_warps=1,
         **register_cap(TUNING["fwd_lanes_maxnreg"]))
     return y
 
@@ -255,13 +252,13 @@ def softplus_mode(delta_softplus: bool) -> int:
     return 1 if interpreting() else 2
 
 
-def _words_fit(tensors, per_word: int, word_bytes: int) -> bool:
-    """Can these tensors be read per_word values at a time through word_bytes-wide loads: one dtype, the last
-    dimension a multiple of per_word with unit stride, and every row word-aligned."""
+def _words_fit(B: torch.Tensor, C: torch.Tensor, per_word: int, word_bytes: int) -> bool:
+    """Can B and C be read per_word values at a time through word_bytes-wide loads: one dtype, d_state a
+    multiple of per_word, unit stride on the state, and every row word-aligned."""
     def ok(t):
-        return (t.dtype == tensors[0].dtype and t.shape[-1] % per_word == 0 and t.stride(-1) == 1
+        return (t.dtype == B.dtype and t.shape[-1] % per_word == 0 and t.stride(-1) == 1
                 and t.data_ptr() % word_bytes == 0 and all(s % per_word == 0 for s in t.stride()[:-1]))
-    return all(ok(t) for t in tensors)
+    return ok(B) and ok(C)
 
 
 def packed_rows(B: torch.Tensor, C: torch.Tensor, fp32_words: bool = False) -> int:
@@ -269,7 +266,7 @@ def packed_rows(B: torch.Tensor, C: torch.Tensor, fp32_words: bool = False) -> i
     or (with fp32_words) 2 fp32, where d_state is a multiple of that, the state has unit stride and every
     row is 8-byte aligned; 0: one load per value."""
     per_word = {torch.bfloat16: 4, torch.float32: 2 if fp32_words else 0}.get(B.dtype, 0)
-    return per_word if per_word and _words_fit((B, C), per_word, 8) else 0
+    return per_word if per_word and _words_fit(B, C, per_word, 8) else 0
 
 
 def lane_pack(B: torch.Tensor, C: torch.Tensor, states_per_lane: int) -> int:
@@ -277,15 +274,9 @@ def lane_pack(B: torch.Tensor, C: torch.Tensor, states_per_lane: int) -> int:
     int64 / int32 word, 2 fp32 per int64), where aligned; 1: one load per value."""
     options = {torch.bfloat16: ((4, 8), (2, 4)), torch.float32: ((2, 8),)}.get(B.dtype, ())
     for per_word, nbytes in options:
-        if states_per_lane % per_word == 0 and _words_fit((B, C), per_word, nbytes):
+        if states_per_lane % per_word == 0 and _words_fit(B, C, per_word, nbytes):
             return per_word
     return 1
-
-
-def paired_channels(u: torch.Tensor, delta: torch.Tensor, z: torch.Tensor) -> bool:
-    """Can the lanes kernel read 2-byte u, dt and z as int32 words of two neighbouring channels (each lane keeps
-    its half): Triton's pipeliner makes only loads of 4 bytes or more asynchronous."""
-    return u.element_size() == 2 and _words_fit((u, delta, z), 2, 4)
 
 
 def lanes_split(d_state: int, dim: int, batch: int, device: torch.device) -> int:
