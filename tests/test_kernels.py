@@ -239,6 +239,10 @@ def test_lanes_split_rule(monkeypatch):
     assert bimamba_scan.lanes_split(16, 4, 1, cpu) == 0  # 2 programs: the segmented kernels fill the card better
     bimamba_scan.TUNING["fwd_lanes_states"] = 0
     assert bimamba_scan.lanes_split(16, 384, 8, cpu) == 0
+    bimamba_scan.TUNING["fwd_lanes_unroll"] = ((0, 2), (32, 1))  # unrolled where few programs per SM run
+    assert [bimamba_scan.lanes_unroll(p) for p in (0.5, 11.6, 31.9, 32, 93.1)] == [2, 2, 2, 1, 1]
+    bimamba_scan.TUNING["fwd_lanes_unroll"] = 3
+    assert bimamba_scan.lanes_unroll(93.1) == 3
 
 
 @needs_interpreter

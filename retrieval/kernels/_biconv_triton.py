@@ -41,7 +41,7 @@ def biconv_fwd_kernel(x_ptr, w_ptr, bias_ptr, u_ptr, L, Dm, s_x_b, s_x_t, s_u_k,
     pre0 = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0)[None, :] + tl.zeros([BT, BD], dtype=tl.float32)
     pre1 = tl.load(bias_ptr + Dm + offs_d, mask=mask_d, other=0.0)[None, :] + tl.zeros([BT, BD], dtype=tl.float32)
     for i in tl.static_range(2 * W - 1):  # each shifted tile x[t + shift] once, for whichever directions use it
-        shift: tl.constexpr = i - (W - 1)
+        shift = i - (W - 1)
         xs = _tap(x_ptr, t + shift, offs_d, L, s_x_t, mask_d)
         if shift <= 0:  # direction 0: tap W - 1 + shift
             pre0 += tl.load(w_ptr + offs_d * W + W - 1 + shift, mask=mask_d, other=0.0)[None, :] * xs

@@ -25,7 +25,10 @@ TUNING = {
     "fwd_lanes_states": 2,  # states per lane (0: off, the segmented forward below runs everywhere)
     "fwd_lanes_min_programs_per_sm": 11,  # used where at least this many of its one-warp programs per SM fill the card
     "fwd_lanes_prefetch": 2,  # how many chunks ahead its loads go out
-    "fwd_lanes_unroll": 1,  # chunks per loop iteration (2 was 9% faster at 8 frames; not yet checked on a GPU)
+    # chunks per loop iteration: an int, or (from programs per SM, unroll) pairs. With few warps (64 frames, ~12
+    # programs per SM) unrolling twice was 0-5% faster in three H100 runs; with many (8 frames, ~93) it was 6% slower
+    # in two of three (BENCHMARKS.md 9e)
+    "fwd_lanes_unroll": ((0, 2), (32, 1)),
     "fwd_lanes_maxnreg": None,  # its register cap
     "fwd_lanes_fp32_rows": False,  # B and C copied to fp32 first: no bf16 conversions in the loop
     "fwd_block": (32, 1),  # forward: channels per program (a thread each), warps
@@ -211,7 +214,7 @@ def _forward_lanes(u, delta, A, B, C, D, z, delta_bias, delta_softplus, S: int) 
         S_B_T=B.stride(2), S_C_T=C.stride(2), HAS_D=D is not None, HAS_Z=z is not None,
         HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus_mode(delta_softplus), N=n, S=S,
         PACK=lane_pack(B, C, S), EVEN_D=dim % (32 // G) == 0, PREFETCH=TUNING["fwd_lanes_prefetch"],
-        UNROLL=TUNING["fwd_lanes_unroll"], num_warps=1,
+        UNROLL=lanes_unroll(lanes_programs(n, S, dim, bsz) / sm_count(u.device)), num_warps=1,
         **register_cap(TUNING["fwd_lanes_maxnreg"]))
     return y
 
@@ -291,6 +294,14 @@ def lanes_split(d_state: int, dim: int, batch: int, device: torch.device) -> int
         return 0
     programs = lanes_programs(d_state, S, dim, batch)
     return S if programs >= TUNING["fwd_lanes_min_programs_per_sm"] * sm_count(device) else 0
+
+
+def lanes_unroll(programs_per_sm: float) -> int:
+    """TUNING["fwd_lanes_unroll"] at this many of the lanes kernel's programs per SM."""
+    rule = TUNING["fwd_lanes_unroll"]
+    if isinstance(rule, int):
+        return rule
+    return [unroll for start, unroll in sorted(rule) if programs_per_sm >= start][-1]
 
 
 def lanes_programs(d_state: int, states_per_lane: int, dim: int, batch: int) -> int:
