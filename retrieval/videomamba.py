@@ -101,9 +101,9 @@ def patch_linear(x: torch.Tensor, conv: nn.Conv3d) -> torch.Tensor:
     t, h, w = T // kt, H // kh, W // kw
     device = x.device.type
     dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
-    patches = x[:, :, :t * kt, :h * kh, :w * kw].to(dtype).reshape(B, C, t, kt, h, kh, w, kw)
-    patches = patches.permute(0, 2, 4, 6, 1, 3, 5, 7).reshape(B * t * h * w, C * kt * kh * kw)
-    y = F.linear(patches, conv.weight.reshape(conv.out_channels, -1), conv.bias)
+    view = x[:, :, :t * kt, :h * kh, :w * kw].reshape(B, C, t, kt, h, kh, w, kw).permute(0, 2, 4, 6, 1, 3, 5, 7)
+    patches = torch.empty(view.shape, dtype=dtype, device=x.device).copy_(view)  # cast and unfold in one copy
+    y = F.linear(patches.view(B * t * h * w, -1), conv.weight.reshape(conv.out_channels, -1), conv.bias)
     return y.view(B, t, h, w, conv.out_channels).permute(0, 4, 1, 2, 3)
 
 
