@@ -160,15 +160,17 @@ class BiMambaMixer(nn.Module):
         """Both directions' parameters stacked as the Triton path reads them: conv weight (2, Di, W) and bias,
         x_proj (2, R + 2N, Di), dt_proj (2, Di, R), A (2, Di, N), D, dt bias, and out_proj's weight twice side by
         side (2 Di columns). Without grad they are kept until a parameter or the autocast dtype changes: stacking
-        them anew costs about a dozen small kernels per block and call."""
+        them anew costs about a dozen small kernels per block and call. Never while a CUDA graph is captured: the
+        graph makes its own (kept ones could be freed under it by a later rebuild)."""
         params = (self.conv1d.weight, self.conv1d_b.weight, self.conv1d.bias, self.conv1d_b.bias, self.x_proj.weight,
                   self.x_proj_b.weight, self.dt_proj.weight, self.dt_proj_b.weight, self.A_log, self.A_b_log,
                   self.D, self.D_b, self.dt_proj.bias, self.dt_proj_b.bias, self.out_proj.weight)
         device = params[0].device.type
         gemm = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else params[0].dtype
         key = (gemm,) + tuple((p.data_ptr(), p._version) for p in params)
+        keep = not torch.is_grad_enabled() and not (device == "cuda" and torch.cuda.is_current_stream_capturing())
         cached = getattr(self, "_stacked", None)
-        if cached is not None and cached[0] == key and not torch.is_grad_enabled():
+        if keep and cached is not None and cached[0] == key:
             return cached[1]
         w = self.out_proj.weight
         stacked = (torch.stack([self.conv1d.weight[:, 0], self.conv1d_b.weight[:, 0]]),
@@ -179,7 +181,7 @@ class BiMambaMixer(nn.Module):
                    torch.stack([self.D, self.D_b]).float(),
                    torch.stack([self.dt_proj.bias, self.dt_proj_b.bias]).float(),
                    torch.cat([w, w], dim=1).to(gemm))
-        self._stacked = None if torch.is_grad_enabled() else (key, stacked)
+        self._stacked = (key, stacked) if keep else None
         return stacked
 
     def _forward_channel_major(self, hidden: torch.Tensor) -> torch.Tensor:
