@@ -1,4 +1,4 @@
-"""Compile the bimamba scan kernels for a GPU on a machine without one and count their SASS instructions.
+"""Compile the bimamba scan and conv kernels for a GPU on a machine without one and count their SASS instructions.
 
 Captures the arguments the real launcher (retrieval.kernels.bimamba_scan) passes at VideoMamba-Ti shapes, compiles
 each launch with Triton's own specialisation (ints equal to 1 become constants, multiples of 16 get divisibility
@@ -29,9 +29,11 @@ from triton.backends.compiler import BaseBackend, GPUTarget
 from triton.compiler import ASTSource
 
 from benchmarks.bench_scan_gpu import apply_tuning
+from retrieval.kernels import _biconv_triton as KC
 from retrieval.kernels import _bimamba_lanes_triton as KL
 from retrieval.kernels import _bimamba_triton as K
 from retrieval.kernels import bimamba_scan as bs
+from retrieval.kernels.biconv import _BiConv
 from retrieval.kernels.bimamba_scan import _BiMambaScan
 
 DTYPES = {torch.bfloat16: "bf16", torch.float32: "fp32", torch.float16: "fp16"}
@@ -49,10 +51,11 @@ class _Capture:
 
 def capture_launches(batch: int, seqlen: int, dim: int = 384, dstate: int = 16) -> list:
     """The kernel launches of a forward with grad, one without (the lanes kernel where the launcher picks it) and a
-    backward at these shapes, on CPU stand-ins."""
+    backward at these shapes, on CPU stand-ins; then the depthwise conv's forward and backward."""
     launches = []
     real = {(mod, n): getattr(mod, n) for mod, n in ((K, "bimamba_fwd_kernel"), (K, "bimamba_bwd_kernel"),
-                                                      (KL, "bimamba_fwd_lanes_kernel"))}
+                                                      (KL, "bimamba_fwd_lanes_kernel"), (KC, "biconv_fwd_kernel"),
+                                                      (KC, "biconv_bwd_pre_kernel"), (KC, "biconv_bwd_kernel"))}
     for (mod, n), fn in real.items():
         setattr(mod, n, _Capture(fn, launches))
     try:
@@ -75,6 +78,9 @@ def capture_launches(batch: int, seqlen: int, dim: int = 384, dstate: int = 16) 
         ctx.needs_input_grad = [False] * 9
         _BiMambaScan.forward(ctx, *inputs)  # the inference forward too (saves nothing)
         _BiMambaScan.backward(ctx, torch.zeros(batch, seqlen, 2, dim, dtype=bf))
+        x = torch.zeros(batch, seqlen, 2 * dim, dtype=bf)[..., :dim]  # in_proj's first half, as the mixer passes it
+        _BiConv.forward(ctx, x, torch.zeros(2, dim, 4), torch.zeros(2, dim))
+        _BiConv.backward(ctx, torch.zeros(2, batch, seqlen, dim, dtype=bf))
     finally:
         for (mod, n), fn in real.items():
             setattr(mod, n, fn)

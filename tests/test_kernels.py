@@ -5,6 +5,11 @@ encoder on the `triton` backend is compared with the `torch` backend at real sha
 """
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -307,6 +312,21 @@ def test_mixer_inference_keeps_stacked_params_until_they_change(interpreter, sma
         assert rel_err(y, mixer(x)) < 1e-5
     mixer._stacked_params()  # with grad: stacked anew on every call (autograd needs the ops), nothing kept
     assert mixer._stacked is None
+
+
+@pytest.mark.skipif(_triton_import_error() is not None, reason="needs triton importable")
+def test_every_kernel_compiles_for_sm90():
+    """Triton's interpreter runs code its compiler rejects (a constexpr assigned twice in a static loop once reached
+    a GPU that way): compile every kernel the launchers start, with their real arguments at an 8-frame batch, for
+    sm_90 on the CPU (benchmarks/triton_sass.py; ptxas ships with triton). A subprocess: this session's kernels are
+    the interpreter's."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    out = subprocess.run([sys.executable, "benchmarks/triton_sass.py", "--frames", "8", "--batch", "64"], env=env,
+                         cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    for kernel in ("bimamba_fwd_kernel", "bimamba_fwd_lanes_kernel", "bimamba_bwd_kernel", "biconv_fwd_kernel",
+                   "biconv_bwd_pre_kernel", "biconv_bwd_kernel"):
+        assert f"\n{kernel}" in out.stdout, f"{kernel} was not compiled:\n{out.stdout}"
 
 
 def test_triton_without_gpu_says_what_to_do(monkeypatch):
