@@ -27,7 +27,7 @@ def main(argv=None):
     p.add_argument("--calls", type=int, default=2)
     p.add_argument("--backward", action="store_true", help="forward + backward (default: inference forward)")
     p.add_argument("--tuning", nargs="*", default=[], metavar="KEY=INT",
-                   help="override launch settings, e.g. fwd_lanes_stages=3 (bimamba_scan.TUNING)")
+                   help="override launch settings, e.g. fwd_lanes_unroll=2 (bimamba_scan.TUNING)")
     args = p.parse_args(argv)
     try:
         apply_tuning(args.tuning)
