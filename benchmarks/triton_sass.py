@@ -113,8 +113,18 @@ def compile_launch(fn, args, kw, arch: int):
     return triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options)
 
 
-def sass_report(compiled) -> tuple[str, list[tuple[int, collections.Counter]]]:
-    """(resource line, [(instructions, opcode counts) per loop body]) from cuobjdump."""
+def control(high: int) -> str:
+    """The scheduling fields ptxas puts in bits 105-125 of a Volta-to-Hopper instruction (high: its upper 64 bits):
+    stall cycles, the scoreboard a variable-latency op sets (write, read) and the scoreboards it waits for. A wait
+    on a scoreboard waits for every op still pending on it."""
+    c = high >> 41
+    sb = lambda v: "-" if v == 7 else str(v)  # noqa: E731
+    waits = "".join(str(b) for b in range(6) if c >> (11 + b) & 1)
+    return f"stall {c & 15:2d} set w{sb(c >> 5 & 7)} r{sb(c >> 8 & 7)} wait [{waits:<6}]"
+
+
+def sass_report(compiled) -> tuple[str, list[tuple[int, collections.Counter, list[str]]]]:
+    """(resource line, [(instructions, opcode counts, listing with control fields) per loop body]) from cuobjdump."""
     tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
     with tempfile.TemporaryDirectory() as tmp:
         cubin = Path(tmp) / "k.cubin"
@@ -122,13 +132,15 @@ def sass_report(compiled) -> tuple[str, list[tuple[int, collections.Counter]]]:
         sass = subprocess.run([tool, "-sass", cubin], capture_output=True, text=True, check=True).stdout
         res = subprocess.run([tool, "-res-usage", cubin], capture_output=True, text=True, check=True).stdout
     resources = re.search(r"REG:\d+.*?LOCAL:\d+", res).group(0)
-    code = [(int(a, 16), op) for a, op in re.findall(r"/\*([0-9a-f]{4,})\*/\s+([^;]*);", sass)]
+    code = [(int(a, 16), op, int(hi, 16)) for a, op, hi in
+            re.findall(r"/\*([0-9a-f]{4,})\*/\s+([^;]*);\s*/\* 0x[0-9a-f]+ \*/\s*/\* (0x[0-9a-f]+) \*/", sass)]
     loops = []
-    for addr, op in code:
+    for addr, op, _ in code:
         m = re.search(r"BRA\s+(?:`\(\.L_x_\d+\)|0x([0-9a-f]+))", op)
         if m and m.group(1) and int(m.group(1), 16) < addr:  # a backward branch closes a loop
-            body = [o for a, o in code if int(m.group(1), 16) <= a <= addr]
-            loops.append((len(body), collections.Counter(re.sub(r"^@!?U?P\w+\s+", "", o).split()[0] for o in body)))
+            body = [(a, o, hi) for a, o, hi in code if int(m.group(1), 16) <= a <= addr]
+            ops = collections.Counter(re.sub(r"^@!?U?P\w+\s+", "", o).split()[0] for _, o, _ in body)
+            loops.append((len(body), ops, [f"{a:05x}  {control(hi)}  {o}" for a, o, hi in body]))
     return resources, loops
 
 
@@ -139,6 +151,9 @@ def main(argv=None):
     p.add_argument("--arch", type=int, default=90, help="compute capability x 10 (90: H100/H200)")
     p.add_argument("--top", type=int, default=10, help="opcodes listed per loop")
     p.add_argument("--sms", type=int, default=132, help="SMs the launcher sizes its grids for (132: H100/H200 SXM)")
+    p.add_argument("--control", metavar="NAME",
+                   help="list the longest loop of kernels whose name contains NAME with ptxas's scheduling fields "
+                        "(stall, scoreboards set and waited for; BENCHMARKS.md 9e)")
     p.add_argument("--tuning", nargs="*", default=[], metavar="KEY=INT",
                    help="override launch settings, e.g. fwd_maxnreg=72 or fwd_maxnreg=none "
                         "(TUNING in retrieval/kernels/bimamba_scan.py)")
@@ -159,8 +174,10 @@ def main(argv=None):
         seen.add(name)
         resources, loops = sass_report(compile_launch(fn, a, kw, args.arch))
         print(f"\n{name}: grid {grid}, {resources}")
-        for n, ops in loops:
+        for n, ops, _ in loops:
             print(f"  loop of {n} instructions: " + ", ".join(f"{k} {v}" for k, v in ops.most_common(args.top)))
+        if args.control and args.control in name and loops:
+            print("\n".join(max(loops, key=lambda loop: loop[0])[2]))
 
 
 if __name__ == "__main__":
