@@ -167,20 +167,25 @@ class BiMambaMixer(nn.Module):
                   self.D, self.D_b, self.dt_proj.bias, self.dt_proj_b.bias, self.out_proj.weight)
         device = params[0].device.type
         gemm = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else params[0].dtype
-        key = (gemm,) + tuple((p.data_ptr(), p._version) for p in params)
-        keep = not torch.is_grad_enabled() and not (device == "cuda" and torch.cuda.is_current_stream_capturing())
+        grad = torch.is_grad_enabled()
+        keep = not (grad or any(p.is_inference() for p in params)  # (inference tensors have no version counter)
+                    or device == "cuda" and torch.cuda.is_current_stream_capturing())
+        key = (gemm,) + tuple((p.data_ptr(), p._version) for p in params) if keep else None
         cached = getattr(self, "_stacked", None)
         if keep and cached is not None and cached[0] == key:
             return cached[1]
         w = self.out_proj.weight
-        stacked = (torch.stack([self.conv1d.weight[:, 0], self.conv1d_b.weight[:, 0]]),
-                   torch.stack([self.conv1d.bias, self.conv1d_b.bias]),
-                   torch.stack([self.x_proj.weight, self.x_proj_b.weight]).to(gemm),
-                   torch.stack([self.dt_proj.weight, self.dt_proj_b.weight]).to(gemm),
-                   -torch.exp(torch.stack([self.A_log, self.A_b_log]).float()),
-                   torch.stack([self.D, self.D_b]).float(),
-                   torch.stack([self.dt_proj.bias, self.dt_proj_b.bias]).float(),
-                   torch.cat([w, w], dim=1).to(gemm))
+        # Never inference tensors (a later no_grad call outside inference_mode could not use them); leaving
+        # inference_mode turns grad on, hence the explicit grad mode.
+        with torch.inference_mode(False), torch.set_grad_enabled(grad):
+            stacked = (torch.stack([self.conv1d.weight[:, 0], self.conv1d_b.weight[:, 0]]),
+                       torch.stack([self.conv1d.bias, self.conv1d_b.bias]),
+                       torch.stack([self.x_proj.weight, self.x_proj_b.weight]).to(gemm),
+                       torch.stack([self.dt_proj.weight, self.dt_proj_b.weight]).to(gemm),
+                       -torch.exp(torch.stack([self.A_log, self.A_b_log]).float()),
+                       torch.stack([self.D, self.D_b]).float(),
+                       torch.stack([self.dt_proj.bias, self.dt_proj_b.bias]).float(),
+                       torch.cat([w, w], dim=1).to(gemm))
         self._stacked = (key, stacked) if keep else None
         return stacked
 

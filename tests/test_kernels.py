@@ -312,6 +312,11 @@ def test_mixer_inference_keeps_stacked_params_until_they_change(interpreter, sma
         assert rel_err(y, mixer(x)) < 1e-5
     mixer._stacked_params()  # with grad: stacked anew on every call (autograd needs the ops), nothing kept
     assert mixer._stacked is None
+    with torch.inference_mode():  # kept from inference_mode, but not as inference tensors, without grad
+        kept = mixer._stacked_params()
+    assert not any(t.is_inference() or t.requires_grad for t in kept)
+    with torch.no_grad():
+        assert mixer._stacked_params() is kept
 
 
 @pytest.mark.skipif(_triton_import_error() is not None, reason="needs triton importable")
