@@ -1,0 +1,45 @@
+# The GPU measurements of BENCHMARKS.md 9-9e in one device call (10 minutes at most), results under $OUT.
+#
+# On the CPU box: python benchmarks/pack_gpu_site.py --out .device16/site.tar.xz WHEEL...  (mamba-ssm, PyAV, ...), then
+# a device call carrying .device16 runs `bash benchmarks/gpu_issue15.sh [STEP...]`. Steps, in order of value:
+#   tests    pytest -m cuda on the kernel, model and graph tests (~4 min: compiling the unrolled lanes variants
+#            takes ~20 s each)
+#   encoder  bench_gpu_encoder.py at 8 and 64 frames: triton, triton_graphs, the SDPA ViT (with and without the
+#            patch GEMM), each frame count's profile
+#   scan     bench_scan_gpu.py at the issue's shape against mamba-ssm, with the roofline
+#   conv     bench_biconv_gpu.py's block sweep
+# Each step has its own time limit and is tarred into $OUT/results.tar as soon as it ends, so a call cut short
+# still brings back what finished.
+set -u
+export PYTHONUNBUFFERED=1 CUDA_MODULE_LOADING=LAZY
+SITE=/tmp/vmr-site
+[ -d $SITE ] || { mkdir -p $SITE && tar -xJf .device16/site.tar.xz -C $SITE; }
+export PYTHONPATH=$PWD:$SITE
+keep() { (cd "$OUT" && tar rf results.tar "$@" && rm -f "$@"); }
+log() { echo "$1 $(date +%T)" >> "$OUT/steps.txt"; }
+nvidia-smi --query-gpu=name,clocks.max.sm,driver_version --format=csv > "$OUT/steps.txt"
+steps=("$@"); [ ${#steps[@]} -gt 0 ] || steps=(tests encoder scan)
+for step in "${steps[@]}"; do
+  log "start $step"
+  case $step in
+    tests)
+      timeout 280 python -m pytest -q -m cuda tests/test_kernels.py tests/test_cuda_model.py tests/test_cuda_graphs.py \
+        -p no:cacheprovider -rA --durations=15 > "$OUT/cuda_tests.log" 2>&1
+      tail -25 "$OUT/cuda_tests.log"; keep cuda_tests.log ;;
+    encoder)
+      for f in 8 64; do
+        timeout 90 python benchmarks/bench_gpu_encoder.py --frames $f --no-materialised --variants triton,triton_graphs \
+          --profile $f --json "$OUT/encoder_${f}f.json" > "$OUT/encoder_${f}f.log" 2>&1
+        grep "^T=" "$OUT/encoder_${f}f.log"; keep "encoder_${f}f.json" "encoder_${f}f.log"
+      done ;;
+    scan)
+      timeout 120 python benchmarks/bench_scan_gpu.py --json "$OUT/scan.json" > "$OUT/scan.log" 2>&1
+      tail -8 "$OUT/scan.log"; keep scan.json scan.log ;;
+    conv)
+      timeout 150 python benchmarks/bench_biconv_gpu.py --json "$OUT/biconv.json" > "$OUT/biconv.log" 2>&1
+      tail -6 "$OUT/biconv.log"; keep biconv.json biconv.log ;;
+    *) echo "unknown step $step (tests, encoder, scan, conv)" ;;
+  esac
+  log "end $step"
+done
+cat "$OUT/steps.txt"
