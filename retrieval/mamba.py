@@ -166,7 +166,7 @@ class BiMambaMixer(nn.Module):
                   self.x_proj_b.weight, self.dt_proj.weight, self.dt_proj_b.weight, self.A_log, self.A_b_log,
                   self.D, self.D_b, self.dt_proj.bias, self.dt_proj_b.bias, self.out_proj.weight)
         device = params[0].device.type
-        gemm = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else params[0].dtype
+        gemm = matmul_dtype(params[0])
         grad = torch.is_grad_enabled()
         keep = not (grad or any(p.is_inference() for p in params)  # (inference tensors have no version counter)
                     or device == "cuda" and torch.cuda.is_current_stream_capturing())
@@ -196,6 +196,12 @@ class BiMambaMixer(nn.Module):
         out_b = self._scan_channel_major(x.flip(-1), z.flip(-1), "_b")
         y = out + out_b.flip(-1)  # (B, d_inner, L)
         return self.out_proj(rearrange(y, "b d l -> b l d"))
+
+
+def matmul_dtype(t: torch.Tensor) -> torch.dtype:
+    """The dtype a matmul on t runs in: autocast's for t's device where autocast is on there, else t's own."""
+    device = t.device.type
+    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else t.dtype
 
 
 class Block(nn.Module):

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from .config import ConfigError
-from .mamba import Block, DropPath, RMSNorm, add_rms_norm
+from .mamba import Block, DropPath, RMSNorm, add_rms_norm, matmul_dtype
 from .masking import gather_visible
 
 
@@ -99,10 +99,8 @@ def patch_linear(x: torch.Tensor, conv: nn.Conv3d) -> torch.Tensor:
     B, C, T, H, W = x.shape
     kt, kh, kw = conv.kernel_size
     t, h, w = T // kt, H // kh, W // kw
-    device = x.device.type
-    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
     view = x[:, :, :t * kt, :h * kh, :w * kw].reshape(B, C, t, kt, h, kh, w, kw).permute(0, 2, 4, 6, 1, 3, 5, 7)
-    patches = torch.empty(view.shape, dtype=dtype, device=x.device).copy_(view)  # cast and unfold in one copy
+    patches = torch.empty(view.shape, dtype=matmul_dtype(x), device=x.device).copy_(view)  # cast and unfold in one copy
     y = F.linear(patches.view(B * t * h * w, -1), conv.weight.reshape(conv.out_channels, -1), conv.bias)
     return y.view(B, t, h, w, conv.out_channels).permute(0, 4, 1, 2, 3)
 
