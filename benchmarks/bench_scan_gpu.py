@@ -191,6 +191,32 @@ def sweep_lanes(inp, segmented: dict | None = None) -> list[dict]:
     return rows
 
 
+def ab_lanes(inp, settings: list[tuple[int, int]], rounds: int = 3, repeats: int = 20) -> list[dict]:
+    """The single-pass forward at each (prefetch, unroll), interleaved over several rounds in one process (a
+    sweep times each setting once, so drift between them reads as a difference); median ms per setting, and each
+    output against the first setting's. Leaves the fastest in TUNING."""
+    times, ref, rows = {s: [] for s in settings}, None, []
+    launcher = {k: bs.TUNING[k] for k in ("fwd_lanes_states", "fwd_lanes_min_programs_per_sm")}
+    for _ in range(rounds):
+        for prefetch, unroll in settings:
+            bs.TUNING.update(fwd_lanes_states=bs.TUNING["fwd_lanes_states"] or 2, fwd_lanes_prefetch=prefetch,
+                             fwd_lanes_unroll=unroll, fwd_lanes_min_programs_per_sm=0)
+            with torch.no_grad():
+                times[(prefetch, unroll)].append(timed(lambda: run_ours(inp, False), repeats) * 1e3)
+    for prefetch, unroll in settings:
+        bs.TUNING.update(fwd_lanes_prefetch=prefetch, fwd_lanes_unroll=unroll)
+        with torch.no_grad():
+            y = run_ours(inp, False).float()
+        ref = y if ref is None else ref
+        rows.append({"fwd_lanes_prefetch": prefetch, "fwd_lanes_unroll": unroll,
+                     "fwd_ms": statistics.median(times[(prefetch, unroll)]), "rounds_ms": times[(prefetch, unroll)],
+                     "max_rel_diff_vs_first": ((y - ref).abs().max() / ref.abs().max()).item()})
+        print(rows[-1], flush=True)
+    _keep_fastest(rows, "fwd_ms")
+    bs.TUNING.update(launcher)
+    return rows
+
+
 def lanes_crossover(dim: int, dstate: int) -> list[dict]:
     """The inference forward at several (batch, L), segmented against single-pass with the swept settings; sets
     fwd_lanes_min_programs_per_sm to the fewest programs per SM from which the single pass wins at every
@@ -248,25 +274,31 @@ def main(argv=None):
     p.add_argument("--sweep", action="store_true", help="time block-size configs first and keep the fastest")
     p.add_argument("--sweep-lanes", action="store_true",
                    help="sweep only the single-pass forward's settings (the others as in TUNING)")
-    p.add_argument("--save-blocks", help="with a sweep: write the chosen settings here")
+    p.add_argument("--ab-lanes", nargs="+", metavar="PREFETCH,UNROLL",
+                   help="time these single-pass settings against each other (interleaved rounds) and keep the "
+                        "fastest, e.g. --ab-lanes 2,1 2,2")
+    p.add_argument("--save-blocks", help="with a sweep or --ab-lanes: write the chosen settings here")
     p.add_argument("--load-blocks", help="use block sizes from a --save-blocks file")
     p.add_argument("--json", help="write results here")
     args = p.parse_args(argv)
     dt = torch.bfloat16
     inp = make_inputs(args.batch, args.seqlen, args.dim, args.dstate, dt)
     res = {"device": torch.cuda.get_device_name(), "shape": vars(args), "sweep": []}
-    if args.sweep or args.sweep_lanes:  # forward settings (inference), then the backward's; the fastest kept
-        res["sweep"] = sweep_forward(inp) + sweep_backward(inp) if args.sweep else sweep_lanes(inp)
-        res["lanes_crossover"] = lanes_crossover(args.dim, args.dstate)
+    if args.load_blocks:
+        with open(args.load_blocks) as f:
+            load_blocks(json.load(f))
+    if args.sweep or args.sweep_lanes or args.ab_lanes:  # the fastest settings are kept
+        if args.ab_lanes:
+            res["ab_lanes"] = ab_lanes(inp, [tuple(int(v) for v in pu.split(",")) for pu in args.ab_lanes])
+        else:  # forward settings (inference), then the backward's
+            res["sweep"] = sweep_forward(inp) + sweep_backward(inp) if args.sweep else sweep_lanes(inp)
+            res["lanes_crossover"] = lanes_crossover(args.dim, args.dstate)
         if args.save_blocks:
             with open(args.save_blocks, "w") as f:
                 json.dump(settings(), f)
         if args.json:  # the sweep's results stand on their own (the comparison below needs mamba-ssm)
             with open(args.json, "w") as f:
                 json.dump(res, f, indent=1)
-    elif args.load_blocks:
-        with open(args.load_blocks) as f:
-            load_blocks(json.load(f))
     res["blocks"] = settings()
     # parity with mamba-ssm on these inputs (bf16 in, fp32 state on both sides)
     dirs = channel_major(inp)

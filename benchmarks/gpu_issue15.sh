@@ -2,6 +2,8 @@
 #
 # On the CPU box: python benchmarks/pack_gpu_site.py --out .device16/site.tar.xz WHEEL...  (mamba-ssm, PyAV, ...), then
 # a device call carrying .device16 runs `bash benchmarks/gpu_issue15.sh [STEP...]`. Steps, in order of value:
+#   lanes    bench_scan_gpu.py --ab-lanes at 8 and 64 frames: the single pass's (prefetch, unroll) settings against
+#            each other; each shape's fastest goes to blocks_<F>f.json, which the encoder step then loads
 #   tests    pytest -m cuda on the kernel, model and graph tests (~4 min: compiling the unrolled lanes variants
 #            takes ~20 s each)
 #   encoder  bench_gpu_encoder.py at 8 and 64 frames: triton, triton_graphs, the SDPA ViT (with and without the
@@ -18,6 +20,7 @@ export PYTHONPATH=$PWD:$SITE
 keep() { (cd "$OUT" && tar rf results.tar "$@" && rm -f "$@"); }
 log() { echo "$1 $(date +%T)" >> "$OUT/steps.txt"; }
 nvidia-smi --query-gpu=name,clocks.max.sm,driver_version --format=csv > "$OUT/steps.txt"
+LANES_AB=${LANES_AB:-"2,1 1,2 1,3 2,2 2,4 3,3"}  # (prefetch, unroll) pairs for the lanes step
 steps=("$@"); [ ${#steps[@]} -gt 0 ] || steps=(tests encoder scan)
 for step in "${steps[@]}"; do
   log "start $step"
@@ -26,10 +29,19 @@ for step in "${steps[@]}"; do
       timeout 280 python -m pytest -q -m cuda tests/test_kernels.py tests/test_cuda_model.py tests/test_cuda_graphs.py \
         -p no:cacheprovider -rA --durations=15 > "$OUT/cuda_tests.log" 2>&1
       tail -25 "$OUT/cuda_tests.log"; keep cuda_tests.log ;;
+    lanes)
+      for f in 8 64; do
+        if [ $f = 8 ]; then shape="--batch 64 --seqlen 1569"; else shape="--batch 8 --seqlen 12545"; fi
+        timeout 240 python benchmarks/bench_scan_gpu.py $shape --ab-lanes $LANES_AB --save-blocks /tmp/blocks_${f}f.json \
+          --json "$OUT/lanes_${f}f.json" > "$OUT/lanes_${f}f.log" 2>&1
+        grep "fwd_lanes_prefetch\|forward" "$OUT/lanes_${f}f.log"; cp /tmp/blocks_${f}f.json "$OUT/"
+        keep "lanes_${f}f.json" "lanes_${f}f.log" "blocks_${f}f.json"
+      done ;;
     encoder)
       for f in 8 64; do
+        blocks=(); [ -f /tmp/blocks_${f}f.json ] && blocks=(--load-blocks /tmp/blocks_${f}f.json)
         timeout 90 python benchmarks/bench_gpu_encoder.py --frames $f --no-materialised --variants triton,triton_graphs \
-          --profile $f --json "$OUT/encoder_${f}f.json" > "$OUT/encoder_${f}f.log" 2>&1
+          --profile $f "${blocks[@]}" --json "$OUT/encoder_${f}f.json" > "$OUT/encoder_${f}f.log" 2>&1
         grep "^T=" "$OUT/encoder_${f}f.log"; keep "encoder_${f}f.json" "encoder_${f}f.log"
       done ;;
     scan)
@@ -38,7 +50,7 @@ for step in "${steps[@]}"; do
     conv)
       timeout 150 python benchmarks/bench_biconv_gpu.py --json "$OUT/biconv.json" > "$OUT/biconv.log" 2>&1
       tail -6 "$OUT/biconv.log"; keep biconv.json biconv.log ;;
-    *) echo "unknown step $step (tests, encoder, scan, conv)" ;;
+    *) echo "unknown step $step (lanes, tests, encoder, scan, conv)" ;;
   esac
   log "end $step"
 done

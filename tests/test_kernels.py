@@ -194,10 +194,10 @@ def assert_inference_parity(inputs, softplus=True):
 @pytest.mark.parametrize("states,dstate,seqlen,prefetch,unroll", [
     (2, 16, 1, 1, 1), (2, 16, 17, 1, 1), (2, 16, 129, 2, 1), (2, 16, 16, 1, 1), (2, 16, 24, 0, 1), (2, 16, 40, 2, 2),
     (2, 16, 64, 3, 3), (1, 16, 37, 1, 1), (4, 16, 37, 0, 1), (4, 16, 23, 2, 1), (16, 16, 5, 1, 1), (1, 4, 33, 0, 1),
-    (2, 8, 9, 1, 1),
+    (2, 8, 9, 1, 1), (2, 16, 72, 1, 2), (2, 16, 75, 0, 3), (2, 16, 100, 2, 4),
 ], ids=str)
 def test_lanes_forward_matches_reference(interpreter, monkeypatch, states, dstate, seqlen, prefetch, unroll):
-    # Chunks of d_state / states steps, loads 0-3 chunks ahead, the loop unrolled up to 3 times (and its remainder):
+    # Chunks of d_state / states steps, loads 0-3 chunks ahead, 1-4 chunks per loop iteration (and the remainder):
     # lengths shorter than one chunk, exactly one, two whole ones (nothing left for the prefetching loop), and many
     # with a partial last one; dim 20 leaves a masked channel tail.
     lanes_tuning(monkeypatch, states, fwd_lanes_prefetch=prefetch, fwd_lanes_unroll=unroll)

@@ -10,8 +10,8 @@ steps. At a chunk's start lane g loads step g's u, dt and z of its channel and d
 work (softplus, the gate) once; each step of the chunk then takes delta and delta * u from the lane that
 computed them (a warp shuffle). A lane's share of C_t . h_t is kept for each step of the chunk, and a
 reduce-scatter over the G lanes (G - 1 lane swaps) leaves step g's sum on lane g, which finishes it (D skip,
-gate) and stores it: one store per lane per chunk. A chunk's loads are issued PREFETCH chunks ahead (the loop
-unrolled UNROLL times: at the prefetch depth, the ring of loaded chunks rotates without register moves).
+gate) and stores it: one store per lane per chunk. A chunk's loads are issued PREFETCH chunks ahead; the loop
+walks UNROLL chunks per iteration and issues all of their successors' loads at its top.
 
 It needs enough warps: it beats the segmented forward from ~11 programs per SM and loses below (BENCHMARKS.md 9d);
 the launcher (bimamba_scan.lanes_split) decides.
@@ -129,25 +129,28 @@ def _lanes_direction(u_ptr, dt_ptr, z_ptr, B_ptr, C_ptr, y_ptr, A2, Dv, bias, la
     load_args = (u_ptr, dt_ptr, z_ptr, B_ptr, C_ptr)
     lane_args = (L, g, offs_d, mask_d, s_u_t, s_dt_t, s_z_t, s_B_n, s_C_n)
     chunk_args = (A2, Dv, bias, lane, src, y_ptr, s_y_t, offs_d)
-    # Whole chunks whose PREFETCH successors are whole too: no masks, and those successors' loads go out first.
-    n_inner = L // G - PREFETCH
+    # Whole chunks, UNROLL per iteration, whose loads go out PREFETCH chunks ahead: all of an iteration's at its top.
+    # (ptxas makes the loop's head wait for every outstanding load, BENCHMARKS.md 9e: a load issued mid-iteration
+    # would have only the rest of it to arrive, one issued at the top has the whole iteration.)
+    n_iter = (L // G - PREFETCH) // UNROLL
     done = 0
-    if n_inner > 0:
+    if n_iter > 0:
         ahead = ()
         for p in tl.static_range(PREFETCH):
             ahead = ahead + (_chunk_loads(*load_args, p * G, *lane_args, S_B_T, S_C_T, REVERSE, False, HAS_Z, S, G,
                                           PACK),)
-        for c in tl.range(n_inner, loop_unroll_factor=UNROLL):
-            if PREFETCH:
-                later = _chunk_loads(*load_args, (c + PREFETCH) * G, *lane_args, S_B_T, S_C_T, REVERSE, False, HAS_Z,
-                                     S, G, PACK)
-                inputs = ahead[0]
-                ahead = ahead[1:] + (later,)
-            else:
-                inputs = _chunk_loads(*load_args, c * G, *lane_args, S_B_T, S_C_T, REVERSE, False, HAS_Z, S, G, PACK)
-            h = _chunk(h, inputs, *chunk_args, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, S, G, PACK)
-        done = n_inner * G
-    for j0 in range(done, L, G):  # what is left (the last PREFETCH whole chunks, a partial one): masked
+        for it in tl.range(n_iter):
+            window = ahead
+            for i in tl.static_range(UNROLL):
+                window = window + (_chunk_loads(*load_args, (it * UNROLL + PREFETCH + i) * G, *lane_args, S_B_T,
+                                                S_C_T, REVERSE, False, HAS_Z, S, G, PACK),)
+            for i in tl.static_range(UNROLL):
+                h = _chunk(h, window[i], *chunk_args, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, S, G, PACK)
+            ahead = window[UNROLL:]
+        for i in tl.static_range(PREFETCH):  # the chunks still in flight
+            h = _chunk(h, ahead[i], *chunk_args, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, S, G, PACK)
+        done = (n_iter * UNROLL + PREFETCH) * G
+    for j0 in range(done, L, G):  # what is left (fewer than UNROLL whole chunks, a partial one): masked
         inputs = _chunk_loads(*load_args, j0, *lane_args, S_B_T, S_C_T, REVERSE, True, HAS_Z, S, G, PACK)
         h = _chunk(h, inputs, *chunk_args, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, S, G, PACK)
 
