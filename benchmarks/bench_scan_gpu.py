@@ -191,29 +191,35 @@ def sweep_lanes(inp, segmented: dict | None = None) -> list[dict]:
     return rows
 
 
-def ab_lanes(inp, settings: list[tuple[int, int]], rounds: int = 3, repeats: int = 20) -> list[dict]:
-    """The single-pass forward at each (prefetch, unroll), interleaved over several rounds in one process (a
-    sweep times each setting once, so drift between them reads as a difference); median ms per setting, and each
-    output against the first setting's. Leaves the fastest in TUNING."""
-    times, ref, rows = {s: [] for s in settings}, None, []
+def ab_lanes(inp, settings: list[tuple[int, ...]], rounds: int = 3, repeats: int = 20) -> list[dict]:
+    """The single-pass forward at each (prefetch, unroll[, states per lane]), interleaved over several rounds in one
+    process (a sweep times each setting once, so drift between them reads as a difference); median ms per setting,
+    and each output against the first setting's. Leaves the fastest in TUNING."""
     launcher = {k: bs.TUNING[k] for k in ("fwd_lanes_states", "fwd_lanes_min_programs_per_sm")}
+    default_states = launcher["fwd_lanes_states"] or 2
+
+    def use(setting):
+        prefetch, unroll, states = (*setting, default_states)[:3]
+        bs.TUNING.update(fwd_lanes_states=states, fwd_lanes_prefetch=prefetch, fwd_lanes_unroll=unroll,
+                         fwd_lanes_min_programs_per_sm=0)
+
+    times, ref, rows = {s: [] for s in settings}, None, []
     for _ in range(rounds):
-        for prefetch, unroll in settings:
-            bs.TUNING.update(fwd_lanes_states=bs.TUNING["fwd_lanes_states"] or 2, fwd_lanes_prefetch=prefetch,
-                             fwd_lanes_unroll=unroll, fwd_lanes_min_programs_per_sm=0)
+        for setting in settings:
+            use(setting)
             with torch.no_grad():
-                times[(prefetch, unroll)].append(timed(lambda: run_ours(inp, False), repeats) * 1e3)
-    for prefetch, unroll in settings:
-        bs.TUNING.update(fwd_lanes_prefetch=prefetch, fwd_lanes_unroll=unroll)
+                times[setting].append(timed(lambda: run_ours(inp, False), repeats) * 1e3)
+    for setting in settings:
+        use(setting)
         with torch.no_grad():
             y = run_ours(inp, False).float()
         ref = y if ref is None else ref
-        rows.append({"fwd_lanes_prefetch": prefetch, "fwd_lanes_unroll": unroll,
-                     "fwd_ms": statistics.median(times[(prefetch, unroll)]), "rounds_ms": times[(prefetch, unroll)],
-                     "max_rel_diff_vs_first": ((y - ref).abs().max() / ref.abs().max()).item()})
+        rows.append({k: bs.TUNING[k] for k in ("fwd_lanes_prefetch", "fwd_lanes_unroll", "fwd_lanes_states")}
+                    | {"fwd_ms": statistics.median(times[setting]), "rounds_ms": times[setting],
+                       "max_rel_diff_vs_first": ((y - ref).abs().max() / ref.abs().max()).item()})
         print(rows[-1], flush=True)
-    _keep_fastest(rows, "fwd_ms")
-    bs.TUNING.update(launcher)
+    best = _keep_fastest(rows, "fwd_ms")
+    bs.TUNING.update(launcher, fwd_lanes_states=best["fwd_lanes_states"])
     return rows
 
 
@@ -274,9 +280,9 @@ def main(argv=None):
     p.add_argument("--sweep", action="store_true", help="time block-size configs first and keep the fastest")
     p.add_argument("--sweep-lanes", action="store_true",
                    help="sweep only the single-pass forward's settings (the others as in TUNING)")
-    p.add_argument("--ab-lanes", nargs="+", metavar="PREFETCH,UNROLL",
+    p.add_argument("--ab-lanes", nargs="+", metavar="PREFETCH,UNROLL[,STATES]",
                    help="time these single-pass settings against each other (interleaved rounds) and keep the "
-                        "fastest, e.g. --ab-lanes 2,1 2,2")
+                        "fastest, e.g. --ab-lanes 2,1 2,2 1,1,4 (states per lane: as in TUNING unless given)")
     p.add_argument("--save-blocks", help="with a sweep or --ab-lanes: write the chosen settings here")
     p.add_argument("--load-blocks", help="use block sizes from a --save-blocks file")
     p.add_argument("--json", help="write results here")

@@ -4,6 +4,7 @@
 # a device call carrying .device16 runs `bash benchmarks/gpu_issue15.sh [STEP...]`. Steps, in order of value:
 #   lanes    bench_scan_gpu.py --ab-lanes at 8 and 64 frames: the single pass's (prefetch, unroll) settings against
 #            each other; each shape's fastest goes to blocks_<F>f.json, which the encoder step then loads
+#   gemm     bench_proj_gemm_gpu.py at 8 and 64 frames: the mixer's projections in the model's and other layouts
 #   tests    pytest -m cuda on the kernel, model and graph tests (~4 min: compiling the unrolled lanes variants
 #            takes ~20 s each)
 #   encoder  bench_gpu_encoder.py at 8 and 64 frames: triton, triton_graphs, the SDPA ViT (with and without the
@@ -20,7 +21,9 @@ export PYTHONPATH=$PWD:$SITE
 keep() { (cd "$OUT" && tar rf results.tar "$@" && rm -f "$@"); }
 log() { echo "$1 $(date +%T)" >> "$OUT/steps.txt"; }
 nvidia-smi --query-gpu=name,clocks.max.sm,driver_version --format=csv > "$OUT/steps.txt"
-LANES_AB=${LANES_AB:-"2,1 1,2 1,3 2,2 2,4 3,3"}  # (prefetch, unroll) pairs for the lanes step
+# the lanes step's settings, PREFETCH,UNROLL[,STATES] (states per lane: TUNING's unless given)
+LANES_AB_8=${LANES_AB_8:-"2,1 1,1 1,2 1,1,4 1,2,4 2,1,4 2,2,4"}
+LANES_AB_64=${LANES_AB_64:-"3,3 2,2 2,3 3,2"}
 steps=("$@"); [ ${#steps[@]} -gt 0 ] || steps=(tests encoder scan)
 for step in "${steps[@]}"; do
   log "start $step"
@@ -31,8 +34,8 @@ for step in "${steps[@]}"; do
       tail -25 "$OUT/cuda_tests.log"; keep cuda_tests.log ;;
     lanes)
       for f in 8 64; do
-        if [ $f = 8 ]; then shape="--batch 64 --seqlen 1569"; else shape="--batch 8 --seqlen 12545"; fi
-        timeout 240 python benchmarks/bench_scan_gpu.py $shape --ab-lanes $LANES_AB --save-blocks /tmp/blocks_${f}f.json \
+        if [ $f = 8 ]; then shape="--batch 64 --seqlen 1569"; ab=$LANES_AB_8; else shape="--batch 8 --seqlen 12545"; ab=$LANES_AB_64; fi
+        timeout 240 python benchmarks/bench_scan_gpu.py $shape --ab-lanes $ab --save-blocks /tmp/blocks_${f}f.json \
           --json "$OUT/lanes_${f}f.json" > "$OUT/lanes_${f}f.log" 2>&1
         grep "fwd_lanes_prefetch\|forward" "$OUT/lanes_${f}f.log"; cp /tmp/blocks_${f}f.json "$OUT/"
         keep "lanes_${f}f.json" "lanes_${f}f.log" "blocks_${f}f.json"
@@ -44,13 +47,20 @@ for step in "${steps[@]}"; do
           --profile $f "${blocks[@]}" --json "$OUT/encoder_${f}f.json" > "$OUT/encoder_${f}f.log" 2>&1
         grep "^T=" "$OUT/encoder_${f}f.log"; keep "encoder_${f}f.json" "encoder_${f}f.log"
       done ;;
+    gemm)
+      for f in 8 64; do
+        if [ $f = 8 ]; then b=64; else b=8; fi
+        timeout 60 python benchmarks/bench_proj_gemm_gpu.py --frames $f --batch $b --json "$OUT/gemm_${f}f.json" \
+          > "$OUT/gemm_${f}f.log" 2>&1
+        tail -9 "$OUT/gemm_${f}f.log"; keep "gemm_${f}f.json" "gemm_${f}f.log"
+      done ;;
     scan)
       timeout 120 python benchmarks/bench_scan_gpu.py --json "$OUT/scan.json" > "$OUT/scan.log" 2>&1
       tail -8 "$OUT/scan.log"; keep scan.json scan.log ;;
     conv)
       timeout 150 python benchmarks/bench_biconv_gpu.py --json "$OUT/biconv.json" > "$OUT/biconv.log" 2>&1
       tail -6 "$OUT/biconv.log"; keep biconv.json biconv.log ;;
-    *) echo "unknown step $step (lanes, tests, encoder, scan, conv)" ;;
+    *) echo "unknown step $step (lanes, gemm, tests, encoder, scan, conv)" ;;
   esac
   log "end $step"
 done
