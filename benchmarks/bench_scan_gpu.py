@@ -191,18 +191,19 @@ def sweep_lanes(inp, segmented: dict | None = None) -> list[dict]:
     return rows
 
 
+def use_lanes(setting: tuple[int, ...], default_states: int = 2) -> None:
+    """Run the single-pass forward everywhere with this (prefetch, unroll[, states per lane])."""
+    prefetch, unroll, states = (*setting, default_states)[:3]
+    bs.TUNING.update(fwd_lanes_states=states, fwd_lanes_prefetch=prefetch, fwd_lanes_unroll=unroll,
+                     fwd_lanes_min_programs_per_sm=0)
+
+
 def ab_lanes(inp, settings: list[tuple[int, ...]], rounds: int = 3, repeats: int = 20) -> list[dict]:
     """The single-pass forward at each (prefetch, unroll[, states per lane]), interleaved over several rounds in one
     process (a sweep times each setting once, so drift between them reads as a difference); median ms per setting,
     and each output against the first setting's. Leaves the fastest in TUNING."""
     launcher = {k: bs.TUNING[k] for k in ("fwd_lanes_states", "fwd_lanes_min_programs_per_sm")}
-    default_states = launcher["fwd_lanes_states"] or 2
-
-    def use(setting):
-        prefetch, unroll, states = (*setting, default_states)[:3]
-        bs.TUNING.update(fwd_lanes_states=states, fwd_lanes_prefetch=prefetch, fwd_lanes_unroll=unroll,
-                         fwd_lanes_min_programs_per_sm=0)
-
+    use = lambda setting: use_lanes(setting, launcher["fwd_lanes_states"] or 2)  # noqa: E731
     times, ref, rows = {s: [] for s in settings}, None, []
     for _ in range(rounds):
         for setting in settings:
@@ -283,6 +284,9 @@ def main(argv=None):
     p.add_argument("--ab-lanes", nargs="+", metavar="PREFETCH,UNROLL[,STATES]",
                    help="time these single-pass settings against each other (interleaved rounds) and keep the "
                         "fastest, e.g. --ab-lanes 2,1 2,2 1,1,4 (states per lane: as in TUNING unless given)")
+    p.add_argument("--compile-only", action="store_true",
+                   help="with --ab-lanes: run each setting once and exit (several such processes, one setting each, "
+                        "fill Triton's cache in parallel: each setting takes ~20 s to compile)")
     p.add_argument("--save-blocks", help="with a sweep or --ab-lanes: write the chosen settings here")
     p.add_argument("--load-blocks", help="use block sizes from a --save-blocks file")
     p.add_argument("--json", help="write results here")
@@ -293,6 +297,12 @@ def main(argv=None):
     if args.load_blocks:
         with open(args.load_blocks) as f:
             load_blocks(json.load(f))
+    if args.compile_only:
+        for setting in args.ab_lanes or ():
+            use_lanes(tuple(int(v) for v in setting.split(",")))
+            with torch.no_grad():
+                run_ours(inp, False)
+        return
     if args.sweep or args.sweep_lanes or args.ab_lanes:  # the fastest settings are kept
         if args.ab_lanes:
             res["ab_lanes"] = ab_lanes(inp, [tuple(int(v) for v in pu.split(",")) for pu in args.ab_lanes])
