@@ -244,10 +244,11 @@ def test_lanes_split_rule(monkeypatch):
     assert bimamba_scan.lanes_split(16, 4, 1, cpu) == 0  # 2 programs: the segmented kernels fill the card better
     bimamba_scan.TUNING["fwd_lanes_states"] = 0
     assert bimamba_scan.lanes_split(16, 384, 8, cpu) == 0
-    bimamba_scan.TUNING["fwd_lanes_unroll"] = ((0, 2), (32, 1))  # unrolled where few programs per SM run
-    assert [bimamba_scan.lanes_unroll(p) for p in (0.5, 11.6, 31.9, 32, 93.1)] == [2, 2, 2, 1, 1]
-    bimamba_scan.TUNING["fwd_lanes_unroll"] = 3
-    assert bimamba_scan.lanes_unroll(93.1) == 3
+    bimamba_scan.TUNING.update(fwd_lanes_prefetch=((0, 3), (32, 2)), fwd_lanes_unroll=((0, 3), (32, 1)))
+    loops = [bimamba_scan.lanes_loop(p) for p in (0.5, 11.6, 31.9, 32, 93.1)]  # deeper where few programs per SM
+    assert [(d["PREFETCH"], d["UNROLL"]) for d in loops] == [(3, 3), (3, 3), (3, 3), (2, 1), (2, 1)]
+    bimamba_scan.TUNING.update(fwd_lanes_prefetch=1, fwd_lanes_unroll=2)
+    assert bimamba_scan.lanes_loop(93.1) == {"PREFETCH": 1, "UNROLL": 2}
 
 
 @needs_interpreter
@@ -390,13 +391,15 @@ def test_encoder_triton_matches_torch_on_gpu(monkeypatch, dtype, tol):
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-@pytest.mark.parametrize("states,unroll", [(2, 1), (2, 2), (4, 1)])
+@pytest.mark.parametrize("states,prefetch,unroll", [(2, 2, 1), (2, 3, 3), (4, 1, 2)])
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.bfloat16, 1e-2)])
-def test_lanes_forward_matches_reference_on_gpu(monkeypatch, states, unroll, dtype, tol):
+def test_lanes_forward_matches_reference_on_gpu(monkeypatch, states, prefetch, unroll, dtype, tol):
     # The single-pass inference forward at a masked training clip's length (the float64 reference steps through it
-    # in Python), all 384 channels of VideoMamba-Ti, B and C as the model's strided views; the loop unrolled or not.
+    # in Python), all 384 channels of VideoMamba-Ti, B and C as the model's strided views; one or several chunks
+    # per loop iteration.
     monkeypatch.setattr(bimamba_scan, "TUNING", dict(bimamba_scan.TUNING, fwd_lanes_states=states,
-                                                     fwd_lanes_min_programs_per_sm=0, fwd_lanes_unroll=unroll))
+                                                     fwd_lanes_min_programs_per_sm=0, fwd_lanes_prefetch=prefetch,
+                                                     fwd_lanes_unroll=unroll))
     L = 315
     inp = scan_inputs(2, L, 384, 16, seed=states)
     xdbl = torch.randn(2, 2 * L, 44, generator=torch.Generator().manual_seed(4))

@@ -24,11 +24,12 @@ TUNING = {
     # The inference forward in one pass, a channel's states spread over lanes (_bimamba_lanes_triton.py):
     "fwd_lanes_states": 2,  # states per lane (0: off, the segmented forward below runs everywhere)
     "fwd_lanes_min_programs_per_sm": 11,  # used where at least this many of its one-warp programs per SM fill the card
-    "fwd_lanes_prefetch": 2,  # how many chunks ahead its loads go out
-    # chunks per loop iteration: an int, or (from programs per SM, unroll) pairs. With few warps (64 frames, ~12
-    # programs per SM) unrolling twice was 0-5% faster in three H100 runs; with many (8 frames, ~93) it was 6% slower
-    # in two of three (BENCHMARKS.md 9e)
-    "fwd_lanes_unroll": ((0, 2), (32, 1)),
+    # How many chunks ahead its loads go out, and chunks per loop iteration (an iteration's loads all go out at its
+    # top): each an int, or (from programs per SM, value) pairs. With few warps (64 frames, ~12 programs per SM) the
+    # loop is latency-bound and 3 chunks per iteration, 3 ahead, were 1.12x faster than 1 and 2 (the 8-frame
+    # setting, ~93 programs per SM, where issue slots bound it) in an H100 A/B (BENCHMARKS.md 9f)
+    "fwd_lanes_prefetch": ((0, 3), (32, 2)),
+    "fwd_lanes_unroll": ((0, 3), (32, 1)),
     "fwd_lanes_maxnreg": None,  # its register cap
     "fwd_lanes_fp32_rows": False,  # B and C copied to fp32 first: no bf16 conversions in the loop
     "fwd_block": (32, 1),  # forward: channels per program (a thread each), warps
@@ -213,9 +214,9 @@ def _forward_lanes(u, delta, A, B, C, D, z, delta_bias, delta_softplus, S: int) 
         zz.stride(0), zz.stride(1), y.stride(0), y.stride(1), y.stride(2),
         S_B_T=B.stride(2), S_C_T=C.stride(2), HAS_D=D is not None, HAS_Z=z is not None,
         HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus_mode(delta_softplus), N=n, S=S,
-        PACK=lane_pack(B, C, S), EVEN_D=dim % (32 // G) == 0, PREFETCH=TUNING["fwd_lanes_prefetch"],
-        UNROLL=lanes_unroll(lanes_programs(n, S, dim, bsz) / sm_count(u.device)), num_warps=1,
-        **register_cap(TUNING["fwd_lanes_maxnreg"]))
+        PACK=lane_pack(B, C, S), EVEN_D=dim % (32 // G) == 0, **lanes_loop(lanes_programs(n, S, dim, bsz)
+                                                                          / sm_count(u.device)),
+        num_warps=1, **register_cap(TUNING["fwd_lanes_maxnreg"]))
     return y
 
 
@@ -296,12 +297,14 @@ def lanes_split(d_state: int, dim: int, batch: int, device: torch.device) -> int
     return S if programs >= TUNING["fwd_lanes_min_programs_per_sm"] * sm_count(device) else 0
 
 
-def lanes_unroll(programs_per_sm: float) -> int:
-    """TUNING["fwd_lanes_unroll"] at this many of the lanes kernel's programs per SM."""
-    rule = TUNING["fwd_lanes_unroll"]
-    if isinstance(rule, int):
-        return rule
-    return [unroll for start, unroll in sorted(rule) if programs_per_sm >= start][-1]
+def lanes_loop(programs_per_sm: float) -> dict:
+    """The lanes kernel's PREFETCH and UNROLL at this many of its programs per SM (TUNING["fwd_lanes_prefetch"]
+    and ["fwd_lanes_unroll"]: an int, or (from programs per SM, value) pairs)."""
+    def pick(rule):
+        if isinstance(rule, int):
+            return rule
+        return [value for start, value in sorted(rule) if programs_per_sm >= start][-1]
+    return {"PREFETCH": pick(TUNING["fwd_lanes_prefetch"]), "UNROLL": pick(TUNING["fwd_lanes_unroll"])}
 
 
 def lanes_programs(d_state: int, states_per_lane: int, dim: int, batch: int) -> int:
