@@ -229,8 +229,9 @@ def lanes_crossover(dim: int, dstate: int) -> list[dict]:
     fwd_lanes_min_programs_per_sm to the fewest programs per SM from which the single pass wins at every
     larger measured size (off where it never does)."""
     states = bs.TUNING["fwd_lanes_states"] or 2
-    per_sm = lambda batch: bs.lanes_programs(dstate, states, dim, batch) / bs.sm_count(  # noqa: E731
-        torch.device("cuda"))
+    cuda = torch.device("cuda")
+    per_sm = lambda batch: bs.lanes_programs(  # noqa: E731
+        dstate, bs.by_work(states, bs.lanes_work(dim, batch, cuda)), dim, batch) / bs.sm_count(cuda)
     rows = []
     for batch, seqlen in CROSSOVER_SHAPES:
         inp = make_inputs(batch, seqlen, dim, dstate, torch.bfloat16)

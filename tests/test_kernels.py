@@ -244,11 +244,16 @@ def test_lanes_split_rule(monkeypatch):
     assert bimamba_scan.lanes_split(16, 4, 1, cpu) == 0  # 2 programs: the segmented kernels fill the card better
     bimamba_scan.TUNING["fwd_lanes_states"] = 0
     assert bimamba_scan.lanes_split(16, 384, 8, cpu) == 0
-    bimamba_scan.TUNING.update(fwd_lanes_prefetch=((0, 3), (32, 2)), fwd_lanes_unroll=((0, 3), (32, 1)))
-    loops = [bimamba_scan.lanes_loop(p) for p in (0.5, 11.6, 31.9, 32, 93.1)]  # deeper where few programs per SM
+    # Rules keyed on channel-directions per SM (one CPU "SM" here): 384 channels x 2 directions x batch.
+    bimamba_scan.TUNING.update(fwd_lanes_states=((0, 2), (128, 4)), fwd_lanes_prefetch=((0, 3), (128, 2)),
+                               fwd_lanes_unroll=((0, 3), (128, 1)))
+    assert bimamba_scan.lanes_work(384, 8, cpu) == 6144
+    loops = [bimamba_scan.lanes_loop(w) for w in (0.5, 46.5, 127.9, 128, 372)]  # deeper where there is little work
     assert [(d["PREFETCH"], d["UNROLL"]) for d in loops] == [(3, 3), (3, 3), (3, 3), (2, 1), (2, 1)]
     bimamba_scan.TUNING.update(fwd_lanes_prefetch=1, fwd_lanes_unroll=2)
-    assert bimamba_scan.lanes_loop(93.1) == {"PREFETCH": 1, "UNROLL": 2}
+    assert bimamba_scan.lanes_loop(372) == {"PREFETCH": 1, "UNROLL": 2}
+    bimamba_scan.TUNING.update(fwd_lanes_states=((0, 2), (4096, 4)))
+    assert [bimamba_scan.lanes_split(16, 384, b, cpu) for b in (1, 5, 6)] == [2, 2, 4]  # 768, 3840, 4608 per SM
 
 
 @needs_interpreter
@@ -391,7 +396,7 @@ def test_encoder_triton_matches_torch_on_gpu(monkeypatch, dtype, tol):
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-@pytest.mark.parametrize("states,prefetch,unroll", [(2, 2, 1), (2, 3, 3), (4, 1, 2)])
+@pytest.mark.parametrize("states,prefetch,unroll", [(2, 2, 3), (4, 2, 2), (2, 2, 1)])
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.bfloat16, 1e-2)])
 def test_lanes_forward_matches_reference_on_gpu(monkeypatch, states, prefetch, unroll, dtype, tol):
     # The single-pass inference forward at a masked training clip's length (the float64 reference steps through it

@@ -21,15 +21,15 @@ __all__ = ["TUNING", "bimamba_scan_fn", "bimamba_scan_ref"]
 # benchmarks/results/scan_blocks_h100.json. Register caps trade a few instructions for resident warps: the
 # forward is latency-bound, so 80 registers (24 one-warp programs per SM instead of 16) made it 1.2x faster.
 TUNING = {
-    # The inference forward in one pass, a channel's states spread over lanes (_bimamba_lanes_triton.py):
-    "fwd_lanes_states": 2,  # states per lane (0: off, the segmented forward below runs everywhere)
+    # The inference forward in one pass, a channel's states spread over lanes (_bimamba_lanes_triton.py). Its
+    # settings are an int, or (from channel-directions per SM, value) pairs: few (64 frames at batch 8: 46.5) leave
+    # the loop latency-bound, many (8 frames at batch 64: 372) issue-bound. In an H100 A/B (BENCHMARKS.md 9f) 64
+    # frames ran fastest at 2 states a lane, 3 chunks per loop iteration (1.09x over 1), and 8 frames at 4 states a
+    # lane (fewer instructions per channel-step), 2 chunks per iteration (1.25x over 2 states, 1 chunk).
+    "fwd_lanes_states": ((0, 2), (128, 4)),  # states per lane (0: off, the segmented forward below runs everywhere)
     "fwd_lanes_min_programs_per_sm": 11,  # used where at least this many of its one-warp programs per SM fill the card
-    # How many chunks ahead its loads go out, and chunks per loop iteration (an iteration's loads all go out at its
-    # top): each an int, or (from programs per SM, value) pairs. With few warps (64 frames, ~12 programs per SM) the
-    # loop is latency-bound and 3 chunks per iteration, 3 ahead, were 1.12x faster than 1 and 2 (the 8-frame
-    # setting, ~93 programs per SM, where issue slots bound it) in an H100 A/B (BENCHMARKS.md 9f)
-    "fwd_lanes_prefetch": ((0, 3), (32, 2)),
-    "fwd_lanes_unroll": ((0, 3), (32, 1)),
+    "fwd_lanes_prefetch": 2,  # how many chunks ahead its loads go out
+    "fwd_lanes_unroll": ((0, 3), (128, 2)),  # chunks per loop iteration (an iteration's loads all go out at its top)
     "fwd_lanes_maxnreg": None,  # its register cap
     "fwd_lanes_fp32_rows": False,  # B and C copied to fp32 first: no bf16 conversions in the loop
     "fwd_block": (32, 1),  # forward: channels per program (a thread each), warps
@@ -214,8 +214,7 @@ def _forward_lanes(u, delta, A, B, C, D, z, delta_bias, delta_softplus, S: int) 
         zz.stride(0), zz.stride(1), y.stride(0), y.stride(1), y.stride(2),
         S_B_T=B.stride(2), S_C_T=C.stride(2), HAS_D=D is not None, HAS_Z=z is not None,
         HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus_mode(delta_softplus), N=n, S=S,
-        PACK=lane_pack(B, C, S), EVEN_D=dim % (32 // G) == 0, **lanes_loop(lanes_programs(n, S, dim, bsz)
-                                                                          / sm_count(u.device)),
+        PACK=lane_pack(B, C, S), EVEN_D=dim % (32 // G) == 0, **lanes_loop(lanes_work(dim, bsz, u.device)),
         num_warps=1, **register_cap(TUNING["fwd_lanes_maxnreg"]))
     return y
 
@@ -287,7 +286,7 @@ def lanes_split(d_state: int, dim: int, batch: int, device: torch.device) -> int
     """States per lane for the single-pass inference forward (bimamba_fwd_lanes_kernel), or 0 where the
     segmented kernels run instead: the setting is off, d_state / states is not a power of two up to 32, or
     too few one-warp programs (one per 32 / lanes-per-channel channels, batch and direction) fill the card."""
-    S = TUNING["fwd_lanes_states"]
+    S = by_work(TUNING["fwd_lanes_states"], lanes_work(dim, batch, device))
     if not S or d_state % S:
         return 0
     G = d_state // S
@@ -297,14 +296,22 @@ def lanes_split(d_state: int, dim: int, batch: int, device: torch.device) -> int
     return S if programs >= TUNING["fwd_lanes_min_programs_per_sm"] * sm_count(device) else 0
 
 
-def lanes_loop(programs_per_sm: float) -> dict:
-    """The lanes kernel's PREFETCH and UNROLL at this many of its programs per SM (TUNING["fwd_lanes_prefetch"]
-    and ["fwd_lanes_unroll"]: an int, or (from programs per SM, value) pairs)."""
-    def pick(rule):
-        if isinstance(rule, int):
-            return rule
-        return [value for start, value in sorted(rule) if programs_per_sm >= start][-1]
-    return {"PREFETCH": pick(TUNING["fwd_lanes_prefetch"]), "UNROLL": pick(TUNING["fwd_lanes_unroll"])}
+def lanes_work(dim: int, batch: int, device: torch.device) -> float:
+    """Channel-directions per SM: what the lanes kernel's settings are keyed on (TUNING)."""
+    return dim * batch * 2 / sm_count(device)
+
+
+def by_work(rule, work: float):
+    """A lanes setting at this much work: an int as it is, else the value of the last (from, value) pair reached."""
+    if isinstance(rule, int):
+        return rule
+    return [value for start, value in sorted(rule) if work >= start][-1]
+
+
+def lanes_loop(work: float) -> dict:
+    """The lanes kernel's PREFETCH and UNROLL at this many channel-directions per SM."""
+    return {"PREFETCH": by_work(TUNING["fwd_lanes_prefetch"], work),
+            "UNROLL": by_work(TUNING["fwd_lanes_unroll"], work)}
 
 
 def lanes_programs(d_state: int, states_per_lane: int, dim: int, batch: int) -> int:
