@@ -6,7 +6,7 @@
 #            each other; each shape's fastest goes to blocks_<F>f.json, which the encoder step then loads
 #   gemm     bench_proj_gemm_gpu.py at 8 and 64 frames: the mixer's projections in the model's and other layouts
 #   tests    pytest -m cuda on the kernel, model and graph tests (~4 min: compiling the unrolled lanes variants
-#            takes ~20 s each)
+#            takes ~20 s each; TESTS_K=EXPR selects some, TESTS_TIMEOUT=S limits them)
 #   encoder  bench_gpu_encoder.py at 8 and 64 frames: triton, triton_graphs, the SDPA ViT (with and without the
 #            patch GEMM), each frame count's profile
 #   scan     bench_scan_gpu.py at the shape against mamba-ssm, with the roofline
@@ -29,8 +29,9 @@ for step in "${steps[@]}"; do
   log "start $step"
   case $step in
     tests)
-      timeout 280 python -m pytest -q -m cuda tests/test_kernels.py tests/test_cuda_model.py tests/test_cuda_graphs.py \
-        -p no:cacheprovider -rA --durations=15 > "$OUT/cuda_tests.log" 2>&1
+      timeout ${TESTS_TIMEOUT:-280} python -m pytest -q -m cuda tests/test_kernels.py tests/test_cuda_model.py \
+        tests/test_cuda_graphs.py ${TESTS_K:+-k "$TESTS_K"} -p no:cacheprovider -rA --durations=15 \
+        > "$OUT/cuda_tests.log" 2>&1
       tail -25 "$OUT/cuda_tests.log"; keep cuda_tests.log ;;
     lanes)
       for f in 8 64; do
