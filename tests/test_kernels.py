@@ -194,7 +194,7 @@ def assert_inference_parity(inputs, softplus=True):
 @pytest.mark.parametrize("states,dstate,seqlen,prefetch,unroll", [
     (2, 16, 1, 1, 1), (2, 16, 17, 1, 1), (2, 16, 129, 2, 1), (2, 16, 16, 1, 1), (2, 16, 24, 0, 1), (2, 16, 40, 2, 2),
     (2, 16, 64, 3, 3), (1, 16, 37, 1, 1), (4, 16, 37, 0, 1), (4, 16, 23, 2, 1), (16, 16, 5, 1, 1), (1, 4, 33, 0, 1),
-    (2, 8, 9, 1, 1), (2, 16, 72, 1, 2), (2, 16, 75, 0, 3), (2, 16, 100, 2, 4),
+    (2, 8, 9, 1, 1), (2, 16, 72, 1, 2), (2, 16, 75, 0, 3), (2, 16, 100, 2, 4), (2, 16, 90, 2, 3), (4, 16, 45, 2, 2),
 ], ids=str)
 def test_lanes_forward_matches_reference(interpreter, monkeypatch, states, dstate, seqlen, prefetch, unroll):
     # Chunks of d_state / states steps, loads 0-3 chunks ahead, 1-4 chunks per loop iteration (and the remainder):
@@ -326,14 +326,16 @@ def test_mixer_inference_keeps_stacked_params_until_they_change(interpreter, sma
 
 
 @pytest.mark.skipif(_triton_import_error() is not None, reason="needs triton importable")
-def test_every_kernel_compiles_for_sm90():
+@pytest.mark.parametrize("frames,batch", [(8, 64), (64, 8)])
+def test_every_kernel_compiles_for_sm90(frames, batch):
     """Triton's interpreter runs code its compiler rejects (a constexpr assigned twice in a static loop once reached
-    a GPU that way): compile every kernel the launchers start, with their real arguments at an 8-frame batch, for
-    sm_90 on the CPU (benchmarks/triton_sass.py; ptxas ships with triton). A subprocess: this session's kernels are
+    a GPU that way): compile every kernel the launchers start, with their real arguments, for sm_90 on the CPU
+    (benchmarks/triton_sass.py; ptxas ships with triton), at both sides of the lanes kernel's settings rule (4
+    states a lane, 2 chunks per iteration at 8 frames; 2 and 3 at 64). A subprocess: this session's kernels are
     the interpreter's."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    out = subprocess.run([sys.executable, "benchmarks/triton_sass.py", "--frames", "8", "--batch", "64"], env=env,
-                         cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=600)
+    out = subprocess.run([sys.executable, "benchmarks/triton_sass.py", "--frames", str(frames), "--batch", str(batch)],
+                         env=env, cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     for kernel in ("bimamba_fwd_kernel", "bimamba_fwd_lanes_kernel", "bimamba_bwd_kernel", "biconv_fwd_kernel",
                    "biconv_bwd_pre_kernel", "biconv_bwd_kernel"):
