@@ -35,7 +35,8 @@ for step in "${steps[@]}"; do
       tail -25 "$OUT/cuda_tests.log"; keep cuda_tests.log ;;
     lanes)
       for f in 8 64; do
-        if [ $f = 8 ]; then shape="--batch 64 --seqlen 1569"; ab=$LANES_AB_8; else shape="--batch 8 --seqlen 12545"; ab=$LANES_AB_64; fi
+        shape="--batch 64 --seqlen 1569"; ab=$LANES_AB_8
+        [ $f = 64 ] && { shape="--batch 8 --seqlen 12545"; ab=$LANES_AB_64; }
         for setting in $ab; do  # compile each setting in its own process first (Triton's disk cache is shared)
           timeout 150 python benchmarks/bench_scan_gpu.py $shape --ab-lanes $setting --compile-only > /dev/null 2>&1 &
         done; wait
@@ -48,7 +49,8 @@ for step in "${steps[@]}"; do
       for f in 8 64; do
         blocks=(); [ -f /tmp/blocks_${f}f.json ] && blocks=(--load-blocks /tmp/blocks_${f}f.json)
         timeout 120 python benchmarks/bench_gpu_encoder.py --frames $f --no-materialised \
-          --variants ${ENCODER_VARIANTS:-triton,triton_graphs} --profile $f "${blocks[@]}" --json "$OUT/encoder_${f}f.json" > "$OUT/encoder_${f}f.log" 2>&1
+          --variants ${ENCODER_VARIANTS:-triton,triton_graphs} --profile $f "${blocks[@]}" \
+          --json "$OUT/encoder_${f}f.json" > "$OUT/encoder_${f}f.log" 2>&1
         grep "^T=" "$OUT/encoder_${f}f.log"; keep "encoder_${f}f.json" "encoder_${f}f.log"
       done ;;
     gemm)

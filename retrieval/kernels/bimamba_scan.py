@@ -23,8 +23,8 @@ __all__ = ["TUNING", "bimamba_scan_fn", "bimamba_scan_ref"]
 TUNING = {
     # The inference forward in one pass, a channel's states spread over lanes (_bimamba_lanes_triton.py). Its
     # settings are an int, or (from channel-directions per SM, value) pairs: few (64 frames at batch 8: 46.5) leave
-    # the loop latency-bound, many (8 frames at batch 64: 372) issue-bound. In an H100 A/B (BENCHMARKS.md 9f) 64
-    # frames ran fastest at 2 states a lane, 3 chunks per loop iteration (1.09x over 1), and 8 frames at 4 states a
+    # the loop latency-bound, many (8 frames at batch 64: 372) issue-bound. In H100 A/Bs (BENCHMARKS.md 9f) 64
+    # frames ran fastest at 2 states a lane, 3 chunks per loop iteration (1.12x over 1), and 8 frames at 4 states a
     # lane (fewer instructions per channel-step), 2 chunks per iteration (1.25x over 2 states, 1 chunk).
     "fwd_lanes_states": ((0, 2), (128, 4)),  # states per lane (0: off, the segmented forward below runs everywhere)
     "fwd_lanes_min_programs_per_sm": 11,  # used where at least this many of its one-warp programs per SM fill the card
