@@ -398,7 +398,7 @@ def test_encoder_triton_matches_torch_on_gpu(monkeypatch, dtype, tol):
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-@pytest.mark.parametrize("states,prefetch,unroll", [(2, 2, 3), (4, 2, 2), (2, 2, 1)])
+@pytest.mark.parametrize("states,prefetch,unroll", [(2, 2, 3), (4, 2, 2)])  # the shipped settings
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.bfloat16, 1e-2)])
 def test_lanes_forward_matches_reference_on_gpu(monkeypatch, states, prefetch, unroll, dtype, tol):
     # The single-pass inference forward at a masked training clip's length (the float64 reference steps through it
