@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .support import triton_unavailable_reason
+from .support import triton_cdiv, triton_unavailable_reason
 
 __all__ = ["biconv1d_fn", "biconv1d_ref"]
 
@@ -49,7 +49,7 @@ class _BiConv(torch.autograd.Function):
         bsz, L, dim = x.shape
         u = x.new_empty(2, bsz, L, dim)
         BT, BD, warps = TUNING["fwd_block"]
-        k.biconv_fwd_kernel[(-(-L // BT), -(-dim // BD), bsz)](
+        k.biconv_fwd_kernel[(triton_cdiv(L, BT), triton_cdiv(dim, BD), bsz)](
             x, w, b, u, L, dim, x.stride(0), x.stride(1), u.stride(0), u.stride(1), u.stride(2), W=w.shape[2],
             BT=BT, BD=BD, num_warps=warps)
         ctx.save_for_backward(x, w, b)
@@ -65,7 +65,7 @@ class _BiConv(torch.autograd.Function):
         bsz, L, dim = x.shape
         W = w.shape[2]
         BT, BD, warps = TUNING["bwd_block"]
-        grid = (-(-L // BT), -(-dim // BD), bsz)
+        grid = (triton_cdiv(L, BT), triton_cdiv(dim, BD), bsz)
         gp = torch.empty(2, bsz, L, dim, dtype=torch.float32, device=x.device)
         k.biconv_bwd_pre_kernel[grid](x, w, b, gu, gp, L, dim, x.stride(0), x.stride(1), gu.stride(0),
                                       gu.stride(1), gu.stride(2), gp.stride(0), gp.stride(1), gp.stride(2),

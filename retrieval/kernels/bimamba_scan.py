@@ -12,7 +12,7 @@ import functools
 import torch
 
 from ..selective_scan import selective_scan_ref
-from .support import interpreting, triton_unavailable_reason
+from .support import interpreting, triton_cdiv, triton_unavailable_reason
 
 __all__ = ["TUNING", "bimamba_scan_fn", "bimamba_scan_ref"]
 
@@ -242,10 +242,6 @@ def sm_count(device: torch.device) -> int:
 def register_cap(maxnreg: int | None) -> dict:
     """Launch options capping registers per thread (Triton's `maxnreg`); none under the interpreter."""
     return {} if maxnreg is None or interpreting() else {"maxnreg": maxnreg}
-
-
-def triton_cdiv(a: int, b: int) -> int:
-    return -(-a // b)
 
 
 def softplus_mode(delta_softplus: bool) -> int:

@@ -1,4 +1,4 @@
-"""Can the Triton kernels run here, and if not, what to do about it."""
+"""Can the Triton kernels run here, and if not, what to do about it; and the grid arithmetic their launchers share."""
 from __future__ import annotations
 
 import functools
@@ -36,3 +36,8 @@ def triton_unavailable_reason(device: torch.device) -> str | None:
 
 def triton_available(device: torch.device | str = "cuda") -> bool:
     return triton_unavailable_reason(torch.device(device)) is None
+
+
+def triton_cdiv(a: int, b: int) -> int:
+    """ceil(a / b): how many blocks of b cover a (grid sizes)."""
+    return -(-a // b)
