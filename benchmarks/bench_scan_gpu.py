@@ -191,6 +191,14 @@ def sweep_lanes(inp, segmented: dict | None = None) -> list[dict]:
     return rows
 
 
+def lanes_setting(text: str) -> tuple[int, ...]:
+    """--ab-lanes' PREFETCH,UNROLL[,STATES] as ints."""
+    values = tuple(int(v) for v in text.split(","))
+    if len(values) not in (2, 3):
+        raise argparse.ArgumentTypeError(f"expected PREFETCH,UNROLL[,STATES], got {text!r}")
+    return values
+
+
 def use_lanes(setting: tuple[int, ...], default_states: int = 2) -> None:
     """Run the single-pass forward everywhere with this (prefetch, unroll[, states per lane])."""
     prefetch, unroll, states = (*setting, default_states)[:3]
@@ -282,7 +290,7 @@ def main(argv=None):
     p.add_argument("--sweep", action="store_true", help="time block-size configs first and keep the fastest")
     p.add_argument("--sweep-lanes", action="store_true",
                    help="sweep only the single-pass forward's settings (the others as in TUNING)")
-    p.add_argument("--ab-lanes", nargs="+", metavar="PREFETCH,UNROLL[,STATES]",
+    p.add_argument("--ab-lanes", nargs="+", type=lanes_setting, metavar="PREFETCH,UNROLL[,STATES]",
                    help="time these single-pass settings against each other (interleaved rounds) and keep the "
                         "fastest, e.g. --ab-lanes 2,1 2,2 1,1,4 (states per lane: as in TUNING unless given)")
     p.add_argument("--compile-only", action="store_true",
@@ -300,13 +308,13 @@ def main(argv=None):
             load_blocks(json.load(f))
     if args.compile_only:
         for setting in args.ab_lanes or ():
-            use_lanes(tuple(int(v) for v in setting.split(",")))
+            use_lanes(setting)
             with torch.no_grad():
                 run_ours(inp, False)
         return
     if args.sweep or args.sweep_lanes or args.ab_lanes:  # the fastest settings are kept
         if args.ab_lanes:
-            res["ab_lanes"] = ab_lanes(inp, [tuple(int(v) for v in pu.split(",")) for pu in args.ab_lanes])
+            res["ab_lanes"] = ab_lanes(inp, args.ab_lanes)
         else:  # forward settings (inference), then the backward's
             res["sweep"] = sweep_forward(inp) + sweep_backward(inp) if args.sweep else sweep_lanes(inp)
             res["lanes_crossover"] = lanes_crossover(args.dim, args.dstate)
