@@ -298,6 +298,8 @@ def main(argv=None):
                         "fill Triton's cache in parallel: each setting takes ~20 s to compile)")
     p.add_argument("--save-blocks", help="with a sweep or --ab-lanes: write the chosen settings here")
     p.add_argument("--load-blocks", help="use block sizes from a --save-blocks file")
+    p.add_argument("--no-compare", action="store_true",
+                   help="with a sweep or --ab-lanes: stop after them (no mamba-ssm comparison, no backward)")
     p.add_argument("--json", help="write results here")
     args = p.parse_args(argv)
     dt = torch.bfloat16
@@ -324,6 +326,8 @@ def main(argv=None):
         if args.json:  # the sweep's results stand on their own (the comparison below needs mamba-ssm)
             with open(args.json, "w") as f:
                 json.dump(res, f, indent=1)
+        if args.no_compare:
+            return
     res["blocks"] = settings()
     # parity with mamba-ssm on these inputs (bf16 in, fp32 state on both sides)
     dirs = channel_major(inp)
