@@ -15,7 +15,7 @@ import torch
 from retrieval.data.annotations import DATASETS, MEDIA_EXTENSIONS, find_video_file, load_annotations
 from retrieval.data.transforms import IMAGENET_MEAN, IMAGENET_STD, frames_to_tensor
 from retrieval.data.video import VideoError, read_frames
-from retrieval.data.workers import decode_worker_context
+from retrieval.data.workers import media_worker_context
 from retrieval.errors import VmrError
 from retrieval.inference import device_of, encode_clips, encode_texts
 from retrieval.io import atomic_write, sha256_file
@@ -183,7 +183,7 @@ def _encode_videos(model, videos: list[_Video], todo: list[int], protocol: Proto
         clips, batch_size=batch_size,
         num_workers=workers, collate_fn=_collate, pin_memory=device.type == "cuda",
         worker_init_fn=_worker_init if workers > 0 else None, prefetch_factor=4 if workers > 0 else None,
-        multiprocessing_context=decode_worker_context() if workers > 0 else None)
+        multiprocessing_context=media_worker_context() if workers > 0 else None)
     bar = tqdm(total=len(todo), desc="videos", unit="video", disable=not progress, dynamic_ncols=True)
     wait_start = time.perf_counter()
     for batch in loader:

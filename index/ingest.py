@@ -182,7 +182,7 @@ def _encode(index_dir, model, settings, cfg: IngestConfig, tasks, failures, rank
     import torch
     from tqdm import tqdm
 
-    from retrieval.data.workers import decode_worker_context
+    from retrieval.data.workers import media_worker_context
 
     from .embedder import Embedder, Encoded, threads_for_encoding
     from .reader import Unchanged
@@ -199,7 +199,7 @@ def _encode(index_dir, model, settings, cfg: IngestConfig, tasks, failures, rank
                                    settings["stride"], chunk=cfg.batch_size)
             workers = min(cfg.workers, len(tasks))
             stream = (torch.utils.data.DataLoader(reader, batch_size=None, num_workers=workers, collate_fn=identity,
-                                                  prefetch_factor=2, multiprocessing_context=decode_worker_context())
+                                                  prefetch_factor=2, multiprocessing_context=media_worker_context())
                       if workers > 0 else reader)
             desc = "indexing" if world == 1 else f"indexing (rank {rank}/{world})"
             t0 = time.time()

@@ -45,7 +45,7 @@ class SynthConfig:
     frames: int = 16               # frames per synthetic clip
     shard_size: int = 8            # videos per shard
     seed: int = 0                  # world seed (independent of the training seed)
-    workers: int = 0               # processes rendering and sharding (0 = all CPU cores); output is identical
+    workers: int = 0               # processes rendering and sharding (0 = all CPU cores); the same world for any value
 
 
 @dataclass

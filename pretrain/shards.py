@@ -16,6 +16,7 @@ from retrieval.data.annotations import (
     load_folder,
     read_annotation_file,
 )
+from retrieval.data.workers import media_worker_context
 from retrieval.errors import UsageError
 from retrieval.io import atomic_write
 
@@ -37,7 +38,7 @@ class ShardOptions:
     shard_size: int = 1000          # annotation items per shard (bad ones are skipped, so shards may hold fewer)
     max_side: int | None = None     # re-encode videos whose longer side exceeds this (None: store bytes as they are)
     fps: float | None = None        # re-encode videos whose frame rate exceeds this
-    workers: int = 1                # shards written in parallel (output is identical for any value)
+    workers: int = 1                # shards written in parallel (the same shards for any value)
 
 
 # ---------------------------------------------------------------- annotation reading
@@ -74,7 +75,7 @@ def reencode(data: bytes, max_side: int | None, fps: float | None, is_image: boo
     """Downscale (longer side <= max_side, even sizes) and/or drop frames to <= fps; H.264 mp4 (jpg for images)."""
     import av
 
-    from retrieval.data.video import encoder_frame
+    from retrieval.data.video import encoder_frame, one_thread
 
     info = media_size(data)
     scale = min(1.0, max_side / max(info.width, info.height)) if max_side else 1.0
@@ -89,7 +90,7 @@ def reencode(data: bytes, max_side: int | None, fps: float | None, is_image: boo
             with av.open(out_buf, "w", format="image2pipe") as dst:
                 vs = dst.add_stream("mjpeg", rate=1)
                 vs.width, vs.height, vs.pix_fmt = w, h, "yuvj420p"
-                dst.mux(vs.encode(frame.reformat(width=w, height=h, format="yuvj420p")))
+                dst.mux(vs.encode(frame.reformat(width=w, height=h, format="yuvj420p", **one_thread())))
                 dst.mux(vs.encode())
             return out_buf.getvalue(), "jpg"
         src_fps = info.fps or 25.0
@@ -99,7 +100,7 @@ def reencode(data: bytes, max_side: int | None, fps: float | None, is_image: boo
         with av.open(out_buf, "w", format="mp4") as dst:
             vs = dst.add_stream("libx264", rate=Fraction(out_fps).limit_denominator(1001))
             vs.width, vs.height, vs.pix_fmt = w, h, "yuv420p"
-            vs.codec_context.thread_count = 1  # bit-exact output whatever the machine
+            vs.codec_context.thread_count = 1  # the same encode whatever the machine (see tests/test_synth.py)
             vs.options = {"crf": "23", "preset": "veryfast"}
             tb = float(stream.time_base) if stream.time_base else 1.0 / src_fps
             next_t, k = 0.0, 0
@@ -109,7 +110,7 @@ def reencode(data: bytes, max_side: int | None, fps: float | None, is_image: boo
                 if t + 1e-6 < next_t:
                     continue  # frame-rate reduction: keep the first frame at or after each output tick
                 next_t += 1.0 / out_fps
-                dst.mux(vs.encode(encoder_frame(frame.to_ndarray(format="rgb24"), w, h)))
+                dst.mux(vs.encode(encoder_frame(frame.to_ndarray(format="rgb24", **one_thread()), w, h)))
             dst.mux(vs.encode())
         return out_buf.getvalue(), "mp4"
     finally:
@@ -256,7 +257,7 @@ def write_shards(items: list[Item], media_dir: str | Path, out_dir: str | Path,
 
     bar = tqdm(total=n_shards, initial=len(records), desc="shards", unit="shard", disable=not progress)
     if opts.workers > 1 and len(jobs) > 1:
-        with ProcessPoolExecutor(max_workers=min(opts.workers, len(jobs))) as pool:
+        with ProcessPoolExecutor(max_workers=min(opts.workers, len(jobs)), mp_context=media_worker_context()) as pool:
             for rec, job in zip(pool.map(_write_shard, jobs), jobs):
                 records[job[0]] = rec
                 bar.update()

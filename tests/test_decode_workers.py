@@ -6,7 +6,7 @@ import threading
 import pytest
 import torch
 
-from retrieval.data.workers import decode_worker_context
+from retrieval.data.workers import media_worker_context
 
 # Held by a parent thread while the loader starts; a forked worker inherits it locked.
 PARENT_LOCK = threading.Lock()
@@ -34,7 +34,7 @@ def test_a_forked_worker_inherits_a_held_lock():
 
 
 def test_decode_workers_do_not_inherit_the_parents_locks():
-    context = decode_worker_context()
+    context = media_worker_context()
     if context is None:
         pytest.skip("no fork server on this platform (spawn, the default, is safe)")
     assert context.get_start_method() == "forkserver"

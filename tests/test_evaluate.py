@@ -18,6 +18,7 @@ from helpers_media import index_color, write_test_video  # noqa: E402
 from evaluation.evaluate import EvalError, evaluate  # noqa: E402
 from evaluation.report import append_table, format_report, write_report  # noqa: E402
 from retrieval.data.transforms import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
+from retrieval.data.video import one_thread  # noqa: E402
 
 E = 16
 
@@ -246,7 +247,7 @@ def _write_webp(path, k: int) -> None:
     with av.open(str(path), "w", format="image2") as out:
         stream = out.add_stream("libwebp", rate=1)
         stream.width, stream.height, stream.pix_fmt, stream.options = 32, 24, "bgra", {"lossless": "1"}
-        for packet in [*stream.encode(frame.reformat(format="bgra")), *stream.encode()]:
+        for packet in [*stream.encode(frame.reformat(format="bgra", **one_thread())), *stream.encode()]:
             out.mux(packet)
 
 

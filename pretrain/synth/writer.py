@@ -37,7 +37,7 @@ def write_mp4(path: str | os.PathLike, frames: np.ndarray, fps: float) -> None:
         with av.open(str(tmp), "w", format="mp4") as container:
             stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
             stream.width, stream.height, stream.pix_fmt = W, H, "yuv420p"
-            # One encoder thread: generation already runs one process per core, and x264 is then bit-exact.
+            # One encoder thread: generation already runs one process per core.
             stream.codec_context.thread_count = 1
             if codec == "libx264":
                 stream.options = {"crf": "18", "preset": "veryfast"}
@@ -47,6 +47,6 @@ def write_mp4(path: str | os.PathLike, frames: np.ndarray, fps: float) -> None:
                 container.mux(stream.encode(encoder_frame(f)))
             container.mux(stream.encode())
 
-    atomic_write(path, encode, durable="none")  # the world is regenerated from its seed, identical
+    atomic_write(path, encode, durable="none")  # the world is regenerated from its seed
 
 

@@ -1,6 +1,7 @@
 """Video probing, frame sampling and decoding with PyAV (imported lazily), from files or in-memory bytes."""
 from __future__ import annotations
 
+import functools
 import io
 import math
 from dataclasses import dataclass
@@ -13,6 +14,16 @@ from ..errors import VmrError
 
 # Demuxers FFmpeg uses for single still images; such a file is a one-frame video.
 _IMAGE_FORMATS = {"image2", "jpeg_pipe", "png_pipe", "webp_pipe", "bmp_pipe", "tiff_pipe"}
+
+
+@functools.cache
+def one_thread() -> dict[str, int]:
+    """Keyword arguments that keep FFmpeg's scaler on the calling thread. PyAV 17 made `reformat` threaded; a pool
+    it leaves behind hangs a forked child that frees it (seen in CI), and the worker processes are the parallelism
+    anyway (one thread each)."""
+    import av
+
+    return {"threads": 1} if int(av.__version__.split(".")[0]) >= 17 else {}
 
 
 class VideoError(VmrError, RuntimeError):
@@ -131,7 +142,7 @@ def encoder_frame(rgb: np.ndarray, width: int | None = None, height: int | None 
     import av
 
     frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
-    frame = frame.reformat(width=width, height=height, format=format)
+    frame = frame.reformat(width=width, height=height, format=format, **one_thread())
     for plane in frame.planes:
         if plane.line_size > plane.width:
             np.frombuffer(plane, np.uint8).reshape(-1, plane.line_size)[:, plane.width:] = 0
@@ -284,7 +295,7 @@ def _decode_at(container, indices: list[int], fps: float, seek: bool):
     tb = float(stream.time_base) if stream.time_base else 1.0 / fps
     t0 = float(stream.start_time * stream.time_base) if stream.start_time is not None and stream.time_base else 0.0
     keyframes = _keyframe_times(stream, t0) if seek else np.zeros(0)
-    reformatter = VideoReformatter()
+    reformatter, threads = VideoReformatter(), one_thread()
     picked: dict[int, np.ndarray] = {}
     size = None
 
@@ -293,7 +304,7 @@ def _decode_at(container, indices: list[int], fps: float, seek: bool):
         if size is None:
             size = (frame.width, frame.height)
         # Same size for all frames even if the stream changes resolution mid-way.
-        return reformatter.reformat(frame, format="rgb24", width=size[0], height=size[1]).to_ndarray()
+        return reformatter.reformat(frame, format="rgb24", width=size[0], height=size[1], **threads).to_ndarray()
 
     j, prev, seen, pos, last_time = 0, None, 0, 0.0, -math.inf
     last_seek = -math.inf

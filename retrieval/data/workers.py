@@ -1,14 +1,15 @@
-"""How decode workers start: from a fork server, never as a fork of the calling process.
+"""How media worker processes start: from a fork server, never as a fork of the calling process.
 
-A fork copies the parent's locks but only the thread that forks. A worker forked while another thread holds a
-lock it later needs (tqdm's monitor, an OpenMP pool, FFmpeg's threads, a Gradio server, or the embedder's own
-prefetch thread, which is where the index's loader starts its workers) waits on it forever; one CI run hung
-that way. The fork server is a fresh single-threaded process, so its forks are safe. Python 3.14 made it the
-default on Linux for this reason.
+A fork copies the parent's memory but only the thread that forks. A child that touches state another thread of
+the parent was using can wait forever: CI hung twice this way (2026-12-07), once in an index build's decode worker
+and once in the synthetic world's renderer, whose child blocked in FFmpeg's scaler freeing a thread pool whose
+threads stayed behind in the parent. The fork server is a fresh single-threaded process, so its forks are safe;
+Python 3.14 made it the default on Linux for this reason.
 
-As with spawn, a script that starts decode workers needs the `if __name__ == "__main__":` guard. Training's
-loader (pretrain/data.py) still forks: it starts from the main thread, and it restarts its workers every epoch,
-where the fork server's start (~1.3 s, then the dataset's imports in each worker) made the resume tests 4x slower.
+As with spawn, a script that starts these workers needs the `if __name__ == "__main__":` guard. Training's loader
+(pretrain/data.py) still forks: it restarts its workers every epoch, where the fork server's start (~1.3 s, then
+each worker's imports) made the resume tests 4x slower; its parent decodes nothing, and the scaler runs on one
+thread everywhere (`retrieval.data.video.one_thread`), so that fork has no FFmpeg thread pool to inherit.
 """
 from __future__ import annotations
 
@@ -19,9 +20,9 @@ from multiprocessing.context import BaseContext
 PRELOAD = ("torch", "retrieval.data.video", "retrieval.data.transforms")
 
 
-def decode_worker_context() -> BaseContext | None:
-    """`multiprocessing_context` for a DataLoader of decode workers (None where there is no fork server:
-    Windows, whose default, spawn, is already safe)."""
+def media_worker_context() -> BaseContext | None:
+    """`multiprocessing_context` / `mp_context` for a DataLoader or process pool that decodes or encodes media
+    (None where there is no fork server: Windows, whose default, spawn, is already safe)."""
     if "forkserver" not in mp.get_all_start_methods():
         return None
     context = mp.get_context("forkserver")
