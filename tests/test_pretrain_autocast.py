@@ -3,6 +3,7 @@ autocast."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -44,6 +45,8 @@ def test_deepspeed_autocast_matches_torch_engine(tmp_path, single_process_env):
     try:
         main(["--config", SMOKE, "--out", str(tmp_path / "torch"), "engine.kind=torch", "engine.precision=bf16",
               *SHORT])
+        # the same clips for both: x264's bytes vary between generations (tests/test_synth.py)
+        shutil.copytree(tmp_path / "torch" / "synth", tmp_path / "ds" / "synth")
         main(["--config", SMOKE, "--out", str(tmp_path / "ds"), "engine.kind=deepspeed",
               "engine.deepspeed_config=configs/deepspeed/zero0_autocast.json", *SHORT])
     finally:
