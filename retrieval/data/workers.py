@@ -1,9 +1,9 @@
 """How media worker processes start: from a fork server, never as a fork of the calling process.
 
 A fork copies the parent's memory but only the thread that forks. A child that touches state another thread of
-the parent was using can wait forever: CI hung twice this way (2026-12-07), once in an index build's decode worker
-and once in the synthetic world's renderer, whose child blocked in FFmpeg's scaler freeing a thread pool whose
-threads stayed behind in the parent. The fork server is a fresh single-threaded process, so its forks are safe;
+the parent was using can wait forever. CI hung twice with forked workers (2026-12-07): in an index build's decode
+worker, and in the synthetic world's renderer, whose children waited forever inside FFmpeg's scaler as it freed
+its thread pool (`pthread_cond_destroy`). The fork server is a fresh single-threaded process, so its forks are safe;
 Python 3.14 made it the default on Linux for this reason.
 
 As with spawn, a script that starts these workers needs the `if __name__ == "__main__":` guard. Training's loader
