@@ -41,12 +41,14 @@ def decode_all(files: list[Path], cfg, workers: int) -> tuple[dict[str, torch.Te
     Returns ({file: (3, T, H, W)}, wall s, summed s).
     """
     from evaluation.evaluate import VideoClips
+    from retrieval.data.workers import media_worker_context
 
     v = cfg.video
     videos = [SimpleNamespace(file=f, start=None, end=None) for f in files]
     ds = VideoClips(videos, v.num_frames, v.img_size, v.mean, v.std)
     loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=workers,
-                                         prefetch_factor=4 if workers > 0 else None)
+                                         prefetch_factor=4 if workers > 0 else None,
+                                         multiprocessing_context=media_worker_context() if workers > 0 else None)
     out, summed, t0 = {}, 0.0, time.perf_counter()
     for item in loader:
         if item["error"]:

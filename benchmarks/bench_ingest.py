@@ -80,12 +80,11 @@ def time_encoder(fn, x, device, repeats: int, warmup: int, autocast: bool = Fals
 def decode_only(tasks, model, batch: int, workers: int) -> tuple[int, float]:
     """The build's reader and DataLoader without a model: (segments, seconds)."""
     from index.ingest import IngestConfig
-    from index.reader import Chunk, SegmentReader, identity
+    from index.reader import Chunk, SegmentReader, decode_stream
 
     v = model.config.video
     reader = SegmentReader(tasks, v.num_frames, v.img_size, IngestConfig().segment_seconds, None, chunk=batch)
-    stream = (torch.utils.data.DataLoader(reader, batch_size=None, num_workers=min(workers, len(tasks)),
-                                          collate_fn=identity, prefetch_factor=2) if workers > 0 else reader)
+    stream = decode_stream(reader, min(workers, len(tasks)))
     t0, segments = time.perf_counter(), 0
     for item in stream:
         segments += len(item.spans) if isinstance(item, Chunk) else 0

@@ -207,6 +207,7 @@ def write_shards(root: Path, videos: int, kind: str, quick: bool, workers: int, 
 
     from pretrain.shards import ShardOptions, read_annotations
     from pretrain.shards import write_shards as _write
+    from retrieval.data.workers import media_worker_context
 
     raw = root / "raw"
     if kind == "synth":  # the project's synthetic world: flat shapes, decodes far faster than real footage
@@ -220,7 +221,7 @@ def write_shards(root: Path, videos: int, kind: str, quick: bool, workers: int, 
         (w, h, frames) = (48, 32, 16) if quick else (596, 336, 250)
         raw.mkdir(parents=True)
         jobs = [(raw / f"clip{i:05d}.mp4", w, h, frames, 25, i) for i in range(videos)]
-        with ProcessPoolExecutor(max_workers=workers) as pool:
+        with ProcessPoolExecutor(max_workers=workers, mp_context=media_worker_context()) as pool:
             list(pool.map(_noise_clip, jobs))
         items, media = read_annotations(None, raw), raw
         desc = f"{videos} noise-texture clips, {w}x{h}, {frames} frames at 25 fps, H.264 crf 28"

@@ -15,7 +15,7 @@ from pathlib import Path
 from . import ann
 from .errors import IndexMissingError, ModelMismatchError, UsageError
 from .library import discover, is_inside, relative_to_root, stat_key
-from .reader import Failed, FileTask, SegmentReader, identity
+from .reader import Failed, FileTask, SegmentReader, decode_stream
 from .store import IndexStore, WriterLock, transaction
 from .update import CommitResult, merge
 from .writer import PartWriter, done_parts, part_name, read_parts
@@ -179,10 +179,7 @@ def _plan(store: IndexStore, index_dir: Path, found, rank: int, world: int, repo
 
 
 def _encode(index_dir, model, settings, cfg: IngestConfig, tasks, failures, rank, world, report) -> None:
-    import torch
     from tqdm import tqdm
-
-    from retrieval.data.workers import media_worker_context
 
     from .embedder import Embedder, Encoded, threads_for_encoding
     from .reader import Unchanged
@@ -197,10 +194,7 @@ def _encode(index_dir, model, settings, cfg: IngestConfig, tasks, failures, rank
             embedder = Embedder(model, cfg.device, cfg.batch_size, cuda_graphs=cfg.cuda_graphs)
             reader = SegmentReader(tasks, settings["frames"], settings["img_size"], settings["segment_seconds"],
                                    settings["stride"], chunk=cfg.batch_size)
-            workers = min(cfg.workers, len(tasks))
-            stream = (torch.utils.data.DataLoader(reader, batch_size=None, num_workers=workers, collate_fn=identity,
-                                                  prefetch_factor=2, multiprocessing_context=media_worker_context())
-                      if workers > 0 else reader)
+            stream = decode_stream(reader, min(cfg.workers, len(tasks)))
             desc = "indexing" if world == 1 else f"indexing (rank {rank}/{world})"
             t0 = time.time()
             with threads_for_encoding(embedder.device), tqdm(

@@ -135,6 +135,17 @@ class SegmentReader(torch.utils.data.IterableDataset):
             yield Failed(task, _reason(e), size, mtime)
 
 
+def decode_stream(reader: SegmentReader, workers: int):
+    """The reader's items, decoded in `workers` processes started from the fork server (retrieval.data.workers), or
+    in this process when `workers` is 0."""
+    if workers <= 0:
+        return reader
+    from retrieval.data.workers import media_worker_context
+
+    return torch.utils.data.DataLoader(reader, batch_size=None, num_workers=workers, collate_fn=identity,
+                                       prefetch_factor=2, multiprocessing_context=media_worker_context())
+
+
 def _reason(e: Exception) -> str:
     reason = getattr(e, "reason", None)  # VideoError carries the bare reason (its str() repeats the path)
     if reason:

@@ -295,7 +295,7 @@ def _decode_at(container, indices: list[int], fps: float, seek: bool):
     tb = float(stream.time_base) if stream.time_base else 1.0 / fps
     t0 = float(stream.start_time * stream.time_base) if stream.start_time is not None and stream.time_base else 0.0
     keyframes = _keyframe_times(stream, t0) if seek else np.zeros(0)
-    reformatter, threads = VideoReformatter(), one_thread()
+    reformatter = VideoReformatter()
     picked: dict[int, np.ndarray] = {}
     size = None
 
@@ -304,7 +304,7 @@ def _decode_at(container, indices: list[int], fps: float, seek: bool):
         if size is None:
             size = (frame.width, frame.height)
         # Same size for all frames even if the stream changes resolution mid-way.
-        return reformatter.reformat(frame, format="rgb24", width=size[0], height=size[1], **threads).to_ndarray()
+        return reformatter.reformat(frame, format="rgb24", width=size[0], height=size[1], **one_thread()).to_ndarray()
 
     j, prev, seen, pos, last_time = 0, None, 0, 0.0, -math.inf
     last_seek = -math.inf
