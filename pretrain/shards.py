@@ -38,7 +38,7 @@ class ShardOptions:
     shard_size: int = 1000          # annotation items per shard (bad ones are skipped, so shards may hold fewer)
     max_side: int | None = None     # re-encode videos whose longer side exceeds this (None: store bytes as they are)
     fps: float | None = None        # re-encode videos whose frame rate exceeds this
-    workers: int = 1                # shards written in parallel (the same shards for any value)
+    workers: int = 1                # shards written in parallel (the same samples in the same shards for any value)
 
 
 # ---------------------------------------------------------------- annotation reading
@@ -100,7 +100,7 @@ def reencode(data: bytes, max_side: int | None, fps: float | None, is_image: boo
         with av.open(out_buf, "w", format="mp4") as dst:
             vs = dst.add_stream("libx264", rate=Fraction(out_fps).limit_denominator(1001))
             vs.width, vs.height, vs.pix_fmt = w, h, "yuv420p"
-            vs.codec_context.thread_count = 1  # the same encode whatever the machine (see tests/test_synth.py)
+            vs.codec_context.thread_count = 1  # one encoder thread: the shard writers are the parallelism
             vs.options = {"crf": "23", "preset": "veryfast"}
             tb = float(stream.time_base) if stream.time_base else 1.0 / src_fps
             next_t, k = 0.0, 0
