@@ -12,7 +12,7 @@
 #   scan     bench_scan_gpu.py at the shape against mamba-ssm, with the roofline
 #   conv     bench_biconv_gpu.py's block sweep
 #   boundary the two shipped lanes settings against each other at 64 frames and batch 8-32 (46.5-186
-#            channel-directions per SM; the rule switches at 128, BENCHMARKS 11)
+#            channel-directions per SM; the rule switches at 60, BENCHMARKS 9g; BOUNDARY_BATCHES="..." picks others)
 # Each step has its own time limit and is tarred into $OUT/results.tar as soon as it ends, so a call cut short
 # still brings back what finished.
 set -u
@@ -63,13 +63,13 @@ for step in "${steps[@]}"; do
         tail -9 "$OUT/gemm_${f}f.log"; keep "gemm_${f}f.json" "gemm_${f}f.log"
       done ;;
     scan)
-      timeout 120 python benchmarks/bench_scan_gpu.py --json "$OUT/scan.json" > "$OUT/scan.log" 2>&1
+      timeout ${SCAN_TIMEOUT:-240} python benchmarks/bench_scan_gpu.py --json "$OUT/scan.json" > "$OUT/scan.log" 2>&1
       tail -8 "$OUT/scan.log"; keep scan.json scan.log ;;
     conv)
       timeout 150 python benchmarks/bench_biconv_gpu.py --json "$OUT/biconv.json" > "$OUT/biconv.log" 2>&1
       tail -6 "$OUT/biconv.log"; keep biconv.json biconv.log ;;
     boundary)
-      for b in 8 12 16 20 24 32; do  # the first compiles both settings (~40 s); the rest reuse Triton's cache
+      for b in ${BOUNDARY_BATCHES:-8 12 16 20 24 32}; do  # the first compiles both settings (~40 s); the rest reuse the cache
         timeout 90 python benchmarks/bench_scan_gpu.py --batch $b --seqlen 12545 --ab-lanes 2,3,2 2,2,4 \
           --no-compare --json "$OUT/boundary_b$b.json" > "$OUT/boundary_b$b.log" 2>&1
         echo "batch $b"; grep "fwd_ms" "$OUT/boundary_b$b.log" | cut -c1-120

@@ -46,13 +46,15 @@ def _lane_words(ptr, mask, s_n, S: tl.constexpr, PACK: tl.constexpr):
 @triton.jit
 def _lane_values(words, S: tl.constexpr, PACK: tl.constexpr):
     """_lane_words' result as S fp32 values: int32 words of two bf16 here, the rest as the segmented kernels
-    unpack their rows."""
+    unpack their rows. An else, not an early return: Triton 3.6 also compiled the code after the return, shifting
+    these int32 words by 32 (a warning on the GPU; the value was unused)."""
     if PACK == 2 and words[0].dtype == tl.int32:
         r = ()
         for i in tl.static_range(S // 2):
             r = r + (_bf16_to_f32(words[i]), (words[i] & -65536).to(tl.float32, bitcast=True))
-        return r
-    return _unpack(words, S, PACK)
+    else:
+        r = _unpack(words, S, PACK)
+    return r
 
 
 @triton.jit

@@ -25,11 +25,13 @@ TUNING = {
     # settings are an int, or (from channel-directions per SM, value) pairs: few (64 frames at batch 8: 46.5) leave
     # the loop latency-bound, many (8 frames at batch 64: 372) issue-bound. In H100 A/Bs (BENCHMARKS.md 9f) 64
     # frames ran fastest at 2 states a lane, 3 chunks per loop iteration (1.12x over 1), and 8 frames at 4 states a
-    # lane (fewer instructions per channel-step), 2 chunks per iteration (1.25x over 2 states, 1 chunk).
-    "fwd_lanes_states": ((0, 2), (128, 4)),  # states per lane (0: off, the segmented forward below runs everywhere)
+    # lane (fewer instructions per channel-step), 2 chunks per iteration (1.25x over 2 states, 1 chunk). The switch
+    # at 60 lies between the batches where each won in the encoder at 64 frames (10: 58.2, 2 states 1.09x; 12: 69.8,
+    # 4 states 1.04x; 16: 93.1, 4 states 1.36x; BENCHMARKS.md 9g).
+    "fwd_lanes_states": ((0, 2), (60, 4)),  # states per lane (0: off, the segmented forward below runs everywhere)
     "fwd_lanes_min_programs_per_sm": 11,  # used where at least this many of its one-warp programs per SM fill the card
     "fwd_lanes_prefetch": 2,  # how many chunks ahead its loads go out
-    "fwd_lanes_unroll": ((0, 3), (128, 2)),  # chunks per loop iteration (an iteration's loads all go out at its top)
+    "fwd_lanes_unroll": ((0, 3), (60, 2)),  # chunks per loop iteration (an iteration's loads all go out at its top)
     "fwd_lanes_maxnreg": None,  # its register cap
     "fwd_lanes_fp32_rows": False,  # B and C copied to fp32 first: no bf16 conversions in the loop
     "fwd_block": (32, 1),  # forward: channels per program (a thread each), warps
