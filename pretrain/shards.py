@@ -75,7 +75,7 @@ def reencode(data: bytes, max_side: int | None, fps: float | None, is_image: boo
     """Downscale (longer side <= max_side, even sizes) and/or drop frames to <= fps; H.264 mp4 (jpg for images)."""
     import av
 
-    from retrieval.data.video import encoder_frame, one_thread
+    from retrieval.data.video import encoder_frame, one_thread, x264_options
 
     info = media_size(data)
     scale = min(1.0, max_side / max(info.width, info.height)) if max_side else 1.0
@@ -101,7 +101,7 @@ def reencode(data: bytes, max_side: int | None, fps: float | None, is_image: boo
             vs = dst.add_stream("libx264", rate=Fraction(out_fps).limit_denominator(1001))
             vs.width, vs.height, vs.pix_fmt = w, h, "yuv420p"
             vs.codec_context.thread_count = 1  # one encoder thread: the shard writers are the parallelism
-            vs.options = {"crf": "23", "preset": "veryfast"}
+            vs.options = {"crf": "23", "preset": "veryfast", **x264_options()}
             tb = float(stream.time_base) if stream.time_base else 1.0 / src_fps
             next_t, k = 0.0, 0
             for frame in src.decode(stream):

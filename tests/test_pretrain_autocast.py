@@ -45,7 +45,7 @@ def test_deepspeed_autocast_matches_torch_engine(tmp_path, single_process_env):
     try:
         main(["--config", SMOKE, "--out", str(tmp_path / "torch"), "engine.kind=torch", "engine.precision=bf16",
               *SHORT])
-        # the same clips for both: x264's bytes vary between generations (tests/test_synth.py)
+        # the same clips for both, generated once
         shutil.copytree(tmp_path / "torch" / "synth", tmp_path / "ds" / "synth")
         main(["--config", SMOKE, "--out", str(tmp_path / "ds"), "engine.kind=deepspeed",
               "engine.deepspeed_config=configs/deepspeed/zero0_autocast.json", *SHORT])

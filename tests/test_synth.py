@@ -29,10 +29,9 @@ def test_render_video_is_deterministic_uint8():
 
 
 def test_generate_reproducible_across_runs_and_workers(tmp_path):
-    """The same world from the same seed, in-process or in worker processes: records, annotations and rendered
-    frames exactly, the mp4s within codec noise. Not their bytes: x264's output varies with memory it reads
-    without writing (after the row padding was zeroed, 1-30% of encodes of one clip still differed on a used heap,
-    by ~1 grey level on average, against ~3 between any encode and the rendering)."""
+    """The same world from the same seed, in-process or in worker processes: records, annotations and mp4 bytes.
+    (x264's AVX-512 code made 5 of 240 files differ across 15 such pairs of worlds; retrieval.data.video.x264_options
+    caps it at AVX2.)"""
     kwargs = dict(num_videos=16, split="train", seed=3, size=48, frames=8, fps=8, progress=False)
     r1 = generate(tmp_path / "one", workers=1, **kwargs)
     r2 = generate(tmp_path / "two", workers=2, **kwargs)
@@ -45,8 +44,8 @@ def test_generate_reproducible_across_runs_and_workers(tmp_path):
         assert np.abs(decoded - rendered).mean() < 8  # the mp4 holds what was rendered
         assert 2 <= len(rec["caption"]) <= 3 and len(set(rec["caption"])) == len(rec["caption"])
         assert rec["duration"] == 1.0
-        other = _decode(tmp_path / "two/videos" / rec["video"]).astype(int)
-        assert other.shape == decoded.shape and np.abs(other - decoded).mean() < 2, rec["video"]
+        video = rec["video"]
+        assert (tmp_path / "one/videos" / video).read_bytes() == (tmp_path / "two/videos" / video).read_bytes(), video
     other = world.plan("train", 4, seed=4)
     assert [p.spec.attributes for p in other] != [rec["attributes"] for rec in r1]
 

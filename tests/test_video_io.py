@@ -166,6 +166,25 @@ def test_truncated_files_return_what_decodes_or_fail_with_a_reason(tmp_path):
         read_frames(cut, 8)
 
 
+def test_x264_is_capped_at_avx2_only_where_it_would_use_avx512(tmp_path, monkeypatch):
+    from retrieval.data import video
+
+    def has(flags):
+        (tmp_path / "cpuinfo").write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
+        return video._has_x264_avx512(str(tmp_path / "cpuinfo"))
+
+    full = "sse2 avx2 fma bmi2 avx512f avx512cd avx512bw avx512dq avx512vl"
+    assert has(full)
+    assert not has(full.replace(" avx512vl", ""))  # x264 wants all five
+    assert not has("sse2 avx2 fma bmi2")
+    assert not video._has_x264_avx512(str(tmp_path / "missing"))  # no /proc (macOS, Windows): x264 as it is
+    for avx512, options in ((True, {"x264-params": "asm=AVX2"}), (False, {})):
+        monkeypatch.setattr(video, "_has_x264_avx512", lambda: avx512)
+        video.x264_options.cache_clear()
+        assert video.x264_options() == options
+    video.x264_options.cache_clear()
+
+
 def test_import_does_not_load_pyav():
     code = ("import sys, retrieval.data.video, retrieval.data.transforms, retrieval.data.annotations, "
             "retrieval.metrics; sys.exit('av' in sys.modules)")

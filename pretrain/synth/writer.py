@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from retrieval.data.video import encoder_frame
+from retrieval.data.video import encoder_frame, x264_options
 from retrieval.io import atomic_write
 
 
@@ -40,7 +40,7 @@ def write_mp4(path: str | os.PathLike, frames: np.ndarray, fps: float) -> None:
             # One encoder thread: generation already runs one process per core.
             stream.codec_context.thread_count = 1
             if codec == "libx264":
-                stream.options = {"crf": "18", "preset": "veryfast"}
+                stream.options = {"crf": "18", "preset": "veryfast", **x264_options()}
             else:
                 stream.bit_rate = max(500_000, 8 * H * W)
             for f in frames:

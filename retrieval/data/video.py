@@ -26,6 +26,25 @@ def one_thread() -> dict[str, int]:
     return {"threads": 1} if int(av.__version__.split(".")[0]) >= 17 else {}
 
 
+@functools.cache
+def x264_options() -> dict[str, str]:
+    """libx264 options for every encode here, beside the quality ones. x264's AVX-512 code reads memory nobody wrote:
+    where it runs, repeats of one clip's encode sometimes gave different files (2-4 of 12-16 clips per 40-100
+    repeats). Capped at AVX2 they never did (2,560 encodes), at the same speed. Every CPU that x264 uses AVX-512 on
+    has AVX2, so the cap is safe."""
+    return {"x264-params": "asm=AVX2"} if _has_x264_avx512() else {}
+
+
+def _has_x264_avx512(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Whether x264 would use its AVX-512 code here: it needs F, CD, BW, DQ and VL (Linux reports them)."""
+    try:
+        with open(cpuinfo) as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return {"avx512f", "avx512cd", "avx512bw", "avx512dq", "avx512vl"} <= set(flags)
+
+
 class VideoError(VmrError, RuntimeError):
     """A video cannot be used; `reason` says why (e.g. "no video stream", "cannot open: ...")."""
 
@@ -136,17 +155,11 @@ class _open:
 
 
 def encoder_frame(rgb: np.ndarray, width: int | None = None, height: int | None = None, format: str = "yuv420p"):
-    """rgb: np.uint8 (H, W, 3) -> an av.VideoFrame for an encoder, resized/converted, with its row padding zeroed:
-    x264 reads some of those never-written bytes, so left as allocated the same frames encoded to different files
-    in different processes."""
+    """rgb: np.uint8 (H, W, 3) -> an av.VideoFrame for an encoder, resized/converted (libx264: see x264_options)."""
     import av
 
     frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
-    frame = frame.reformat(width=width, height=height, format=format, **one_thread())
-    for plane in frame.planes:
-        if plane.line_size > plane.width:
-            np.frombuffer(plane, np.uint8).reshape(-1, plane.line_size)[:, plane.width:] = 0
-    return frame
+    return frame.reformat(width=width, height=height, format=format, **one_thread())
 
 
 def _msg(e: Exception) -> str:
