@@ -7,7 +7,7 @@
 #   gemm     bench_proj_gemm_gpu.py at 8 and 64 frames: the mixer's projections in the model's and other layouts
 #   tests    pytest -m cuda on the kernel, model and graph tests (~4 min: compiling the unrolled lanes variants
 #            takes ~20 s each; TESTS_K=EXPR selects some, TESTS_TIMEOUT=S limits them)
-#   encoder  bench_gpu_encoder.py at 8 and 64 frames: triton, triton_graphs (ENCODER_VARIANTS=... others, e.g.
+#   encoder  bench_gpu_encoder.py at 8 and 64 frames (ENCODER_FRAMES=64: one): triton, triton_graphs (ENCODER_VARIANTS=... others, e.g.
 #            cuda,triton for the mamba-ssm path), the SDPA ViT (with and without the patch GEMM), profiles
 #   scan     bench_scan_gpu.py at the shape against mamba-ssm, with the roofline
 #   conv     bench_biconv_gpu.py's block sweep
@@ -48,7 +48,7 @@ for step in "${steps[@]}"; do
         keep "lanes_${f}f.json" "lanes_${f}f.log" "blocks_${f}f.json"
       done ;;
     encoder)
-      for f in 8 64; do
+      for f in ${ENCODER_FRAMES:-8 64}; do
         blocks=(); [ -f /tmp/blocks_${f}f.json ] && blocks=(--load-blocks /tmp/blocks_${f}f.json)
         timeout 120 python benchmarks/bench_gpu_encoder.py --frames $f --no-materialised \
           --variants ${ENCODER_VARIANTS:-triton,triton_graphs} --profile $f "${blocks[@]}" \
