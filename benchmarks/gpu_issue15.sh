@@ -7,8 +7,9 @@
 #   gemm     bench_proj_gemm_gpu.py at 8 and 64 frames: the mixer's projections in the model's and other layouts
 #   tests    pytest -m cuda on the kernel, model and graph tests (~4 min: compiling the unrolled lanes variants
 #            takes ~20 s each; TESTS_K=EXPR selects some, TESTS_TIMEOUT=S limits them)
-#   encoder  bench_gpu_encoder.py at 8 and 64 frames (ENCODER_FRAMES=64: one): triton, triton_graphs (ENCODER_VARIANTS=... others, e.g.
-#            cuda,triton for the mamba-ssm path), the SDPA ViT (with and without the patch GEMM), profiles
+#   encoder  bench_gpu_encoder.py at 8 and 64 frames (ENCODER_FRAMES=64: one): triton, triton_graphs
+#            (ENCODER_VARIANTS=... others, e.g. cuda,triton for the mamba-ssm path), the SDPA ViT (with and without
+#            the patch GEMM), profiles
 #   scan     bench_scan_gpu.py at the shape against mamba-ssm, with the roofline
 #   conv     bench_biconv_gpu.py's block sweep
 #   boundary the two shipped lanes settings against each other at 64 frames and batch 8-32 (46.5-186
