@@ -28,10 +28,10 @@ def one_thread() -> dict[str, int]:
 
 @functools.cache
 def x264_options() -> dict[str, str]:
-    """libx264 options for every encode here, beside the quality ones. x264's AVX-512 code reads memory nobody wrote:
-    where it runs, repeats of one clip's encode sometimes gave different files (2-4 of 12-16 clips per 40-100
-    repeats). Capped at AVX2 they never did (2,560 encodes), at the same speed. Every CPU that x264 uses AVX-512 on
-    has AVX2, so the cap is safe."""
+    """libx264 options for every encode here, beside the quality ones. With its AVX-512 code, repeats of one clip's
+    encode sometimes gave different files (2-4 of 12-16 clips per 40-100 repeats, on an AMD EPYC); capped at AVX2
+    they never did (2,560 encodes), at the same speed. Every CPU that x264 uses AVX-512 on has AVX2, so the cap is
+    safe."""
     return {"x264-params": "asm=AVX2"} if _has_x264_avx512() else {}
 
 
